@@ -1,1 +1,29 @@
+//! offboard: offboards users of a multi-tenant CRM — deactivate, delete, redact, reactivate —
+//! recording every run in PostgreSQL and carrying the work over Redis.
+//!
+//! Where things live:
+//! - [`config`]: settings from the environment.
+//! - [`domain`]: ids, actions, transfer plans and their arithmetic (no I/O).
+//! - [`ledger`]: runs, steps and purges in PostgreSQL; every state transition.
+//! - [`steps`]: one module per step, and the registry of which steps an action takes.
+//! - [`executor`]: runs one step task under a lease.
+//! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
+//! - [`queue`]: the Redis queues (apalis-redis).
+//! - [`worker`]: the apalis worker runtime.
 
+pub mod api;
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod crm;
+pub mod demo;
+pub mod dispatch;
+pub mod domain;
+pub mod executor;
+pub mod ledger;
+pub mod metrics;
+pub mod queue;
+pub mod shutdown;
+pub mod steps;
+pub mod worker;

@@ -1,1 +1,180 @@
-fn main() {}
+//! The `offboard` command: wiring only; the work lives in the library.
+
+use clap::{Parser, Subcommand};
+use offboard::{
+    app,
+    cli::{self, ApiClient},
+    config::{DEV_TOKEN, Settings},
+    crm::seed::{self, SeedOptions},
+    demo, ledger,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "offboard", version, about = "Offboards users of a multi-tenant CRM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and workers in one process (migrates first).
+    Serve,
+    /// Run workers only (the same as the offboard-worker binary).
+    Worker,
+    /// Apply pending migrations, creating the database if missing, and exit.
+    Migrate,
+    /// Create a realistic company in the CRM store; prints its ids as JSON.
+    Seed {
+        #[arg(long, default_value_t = 12)]
+        users: usize,
+        #[arg(long, default_value_t = 40)]
+        items_per_user: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Migrate, seed, serve in-process, deactivate a user over HTTP, show progress and the receipt.
+    Demo {
+        #[arg(long, default_value_t = 12)]
+        users: usize,
+        #[arg(long, default_value_t = 40)]
+        items_per_user: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Operate on runs through the HTTP API.
+    Runs {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// What a user owns; with --transfer, a dry run of the plan.
+    Preview {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        company: i64,
+        #[arg(long)]
+        user: i64,
+        /// A transfer plan as JSON, e.g. '{"default":{"mode":"single","targets":[{"user_id":3}]}}'.
+        #[arg(long)]
+        transfer: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the API.
+    #[arg(long, env = "OFFBOARD_API_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    api_url: String,
+    /// Bearer token (the development token works against a loopback-bound API).
+    #[arg(long, env = "OFFBOARD_API_TOKEN", default_value = DEV_TOKEN, hide_default_value = true, global = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Newest runs first.
+    List {
+        #[arg(long)]
+        company: Option<i64>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Live progress bars per step until the run finishes.
+    Watch { id: String },
+    /// Put the run's dead steps back in line.
+    Retry { id: String },
+    /// Start no new step of the run.
+    Cancel { id: String },
+    /// The whole run as JSON.
+    Show { id: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::from_env()?;
+    // The demo draws live progress; only warnings may interrupt it.
+    let filter = match cli.command {
+        Command::Demo { .. }
+        | Command::Runs { .. }
+        | Command::Preview { .. }
+        | Command::Seed { .. } => "warn",
+        _ => app::DEFAULT_LOG_FILTER,
+    };
+    app::init_tracing(settings.log_format, filter);
+    match cli.command {
+        Command::Serve => app::serve(settings).await,
+        Command::Worker => app::run_workers(settings).await,
+        Command::Migrate => {
+            ledger::connect_and_migrate(&settings.database_url, 2).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Seed { users, items_per_user, seed } => {
+            let pool = ledger::connect_and_migrate(&settings.database_url, 4).await?;
+            let seeded = seed::seed(&pool, SeedOptions { users, items_per_user, seed }).await?;
+            println!("{}", serde_json::to_string(&seeded)?);
+            Ok(())
+        }
+        Command::Demo { users, items_per_user, seed } => {
+            demo::run(settings, SeedOptions { users, items_per_user, seed }).await
+        }
+        Command::Runs { api, command } => {
+            let client = ApiClient::new(&api.api_url, &api.token);
+            match command {
+                RunsCommand::List { company, status, action, limit, cursor } => {
+                    let mut query = vec![format!("limit={limit}")];
+                    query.extend(company.map(|c| format!("company_id={c}")));
+                    query.extend(status.map(|s| format!("status={s}")));
+                    query.extend(action.map(|a| format!("action={a}")));
+                    query.extend(cursor.map(|c| format!("cursor={c}")));
+                    cli::list(&client, &query.join("&")).await
+                }
+                RunsCommand::Watch { id } => {
+                    let run = cli::watch(&client, &id).await?;
+                    if run["status"] != "succeeded" {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+                RunsCommand::Retry { id } => print(
+                    client.post(&format!("/v1/offboardings/{id}/retry"), &json!({}), None).await?,
+                ),
+                RunsCommand::Cancel { id } => print(
+                    client.post(&format!("/v1/offboardings/{id}/cancel"), &json!({}), None).await?,
+                ),
+                RunsCommand::Show { id } => {
+                    print(client.get(&format!("/v1/offboardings/{id}")).await?)
+                }
+            }
+        }
+        Command::Preview { api, company, user, transfer } => {
+            let client = ApiClient::new(&api.api_url, &api.token);
+            let path = format!("/v1/companies/{company}/users/{user}/preview");
+            let body = match transfer {
+                None => client.get(&path).await?,
+                Some(plan) => {
+                    let plan: serde_json::Value = serde_json::from_str(&plan)
+                        .map_err(|e| anyhow::anyhow!("--transfer is not JSON: {e}"))?;
+                    client.post(&path, &json!({"transfer": plan}), None).await?
+                }
+            };
+            print(body)
+        }
+    }
+}
+
+fn print(value: serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The HTTP API (axum): offboarding runs, previews, health and metrics. Handlers parse at
+//! the boundary into domain types; every error is `{"error": {"code", "message"}}`.
+
+mod auth;
+mod body;
+pub mod error;
+mod health;
+mod offboardings;
+mod preview;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+pub use self::offboardings::run_json;
+use crate::{
+    config::{ApiToken, Settings},
+    metrics::METRICS,
+    queue::Queues,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub queues: Queues,
+    pub settings: Arc<Settings>,
+    pub tokens: Arc<Vec<ApiToken>>,
+    /// Wakes the dispatcher of this process after a commit made steps ready.
+    pub nudge: Arc<Notify>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, queues: Queues, settings: Settings, nudge: Arc<Notify>) -> Self {
+        let tokens = Arc::new(settings.accepted_tokens());
+        Self { pool, queues, settings: Arc::new(settings), tokens, nudge }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/offboardings", post(offboardings::create).get(offboardings::list))
+        .route("/v1/offboardings/{id}", get(offboardings::get))
+        .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
+        .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
+        .route(
+            "/v1/companies/{company_id}/users/{user_id}/preview",
+            get(preview::show).post(preview::dry_run),
+        )
+        .fallback(|| async { error::ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Logs and counts each request by its route template (ids stay out of labels).
+async fn observe(State(_): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    METRICS.http_request(&route, status);
+    tracing::debug!(%method, route = %route, status, took_us = started.elapsed().as_micros() as u64, "request");
+    response
+}

@@ -1,0 +1,514 @@
+//! `/v1/offboardings`: enqueue a run (every rule of the spec checked in the same
+//! transaction that writes it), read one, list them, retry and cancel.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    AppState,
+    auth::Caller,
+    body::JsonBody,
+    error::{ApiError, is_unique_violation},
+};
+use crate::{
+    crm::users,
+    domain::{Action, FieldError, OffboardingRequest, TransferPlan, UserId, transfer::Recipient},
+    ledger::{
+        idempotency,
+        runs::{self, NewRun, OperatorRefusal, RunDetail, RunFilter},
+    },
+    steps::{self, RunParams},
+};
+
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let request = OffboardingRequest::parse(&body).map_err(ApiError::invalid_request)?;
+    caller.check_company(request.company_id.get())?;
+    let key = idempotency_key(&headers)?;
+    let hash =
+        key.map(|_| idempotency::request_hash(&serde_json::to_vec(&body).unwrap_or_default()));
+
+    // A concurrent request with the same key loses the race on the key's primary key;
+    // the second pass then finds the winner's run.
+    let mut last = None;
+    for _ in 0..2 {
+        match enqueue(&app, &request, key, hash.as_deref()).await {
+            Err(EnqueueError::KeyRace) => continue,
+            Err(EnqueueError::Api(e)) => return Err(e),
+            Ok(outcome) => {
+                last = Some(outcome);
+                break;
+            }
+        }
+    }
+    let (run_id, replayed) =
+        last.ok_or_else(|| ApiError::conflict("idempotency_conflict", "retry the request"))?;
+    if !replayed {
+        app.nudge.notify_one();
+        tracing::info!(%run_id, company_id = request.company_id.get(), user_id = request.user_id.get(),
+                       action = %request.action, "run enqueued");
+    }
+    let status: String = sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_one(&app.pool)
+        .await?;
+    let mut response =
+        (StatusCode::ACCEPTED, Json(json!({"id": run_id, "status": status, "replayed": replayed})))
+            .into_response();
+    let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    })
+}
+
+pub(super) enum EnqueueError {
+    Api(ApiError),
+    KeyRace,
+}
+
+impl<E: Into<ApiError>> From<E> for EnqueueError {
+    fn from(e: E) -> Self {
+        EnqueueError::Api(e.into())
+    }
+}
+
+/// Checks every rule and writes the run in one transaction. Returns the run id and whether
+/// it was an idempotent replay.
+async fn enqueue(
+    app: &AppState,
+    request: &OffboardingRequest,
+    key: Option<&str>,
+    hash: Option<&str>,
+) -> Result<(Uuid, bool), EnqueueError> {
+    let company_id = request.company_id.get();
+    let user_id = request.user_id.get();
+    let action = request.action;
+    let mut tx = app.pool.begin().await?;
+
+    if let (Some(key), Some(hash)) = (key, hash)
+        && let Some((run_id, stored)) = idempotency::lookup(&mut *tx, company_id, key).await?
+    {
+        if stored != hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            )
+            .into());
+        }
+        return Ok((run_id, true));
+    }
+
+    if request.actor_user_id == request.user_id {
+        return Err(ApiError::field(
+            "self_offboarding",
+            FieldError::new("actor_user_id", "a user cannot offboard themself"),
+        )
+        .into());
+    }
+    // Admin counts and seats are company-wide: serialize those requests on the company.
+    let counts_company =
+        action.deactivates() || action == Action::Reactivate || request.replacement.is_some();
+    if counts_company && !users::lock_company(&mut *tx, company_id).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "company_not_found",
+            format!("company {company_id} not found"),
+        )
+        .into());
+    }
+    let actor = users::find(&mut *tx, company_id, request.actor_user_id.get()).await?;
+    if !actor.as_ref().is_some_and(|a| a.is_active() && a.account_settings_access) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "actor_not_permitted",
+            "actor_user_id must be an active user of the company with account-settings access",
+        )
+        .into());
+    }
+    let Some(user) = users::find_for_update(&mut *tx, company_id, user_id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+            format!("user {user_id} not found in company {company_id}"),
+        )
+        .into());
+    };
+    if user.status == "deleted" {
+        return Err(ApiError::conflict(
+            "user_deleted",
+            format!("user {user_id} is deleted; no further action is possible"),
+        )
+        .into());
+    }
+    if user.status != action.required_status() {
+        let (code, message) = match action.required_status() {
+            "active" => (
+                "user_not_active",
+                format!("{action} needs an active user; user {user_id} is {}", user.status),
+            ),
+            _ => (
+                "user_not_deactivated",
+                format!("{action} needs a deactivated user; user {user_id} is {}", user.status),
+            ),
+        };
+        return Err(ApiError::conflict(code, message).into());
+    }
+    if let Some(run_id) = runs::active_for_user(&mut *tx, company_id, user_id).await? {
+        return Err(active_run_exists(user_id, Some(run_id)).into());
+    }
+    if action.deactivates()
+        && user.is_admin()
+        && users::remaining_admins(&mut *tx, company_id, user_id).await? == 0
+    {
+        return Err(ApiError::conflict(
+            "last_admin",
+            "the company must keep at least one active admin",
+        )
+        .into());
+    }
+    let needs_seat =
+        action == Action::Reactivate || (action == Action::Delete && request.replacement.is_some());
+    if needs_seat {
+        let (seats, held) = users::seats(&mut *tx, company_id).await?.unwrap_or((0, 0));
+        if held >= i64::from(seats) {
+            return Err(ApiError::conflict(
+                "no_free_seat",
+                format!("all {seats} seats of the company are taken"),
+            )
+            .into());
+        }
+    }
+
+    let mut params = RunParams::default();
+    if let Some(replacement) = &request.replacement {
+        if users::email_taken(&mut *tx, company_id, &replacement.email).await? {
+            return Err(ApiError::field(
+                "email_taken",
+                FieldError::new("replacement.email", "another user of the company has this email"),
+            )
+            .with_status(StatusCode::CONFLICT)
+            .into());
+        }
+        let name = format!("{} {}", replacement.first_name, replacement.last_name);
+        // Deactivation hands its seat over when it finishes; a deletion took a free one.
+        let id = users::create_replacement(
+            &mut *tx,
+            company_id,
+            &name,
+            &replacement.email,
+            action == Action::Delete,
+        )
+        .await?;
+        params.replacement_user_id = UserId::new(id);
+    }
+    if let Some(redaction) = &request.redaction {
+        params.display_name = redaction.display_name.clone();
+        params.remove_picture = redaction.remove_picture;
+    }
+
+    let plan = request
+        .transfer
+        .clone()
+        .resolve(params.replacement_user_id)
+        .map_err(ApiError::invalid_request)?;
+    check_targets(&mut tx, &request.transfer, &plan, company_id, user_id).await?;
+
+    let run_id = Uuid::new_v4();
+    let new_run = NewRun {
+        id: run_id,
+        company_id,
+        user_id,
+        action: action.as_str(),
+        plan: plan.to_json(),
+        params: serde_json::to_value(&params).expect("params serialize"),
+        actor_user_id: request.actor_user_id.get(),
+        idempotency_key: key,
+        steps: steps::plan(action, &plan),
+        max_attempts: app.settings.worker.max_attempts,
+    };
+    if let Err(e) = runs::insert(&mut tx, &new_run).await {
+        if is_unique_violation(&e, "runs_one_active_per_user") {
+            return Err(active_run_exists(user_id, None).into());
+        }
+        return Err(e.into());
+    }
+    if let (Some(key), Some(hash)) = (key, hash)
+        && let Err(e) = idempotency::record(&mut tx, company_id, key, hash, run_id).await
+    {
+        if is_unique_violation(&e, "idempotency_keys_pkey") {
+            return Err(EnqueueError::KeyRace);
+        }
+        return Err(e.into());
+    }
+    match tx.commit().await {
+        Ok(()) => Ok((run_id, false)),
+        Err(e) if is_unique_violation(&e, "idempotency_keys_pkey") => Err(EnqueueError::KeyRace),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn active_run_exists(user_id: i64, run_id: Option<Uuid>) -> ApiError {
+    let err = ApiError::conflict(
+        "active_run_exists",
+        format!("user {user_id} already has an active offboarding run"),
+    );
+    match run_id {
+        Some(id) => err.with_details(json!({"run_id": id})),
+        None => err,
+    }
+}
+
+/// Targets are active users of the same company, not the offboarded user, and not being
+/// offboarded themselves. Errors name the field, e.g.
+/// `transfer.deals.targets[1].user_id: user 17 is deactivated`.
+pub(super) async fn check_targets(
+    tx: &mut sqlx::PgConnection,
+    requested: &TransferPlan<Recipient>,
+    plan: &TransferPlan,
+    company_id: i64,
+    user_id: i64,
+) -> Result<(), EnqueueError> {
+    let named = requested.targets_with_fields();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = plan.targets_with_fields().into_iter().map(|(t, _)| t.get()).collect();
+    let found = users::find_many(&mut *tx, company_id, &ids).await?;
+    let leaving: Vec<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM offboard.runs WHERE company_id = $1 AND user_id = ANY ($2)
+         AND status IN ('queued', 'running', 'failed') AND action IN ('deactivate', 'deactivate_and_delete')",
+    )
+    .bind(company_id)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (recipient, field) in named {
+        let Recipient::User(target) = recipient else { continue };
+        let id = target.get();
+        let field = format!("{field}.user_id");
+        let problem = match found.iter().find(|u| u.id == id) {
+            _ if id == user_id => Some(format!("user {id} is the user being offboarded")),
+            None => Some(format!("user {id} is not a user of company {company_id}")),
+            Some(u) if u.status != "active" => Some(format!("user {id} is {}", u.status)),
+            Some(_) if leaving.contains(&id) => Some(format!("user {id} is being offboarded")),
+            Some(_) => None,
+        };
+        if let Some(message) = problem {
+            return Err(ApiError::field("invalid_target", FieldError::new(field, message)).into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let detail = runs::find(&app.pool, id, caller.company_scope)
+        .await?
+        .ok_or_else(|| ApiError::not_found("offboarding run"))?;
+    Ok(Json(run_json(&detail)))
+}
+
+fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("invalid_id", "the run id is not a UUID"))
+}
+
+/// The run as the API shows it.
+pub fn run_json(detail: &RunDetail) -> Value {
+    let run = &detail.run;
+    let steps: Vec<Value> = detail
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "status": s.status,
+                "depends_on": s.depends_on,
+                "attempts": s.attempts,
+                "max_attempts": s.max_attempts,
+                "done": s.done,
+                "total": s.total,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "next_attempt_at": matches!(s.status.as_str(), "ready").then_some(s.next_attempt_at),
+                "last_error": s.last_error_code.as_ref().map(|code| json!({
+                    "code": code, "message": s.last_error_message,
+                })),
+                "counts": s.result,
+            })
+        })
+        .collect();
+    let succeeded = detail
+        .steps
+        .iter()
+        .filter(|s| matches!(s.status.as_str(), "succeeded" | "skipped"))
+        .count();
+    json!({
+        "id": run.id,
+        "company_id": run.company_id,
+        "user_id": run.user_id,
+        "action": run.action,
+        "status": run.status,
+        "actor_user_id": run.actor_user_id,
+        "transfer": run.plan,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "progress": {"steps_total": run.steps_total, "steps_succeeded": succeeded},
+        "error": run.error_code.as_ref().map(|code| json!({"code": code, "message": run.error_message})),
+        "steps": steps,
+        "receipt": run.receipt,
+        "private_email_purge": detail.purge,
+        "history": detail.events,
+    })
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let number = |name: &str| -> Result<Option<i64>, ApiError> {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{name} must be a positive whole number"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let one_of = |name: &str, allowed: &[&str]| -> Result<Option<String>, ApiError> {
+        query
+            .get(name)
+            .map(|v| {
+                if allowed.contains(&v.as_str()) {
+                    Ok(v.clone())
+                } else {
+                    Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("{name} must be one of {}", allowed.join(", ")),
+                    ))
+                }
+            })
+            .transpose()
+    };
+    let mut company_id = number("company_id")?;
+    if let Some(scope) = caller.company_scope {
+        if company_id.is_some_and(|c| c != scope) {
+            return Err(ApiError::not_found("company"));
+        }
+        company_id = Some(scope);
+    }
+    let limit = number("limit")?.unwrap_or(50);
+    if limit > 500 {
+        return Err(ApiError::bad_request("invalid_query", "limit must be at most 500"));
+    }
+    let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+    let before = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
+    let filter = RunFilter {
+        company_id,
+        user_id: number("user_id")?,
+        status: one_of("status", &["queued", "running", "succeeded", "failed", "canceled"])?,
+        action: one_of("action", &actions)?,
+        before,
+        limit,
+    };
+    let runs = runs::list(&app.pool, &filter).await?;
+    let next_cursor = (runs.len() as i64 == limit)
+        .then(|| runs.last().map(|r| encode_cursor(r.created_at, r.id)))
+        .flatten();
+    Ok(Json(json!({"runs": runs, "next_cursor": next_cursor})))
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{id}", at.timestamp_micros())
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::bad_request("invalid_query", "cursor is not one this API returned");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at =
+        micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// Who an operator action is recorded as.
+fn operator(caller: &Caller) -> String {
+    match caller.company_scope {
+        Some(company) => format!("token:company-{company}"),
+        None => "token:operator".into(),
+    }
+}
+
+pub async fn retry(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_run_id(&id)?;
+    match runs::retry(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
+        Ok(revived) => {
+            app.nudge.notify_one();
+            tracing::info!(run_id = %id, steps = revived, "dead steps retried by an operator");
+            Ok(Json(json!({"id": id, "status": "running", "steps_retried": revived})))
+        }
+        Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
+        Err(OperatorRefusal::WrongState) => {
+            Err(ApiError::conflict("invalid_state", "the run has no dead steps to retry"))
+        }
+    }
+}
+
+pub async fn cancel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_run_id(&id)?;
+    match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
+        Ok(canceled) => {
+            tracing::info!(run_id = %id, steps = canceled, "run canceled by an operator");
+            Ok(Json(json!({"id": id, "status": "canceled", "steps_canceled": canceled})))
+        }
+        Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
+        Err(OperatorRefusal::WrongState) => {
+            Err(ApiError::conflict("invalid_state", "the run has already finished"))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `/v1/companies/{company_id}/users/{user_id}/preview`: what the user owns (GET), and
+//! for a transfer plan the exact count each target will get (POST, a dry run that
+//! changes nothing).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde_json::Value;
+
+use super::{
+    AppState,
+    auth::Caller,
+    body::JsonBody,
+    error::ApiError,
+    offboardings::{EnqueueError, check_targets},
+};
+use crate::{
+    crm::{preview, users},
+    domain::{FieldError, TransferPlan},
+};
+
+fn ids(company_id: &str, user_id: &str) -> Result<(i64, i64), ApiError> {
+    let parse = |raw: &str, name: &str| {
+        raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_request("invalid_id", format!("{name} must be a positive whole number"))
+        })
+    };
+    Ok((parse(company_id, "company_id")?, parse(user_id, "user_id")?))
+}
+
+async fn load_user(
+    tx: &mut sqlx::PgConnection,
+    company_id: i64,
+    user_id: i64,
+) -> Result<users::UserRecord, ApiError> {
+    users::find(&mut *tx, company_id, user_id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+            format!("user {user_id} not found in company {company_id}"),
+        )
+    })
+}
+
+pub async fn show(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((company_id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, user_id) = ids(&company_id, &user_id)?;
+    caller.check_company(company_id)?;
+    let mut tx = app.pool.begin().await?;
+    let user = load_user(&mut tx, company_id, user_id).await?;
+    let mut out = preview::belongings(&mut tx, company_id, user_id, user.is_admin()).await?;
+    out["user_id"] = user_id.into();
+    out["company_id"] = company_id.into();
+    out["is_admin"] = user.is_admin().into();
+    out["status"] = user.status.into();
+    Ok(Json(out))
+}
+
+pub async fn dry_run(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((company_id, user_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, user_id) = ids(&company_id, &user_id)?;
+    caller.check_company(company_id)?;
+    let object = body.as_object().ok_or_else(|| {
+        ApiError::invalid_request(FieldError::new(
+            "body",
+            "must be an object like {\"transfer\": {...}}",
+        ))
+    })?;
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "transfer") {
+        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
+    }
+    let requested = TransferPlan::parse(object.get("transfer").unwrap_or(&Value::Null))
+        .map_err(ApiError::invalid_request)?;
+    let plan = requested.clone().resolve(None).map_err(ApiError::invalid_request)?;
+
+    // Read-only: the transaction is rolled back when dropped.
+    let mut tx = app.pool.begin().await?;
+    load_user(&mut tx, company_id, user_id).await?;
+    check_targets(&mut tx, &requested, &plan, company_id, user_id).await.map_err(|e| match e {
+        EnqueueError::Api(api) => api,
+        EnqueueError::KeyRace => ApiError::internal("dry run", "unexpected key race"),
+    })?;
+    let mut out = preview::dry_run(&mut tx, company_id, user_id, &plan).await?;
+    out["user_id"] = user_id.into();
+    out["company_id"] = company_id.into();
+    Ok(Json(out))
+}

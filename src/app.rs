@@ -1,0 +1,111 @@
+//! Process wiring shared by the binaries: logging, connections, and the two ways to run —
+//! API and workers in one process (`offboard serve`), or workers only (`offboard-worker`).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::Notify};
+
+use crate::{
+    api::{self, AppState},
+    config::{LogFormat, Settings},
+    ledger,
+    queue::Queues,
+    shutdown::Shutdown,
+    worker::Workers,
+};
+
+/// Default log filter of the service: info, with the libraries quieter.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,apalis=warn,apalis_core=warn,apalis_redis=warn,sqlx=warn";
+
+/// Logs to stderr, text or JSON. `RUST_LOG` overrides `default_filter`.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// PostgreSQL (migrated, created if missing) and Redis.
+#[derive(Clone)]
+pub struct Services {
+    pub pool: PgPool,
+    pub queues: Queues,
+    pub settings: Settings,
+}
+
+impl Services {
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let pool =
+            ledger::connect_and_migrate(&settings.database_url, settings.db_pool_size).await?;
+        let queues = Queues::connect(&settings.redis_url, &settings.queue_prefix).await?;
+        Ok(Self { pool, queues, settings })
+    }
+
+    pub fn workers(&self, nudge: Arc<Notify>) -> Workers {
+        Workers::new(self.pool.clone(), self.queues.clone(), &self.settings, nudge)
+    }
+
+    pub fn app_state(&self, nudge: Arc<Notify>) -> AppState {
+        AppState::new(self.pool.clone(), self.queues.clone(), self.settings.clone(), nudge)
+    }
+}
+
+/// A running API server: its address, and a handle that ends when it stopped.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds the API (port 0 picks a free port) and serves until `shutdown`.
+pub async fn start_api(
+    state: AppState,
+    bind: SocketAddr,
+    shutdown: Shutdown,
+) -> anyhow::Result<Server> {
+    let listener =
+        TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let router = api::router(state);
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await
+            .context("HTTP server failed")
+    });
+    Ok(Server { addr, handle })
+}
+
+/// API and workers in one process, until SIGINT/SIGTERM.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let services = Services::connect(settings).await?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let nudge = Arc::new(Notify::new());
+    let server =
+        start_api(services.app_state(nudge.clone()), services.settings.bind, shutdown.clone())
+            .await?;
+    tracing::info!(addr = %server.addr, "API listening");
+    let workers = services.workers(nudge).run(shutdown.clone());
+    let (api, workers) = tokio::join!(server.handle, workers);
+    api??;
+    workers
+}
+
+/// Workers only; several such processes share one queue.
+pub async fn run_workers(settings: Settings) -> anyhow::Result<()> {
+    let services = Services::connect(settings).await?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    services.workers(Arc::new(Notify::new())).run(shutdown).await
+}

@@ -1,0 +1,190 @@
+//! The operator CLI, a client of the HTTP API: list, watch (live progress bars per step),
+//! retry and cancel runs, preview a user. Also renders the demo's live progress.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        Self { base: base.trim_end_matches('/').to_string(), token: token.to_string(), http }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("unknown");
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            bail!("{status}: {code}: {message}");
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.send(request).await
+    }
+}
+
+/// `offboard runs list`.
+pub async fn list(client: &ApiClient, query: &str) -> anyhow::Result<()> {
+    let body = client.get(&format!("/v1/offboardings?{query}")).await?;
+    println!(
+        "{:<36}  {:>8}  {:>8}  {:<22}  {:<9}  {:>5}  created",
+        "id", "company", "user", "action", "status", "steps"
+    );
+    for run in body["runs"].as_array().into_iter().flatten() {
+        println!(
+            "{:<36}  {:>8}  {:>8}  {:<22}  {:<9}  {:>2}/{:<2}  {}",
+            run["id"].as_str().unwrap_or(""),
+            run["company_id"],
+            run["user_id"],
+            run["action"].as_str().unwrap_or(""),
+            run["status"].as_str().unwrap_or(""),
+            run["steps_succeeded"],
+            run["steps_total"],
+            run["created_at"].as_str().unwrap_or(""),
+        );
+    }
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        println!("more: --cursor {cursor}");
+    }
+    Ok(())
+}
+
+fn is_finished(run: &Value) -> bool {
+    matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled"))
+}
+
+/// Polls a run and draws its steps until it finishes; returns the final run.
+pub async fn watch(client: &ApiClient, run_id: &str) -> anyhow::Result<Value> {
+    let mut out = std::io::stdout();
+    let live = out.is_terminal();
+    let mut drawn = 0usize;
+    let mut last_lines: Vec<String> = Vec::new();
+    loop {
+        let run = client.get(&format!("/v1/offboardings/{run_id}")).await?;
+        let lines = render(&run);
+        if live {
+            if drawn > 0 {
+                write!(out, "\x1b[{drawn}A")?;
+            }
+            for line in &lines {
+                writeln!(out, "\x1b[2K{line}")?;
+            }
+            drawn = lines.len();
+        } else {
+            for line in lines.iter().filter(|l| !last_lines.contains(l)) {
+                writeln!(out, "{line}")?;
+            }
+        }
+        out.flush()?;
+        last_lines = lines;
+        if is_finished(&run) {
+            return Ok(run);
+        }
+        tokio::time::sleep(Duration::from_millis(if live { 100 } else { 250 })).await;
+    }
+}
+
+/// One header line and one progress bar per step.
+pub fn render(run: &Value) -> Vec<String> {
+    let steps = run["steps"].as_array().cloned().unwrap_or_default();
+    let finished = steps
+        .iter()
+        .filter(|s| matches!(s["status"].as_str(), Some("succeeded" | "skipped")))
+        .count();
+    let mut lines = vec![format!(
+        "run {} · {} user {} · {} ({finished}/{} steps)",
+        run["id"].as_str().unwrap_or("?"),
+        run["action"].as_str().unwrap_or("?"),
+        run["user_id"],
+        run["status"].as_str().unwrap_or("?"),
+        steps.len(),
+    )];
+    for step in &steps {
+        let status = step["status"].as_str().unwrap_or("?");
+        let done = step["done"].as_i64().unwrap_or(0);
+        let total = step["total"].as_i64();
+        let fraction = match (status, total) {
+            ("succeeded" | "skipped", _) => 1.0,
+            (_, Some(t)) if t > 0 => done as f64 / t as f64,
+            _ => 0.0,
+        };
+        let progress = match total {
+            Some(t) => format!("{done}/{t}"),
+            None => String::new(),
+        };
+        let error =
+            step["last_error"]["code"].as_str().map(|c| format!("  [{c}]")).unwrap_or_default();
+        lines.push(format!(
+            "  {:<24} {} {:<9} {:>15} attempts {}{error}",
+            step["name"].as_str().unwrap_or("?"),
+            bar(fraction, 24),
+            status,
+            progress,
+            step["attempts"],
+        ));
+    }
+    lines
+}
+
+fn bar(fraction: f64, width: usize) -> String {
+    let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round()) as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn renders_a_bar_per_step() {
+        let run = json!({"id": "r1", "action": "deactivate", "user_id": 5, "status": "running", "steps": [
+            {"name": "block_login", "status": "succeeded", "done": 1, "total": 1, "attempts": 1, "last_error": null},
+            {"name": "reassign_deals", "status": "running", "done": 50, "total": 200, "attempts": 1, "last_error": null},
+        ]});
+        let lines = render(&run);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("(1/2 steps)"));
+        assert!(lines[1].contains(&format!("[{}]", "#".repeat(24))));
+        assert!(lines[2].contains(&format!("[{}{}]", "#".repeat(6), ".".repeat(18))));
+        assert!(lines[2].contains("50/200"));
+    }
+}

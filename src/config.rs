@@ -1,0 +1,349 @@
+//! Settings from the environment, read once, typed, failing fast with the variable's name.
+//! Defaults work on a developer machine with local PostgreSQL and Redis; secrets are never
+//! printed (`Debug` shows how many tokens there are, not what they are).
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// The development token, accepted only while the API is bound to a loopback address.
+pub const DEV_TOKEN: &str = "offboard-dev-token";
+
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub redis_url: String,
+    /// Redis key prefix of the queues, so several installs (or tests) can share one Redis.
+    pub queue_prefix: String,
+    pub bind: SocketAddr,
+    /// Connections in this process' PostgreSQL pool.
+    pub db_pool_size: u32,
+    pub api_tokens: Vec<ApiToken>,
+    pub log_format: LogFormat,
+    pub worker: WorkerSettings,
+    pub steps: StepSettings,
+}
+
+/// One bearer token, optionally scoped to a single company.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub secret: String,
+    pub company_id: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How workers take and run steps.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Steps one worker process runs at once.
+    pub concurrency: usize,
+    /// Steps handed to Redis (queued) or running, across all companies.
+    pub max_in_flight: i64,
+    /// Steps in flight for one company, so one tenant's layoff cannot starve another.
+    pub max_in_flight_per_company: i64,
+    /// How long a worker's claim on a step lasts without renewal.
+    pub lease: Duration,
+    /// A queued step not claimed within this time is pushed to Redis again (outbox).
+    pub redeliver_after: Duration,
+    /// Attempts before a step is dead (a lease that expires counts as one).
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How often an idle worker looks for work in Redis.
+    pub poll_interval: Duration,
+    /// How often the dispatcher looks for ready steps without being nudged.
+    pub dispatch_interval: Duration,
+    /// Running steps get this long to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// What steps need to know beyond the run.
+#[derive(Clone, Debug)]
+pub struct StepSettings {
+    /// Rows one reassignment transaction may touch.
+    pub reassign_batch: i64,
+    /// Private emails are purged this long after deactivation.
+    pub private_email_retention: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_in_flight: 1024,
+            max_in_flight_per_company: 48,
+            lease: Duration::from_secs(10),
+            redeliver_after: Duration::from_secs(10),
+            max_attempts: 8,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(600),
+            poll_interval: Duration::from_millis(50),
+            dispatch_interval: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Default for StepSettings {
+    fn default() -> Self {
+        Self { reassign_batch: 5_000, private_email_retention: Duration::from_secs(30 * 24 * 3600) }
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can supply their own environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let worker_defaults = WorkerSettings::default();
+        let step_defaults = StepSettings::default();
+
+        let bind = match var("OFFBOARD_BIND") {
+            Some(v) => v.parse().with_context(|| {
+                format!("OFFBOARD_BIND: {v:?} is not an address like 127.0.0.1:8080")
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let api_tokens = match var("OFFBOARD_API_TOKENS") {
+            Some(v) => parse_tokens(&v).context("OFFBOARD_API_TOKENS")?,
+            None => Vec::new(),
+        };
+        let log_format = match var("OFFBOARD_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("OFFBOARD_LOG_FORMAT: {other:?} is neither text nor json"),
+        };
+
+        let duration = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            match var(name) {
+                Some(v) => parse_duration(&v).with_context(|| format!("{name}: {v:?}")),
+                None => Ok(default),
+            }
+        };
+        let number = |name: &str, default: i64, min: i64| -> anyhow::Result<i64> {
+            match var(name) {
+                Some(v) => {
+                    let n: i64 = v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name}: {v:?} is not a whole number"))?;
+                    if n < min {
+                        bail!("{name}: {n} is below the minimum {min}");
+                    }
+                    Ok(n)
+                }
+                None => Ok(default),
+            }
+        };
+
+        let worker = WorkerSettings {
+            concurrency: number(
+                "OFFBOARD_WORKER_CONCURRENCY",
+                worker_defaults.concurrency as i64,
+                1,
+            )? as usize,
+            max_in_flight: number("OFFBOARD_MAX_IN_FLIGHT", worker_defaults.max_in_flight, 1)?,
+            max_in_flight_per_company: number(
+                "OFFBOARD_MAX_IN_FLIGHT_PER_COMPANY",
+                worker_defaults.max_in_flight_per_company,
+                1,
+            )?,
+            lease: duration("OFFBOARD_LEASE", worker_defaults.lease)?,
+            redeliver_after: duration("OFFBOARD_REDELIVER_AFTER", worker_defaults.redeliver_after)?,
+            max_attempts: number("OFFBOARD_MAX_ATTEMPTS", worker_defaults.max_attempts as i64, 1)?
+                as i32,
+            backoff_base: duration("OFFBOARD_BACKOFF_BASE", worker_defaults.backoff_base)?,
+            backoff_cap: duration("OFFBOARD_BACKOFF_CAP", worker_defaults.backoff_cap)?,
+            poll_interval: duration("OFFBOARD_POLL_INTERVAL", worker_defaults.poll_interval)?,
+            dispatch_interval: duration(
+                "OFFBOARD_DISPATCH_INTERVAL",
+                worker_defaults.dispatch_interval,
+            )?,
+            shutdown_timeout: duration(
+                "OFFBOARD_SHUTDOWN_TIMEOUT",
+                worker_defaults.shutdown_timeout,
+            )?,
+        };
+        if worker.lease < Duration::from_millis(500) {
+            bail!("OFFBOARD_LEASE: must be at least 500ms");
+        }
+        let steps = StepSettings {
+            reassign_batch: number("OFFBOARD_REASSIGN_BATCH", step_defaults.reassign_batch, 1)?,
+            private_email_retention: duration(
+                "OFFBOARD_PRIVATE_EMAIL_RETENTION",
+                step_defaults.private_email_retention,
+            )?,
+        };
+
+        Ok(Self {
+            database_url: var("DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/offboard".into()),
+            redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            queue_prefix: var("OFFBOARD_QUEUE_PREFIX").unwrap_or_else(|| "offboard".into()),
+            bind,
+            db_pool_size: number("OFFBOARD_DB_POOL", 40, 2)? as u32,
+            api_tokens,
+            log_format,
+            worker,
+            steps,
+        })
+    }
+
+    /// The tokens the API accepts: the configured ones, plus the development token while the
+    /// API listens on loopback only.
+    pub fn accepted_tokens(&self) -> Vec<ApiToken> {
+        let mut tokens = self.api_tokens.clone();
+        if self.bind.ip().is_loopback() {
+            tokens.push(ApiToken { secret: DEV_TOKEN.into(), company_id: None });
+        }
+        tokens
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("bind", &self.bind)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("api_tokens", &format_args!("{} configured", self.api_tokens.len()))
+            .field("log_format", &self.log_format)
+            .field("worker", &self.worker)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// `TOKEN` (any company) or `TOKEN@COMPANY_ID` (one company), comma-separated.
+fn parse_tokens(raw: &str) -> anyhow::Result<Vec<ApiToken>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|entry| match entry.rsplit_once('@') {
+            Some((secret, company)) => {
+                let company_id = company.parse().with_context(|| {
+                    format!("the company after '@' in token entry {} is not a number", entry.len())
+                })?;
+                check_token_secret(secret)?;
+                Ok(ApiToken { secret: secret.into(), company_id: Some(company_id) })
+            }
+            None => {
+                check_token_secret(entry)?;
+                Ok(ApiToken { secret: entry.into(), company_id: None })
+            }
+        })
+        .collect()
+}
+
+fn check_token_secret(secret: &str) -> anyhow::Result<()> {
+    if secret.len() < 16 {
+        bail!("a token is shorter than 16 characters");
+    }
+    Ok(())
+}
+
+/// `250ms`, `10s`, `5m`, `2h`, `30d`, or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().context("expected a number followed by ms, s, m, h or d")?;
+    let seconds = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        other => bail!("unknown unit {other:?}; use ms, s, m, h or d"),
+    })
+}
+
+/// Hides a password in a connection URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:5432/offboard");
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.steps.private_email_retention, Duration::from_secs(30 * 86_400));
+        assert!(s.accepted_tokens().iter().any(|t| t.secret == DEV_TOKEN));
+    }
+
+    #[test]
+    fn dev_token_is_refused_off_loopback() {
+        let s = settings(&[("OFFBOARD_BIND", "0.0.0.0:8080")]).unwrap();
+        assert!(s.accepted_tokens().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = settings(&[("OFFBOARD_PRIVATE_EMAIL_RETENTION", "soon")]).unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_PRIVATE_EMAIL_RETENTION"));
+        let err = settings(&[("OFFBOARD_WORKER_CONCURRENCY", "0")]).unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_WORKER_CONCURRENCY"));
+    }
+
+    #[test]
+    fn tokens_may_be_scoped_to_a_company() {
+        let s =
+            settings(&[("OFFBOARD_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb@17")])
+                .unwrap();
+        assert_eq!(s.api_tokens[0].company_id, None);
+        assert_eq!(s.api_tokens[1].company_id, Some(17));
+        assert_eq!(s.api_tokens[1].secret, "bbbbbbbbbbbbbbbbbbbb");
+        assert!(settings(&[("OFFBOARD_API_TOKENS", "short")]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let s = settings(&[
+            ("OFFBOARD_API_TOKENS", "supersecrettoken123"),
+            ("DATABASE_URL", "postgres://app:hunter2@db/offboard"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("supersecrettoken123"));
+        assert!(!shown.contains("hunter2"));
+    }
+}

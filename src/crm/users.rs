@@ -1,0 +1,154 @@
+//! Users as the request rules need them. Never logged: only ids leave this module.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: i64,
+    pub company_id: i64,
+    pub role: String,
+    pub status: String,
+    pub account_settings_access: bool,
+    pub holds_seat: bool,
+}
+
+impl UserRecord {
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+/// A user of the company; a user of another company is not found.
+pub async fn find<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    user_id: i64,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, company_id, role, status, account_settings_access, holds_seat
+         FROM crm.users WHERE id = $1 AND company_id = $2",
+    )
+    .bind(user_id)
+    .bind(company_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Locks the user row for the request's transaction, so two requests about one user
+/// serialize.
+pub async fn find_for_update<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    user_id: i64,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, company_id, role, status, account_settings_access, holds_seat
+         FROM crm.users WHERE id = $1 AND company_id = $2 FOR UPDATE",
+    )
+    .bind(user_id)
+    .bind(company_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Several users of the company at once (for targets), by id.
+pub async fn find_many<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    ids: &[i64],
+) -> Result<Vec<UserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, company_id, role, status, account_settings_access, holds_seat
+         FROM crm.users WHERE id = ANY ($1) AND company_id = $2",
+    )
+    .bind(ids)
+    .bind(company_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Active admins of the company other than `excluding` that no active run is about to
+/// deactivate: who would be left if this deactivation goes through.
+pub async fn remaining_admins<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    excluding: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM crm.users u
+         WHERE u.company_id = $1 AND u.role = 'admin' AND u.status = 'active' AND u.id <> $2
+           AND NOT EXISTS (SELECT 1 FROM offboard.runs r
+                           WHERE r.company_id = u.company_id AND r.user_id = u.id
+                             AND r.status IN ('queued', 'running', 'failed')
+                             AND r.action IN ('deactivate', 'deactivate_and_delete'))",
+    )
+    .bind(company_id)
+    .bind(excluding)
+    .fetch_one(db)
+    .await
+}
+
+/// Seats of the company: (total, held).
+pub async fn seats<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+) -> Result<Option<(i32, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.seats, (SELECT count(*) FROM crm.users u WHERE u.company_id = c.id AND u.holds_seat)
+         FROM crm.companies c WHERE c.id = $1",
+    )
+    .bind(company_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Locks the company row: serializes the requests that count admins or seats.
+pub async fn lock_company<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM crm.companies WHERE id = $1 FOR UPDATE")
+            .bind(company_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Whether an email address is taken in the company (case-insensitive).
+pub async fn email_taken<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    email: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM crm.users WHERE company_id = $1 AND lower(email) = lower($2))")
+        .bind(company_id)
+        .bind(email)
+        .fetch_one(db)
+        .await
+}
+
+/// Creates the replacement user of "delete and replace": active, regular, with the seat
+/// given now (`holds_seat`) or at the end of the deactivation it replaces.
+pub async fn create_replacement<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    name: &str,
+    email: &str,
+    holds_seat: bool,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO crm.users (company_id, name, email, role, account_settings_access, status, holds_seat)
+         VALUES ($1, $2, $3, 'regular', false, 'active', $4) RETURNING id",
+    )
+    .bind(company_id)
+    .bind(name)
+    .bind(email)
+    .bind(holds_seat)
+    .fetch_one(db)
+    .await
+}

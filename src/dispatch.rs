@@ -1,0 +1,146 @@
+//! The dispatcher and the sweeper: the only code that decides what goes to Redis.
+//!
+//! The dispatcher moves ready steps to `queued` within the in-flight limits (global, so
+//! Redis never holds an unbounded backlog, and per company, so one tenant's layoff cannot
+//! starve another) and pushes them after the commit. It runs when nudged (a commit made
+//! steps ready) and on a short interval (retries coming due, other processes' commits).
+//!
+//! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
+//! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), fires
+//! private-email purges whose delayed Redis task was lost, and trims finished tasks from Redis.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::{
+    config::WorkerSettings,
+    ledger::steps::{self, DispatchLimits},
+    metrics::METRICS,
+    queue::Queues,
+    shutdown::Shutdown,
+    steps::private_email_purge::{self, FiredBy},
+};
+
+/// Purges fire from the sweeper only this long after they were due; before that they are
+/// the delayed Redis task's to fire.
+pub const PURGE_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub pool: PgPool,
+    pub queues: Queues,
+    pub settings: WorkerSettings,
+    pub nudge: Arc<Notify>,
+}
+
+impl Dispatcher {
+    fn limits(&self) -> DispatchLimits {
+        DispatchLimits {
+            max_in_flight: self.settings.max_in_flight,
+            max_in_flight_per_company: self.settings.max_in_flight_per_company,
+        }
+    }
+
+    /// Dispatches what may start now; returns how many steps were pushed.
+    pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
+        let ids = steps::dispatch_ready(&self.pool, self.limits()).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // Committed as queued first: if this push fails the sweeper pushes them again.
+        self.queues.push_steps(&ids).await?;
+        Ok(ids.len())
+    }
+
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            match self.dispatch_once().await {
+                // A full batch may mean more is waiting: go again at once.
+                Ok(n) if n > 0 => {
+                    if shutdown.is_triggered() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "dispatch failed; will retry"),
+            }
+            tokio::select! {
+                _ = self.nudge.notified() => {}
+                _ = tokio::time::sleep(self.settings.dispatch_interval) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+    }
+
+    /// One sweep. Errors are logged and the next sweep tries again.
+    pub async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        match steps::reap_expired_leases(&self.pool).await {
+            Ok(reaped) => {
+                for (run_id, step, status) in &reaped {
+                    tracing::warn!(%run_id, step = %step, new_status = %status, "lease expired; step taken back");
+                }
+                report.leases_expired = reaped.len();
+                if !reaped.is_empty() {
+                    self.nudge.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+        }
+        match self.redeliver_stale().await {
+            Ok(n) => report.redelivered = n,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "redelivering queued steps failed"),
+        }
+        match private_email_purge::overdue(&self.pool, PURGE_GRACE, 100).await {
+            Ok(due) => {
+                for purge_id in due {
+                    match private_email_purge::fire(&self.pool, purge_id, FiredBy::Sweeper).await {
+                        Ok(Some(_)) => {
+                            METRICS.purge_fired("sweeper");
+                            report.purges_fired += 1;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(purge_id, error = %e, "purge failed; next sweep retries")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for overdue purges failed"),
+        }
+        if let Err(e) = self.queues.trim_finished(2_000).await {
+            tracing::debug!(error = %e, "trimming finished Redis tasks failed");
+        }
+        report
+    }
+
+    /// Re-pushes queued steps nobody claimed in time, but only while Redis holds fewer
+    /// tasks than the in-flight limit, so a long worker outage cannot pile duplicates up.
+    async fn redeliver_stale(&self) -> anyhow::Result<usize> {
+        let depth = self.queues.step_depth().await?.total() as i64;
+        let room = self.settings.max_in_flight - depth;
+        if room <= 0 {
+            return Ok(0);
+        }
+        let ids = steps::take_stale_queued(&self.pool, self.settings.redeliver_after, room).await?;
+        if !ids.is_empty() {
+            tracing::info!(
+                steps = ids.len(),
+                "re-pushing queued steps whose Redis task was lost or late"
+            );
+            self.queues.push_steps(&ids).await?;
+        }
+        Ok(ids.len())
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub leases_expired: usize,
+    pub redelivered: usize,
+    pub purges_fired: usize,
+}

@@ -1,0 +1,12 @@
+//! The vocabulary of offboarding, parsed and validated once at the boundary: ids, actions,
+//! transfer plans and their distribution arithmetic. No I/O lives here.
+
+pub mod action;
+pub mod ids;
+pub mod request;
+pub mod transfer;
+
+pub use action::Action;
+pub use ids::{CompanyId, UserId};
+pub use request::{FieldError, OffboardingRequest, Replacement};
+pub use transfer::{Distribution, ItemType, Scope, TransferPlan, TransferRule};

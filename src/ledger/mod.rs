@@ -1,0 +1,59 @@
+//! The ledger (schema `offboard`): runs, steps, history, idempotency keys and scheduled
+//! purges. PostgreSQL is the record of every run and step; Redis only carries work, so
+//! anything Redis loses is found here again.
+
+pub mod idempotency;
+pub mod runs;
+pub mod steps;
+
+use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
+
+/// Migrations for both schemas (`crm`, the reference store, and `offboard`, the ledger).
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, creating the database when it does not exist yet, and applies pending
+/// migrations.
+pub async fn connect_and_migrate(
+    database_url: &str,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    use sqlx::{Connection, Executor, postgres::PgConnectOptions};
+    use std::str::FromStr;
+
+    let options =
+        PgConnectOptions::from_str(database_url).context("DATABASE_URL is not a PostgreSQL URL")?;
+    let database = options.get_database().unwrap_or("postgres").to_string();
+    let exists = match sqlx::PgConnection::connect_with(&options).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            true
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => false,
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot reach PostgreSQL at {}", crate::config::redact_url(database_url))
+            });
+        }
+    };
+    if !exists {
+        let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
+            .await
+            .context("cannot connect to the postgres database to create ours")?;
+        let quoted = database.replace('"', "\"\"");
+        match admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).await {
+            Ok(_) => tracing::info!(database = %database, "created database"),
+            // Another process created it at the same moment.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("CREATE DATABASE failed"),
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("cannot open the connection pool")?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}

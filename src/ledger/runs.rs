@@ -1,0 +1,450 @@
+//! Runs: created with all their steps in one transaction, read by the API and operators,
+//! finished with a receipt, retried and canceled by operators.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+// Dynamic SQL here only splices the fixed RUN_COLUMNS list.
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::steps::StepSpec;
+
+/// A run to write, with its steps.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub id: Uuid,
+    pub company_id: i64,
+    pub user_id: i64,
+    pub action: &'a str,
+    pub plan: Value,
+    pub params: Value,
+    pub actor_user_id: i64,
+    pub idempotency_key: Option<&'a str>,
+    pub steps: Vec<StepSpec>,
+    pub max_attempts: i32,
+}
+
+/// Writes the run, its steps (those without dependencies ready at once) and the first
+/// history entry. Fails with a unique violation on `runs_one_active_per_user` when the user
+/// already has an active run.
+pub async fn insert(tx: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx::Error> {
+    let steps = run.steps.len() as i32;
+    sqlx::query(
+        "INSERT INTO offboard.runs
+             (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
+              steps_total, steps_remaining)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+    )
+    .bind(run.id)
+    .bind(run.company_id)
+    .bind(run.user_id)
+    .bind(run.action)
+    .bind(&run.plan)
+    .bind(&run.params)
+    .bind(run.actor_user_id)
+    .bind(run.idempotency_key)
+    .bind(steps)
+    .execute(&mut *tx)
+    .await?;
+
+    let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
+    // Step names never contain commas, so each dependency list travels as one string.
+    let deps: Vec<String> = run.steps.iter().map(|s| s.depends_on.join(",")).collect();
+    sqlx::query(
+        "WITH s AS (
+             SELECT name, position,
+                    CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
+             FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS x(name, deps, position))
+         INSERT INTO offboard.steps
+             (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
+         SELECT $1, $2, name, position, depends_on, cardinality(depends_on),
+                CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $5
+         FROM s",
+    )
+    .bind(run.id)
+    .bind(run.company_id)
+    .bind(&names)
+    .bind(&deps)
+    .bind(run.max_attempts)
+    .execute(&mut *tx)
+    .await?;
+
+    record_event(
+        &mut *tx,
+        run.id,
+        "enqueued",
+        None,
+        &format!("user:{}", run.actor_user_id),
+        json!({}),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn record_event<'e>(
+    db: impl PgExecutor<'e>,
+    run_id: Uuid,
+    kind: &str,
+    step: Option<&str>,
+    actor: &str,
+    detail: Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO offboard.run_events (run_id, kind, step, actor, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(run_id)
+        .bind(kind)
+        .bind(step)
+        .bind(actor)
+        .bind(detail)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub company_id: i64,
+    pub user_id: i64,
+    pub action: String,
+    pub status: String,
+    pub plan: Value,
+    pub actor_user_id: i64,
+    pub steps_total: i32,
+    pub steps_remaining: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub receipt: Option<Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, \
+     steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message";
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub name: String,
+    pub status: String,
+    pub depends_on: Vec<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub done: i64,
+    pub total: Option<i64>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<Value>,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub actor: String,
+    pub detail: Value,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PurgeRow {
+    pub id: i64,
+    pub due_at: DateTime<Utc>,
+    pub status: String,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub fired_by: Option<String>,
+    pub emails_deleted: Option<i32>,
+}
+
+/// One run as the API shows it.
+#[derive(Debug, Clone)]
+pub struct RunDetail {
+    pub run: RunRow,
+    pub steps: Vec<StepRow>,
+    pub events: Vec<EventRow>,
+    pub purge: Option<PurgeRow>,
+}
+
+/// Reads a run; with `company` given, a run of another company is not found.
+pub async fn find<'e>(
+    db: impl PgExecutor<'e> + Copy,
+    id: Uuid,
+    company: Option<i64>,
+) -> Result<Option<RunDetail>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2)"
+    );
+    let Some(run) = sqlx::query_as::<_, RunRow>(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(company)
+        .fetch_optional(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let steps = sqlx::query_as(
+        "SELECT name, status, depends_on, attempts, max_attempts, done, total, next_attempt_at,
+                started_at, finished_at, result, last_error_code, last_error_message
+         FROM offboard.steps WHERE run_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    let events = sqlx::query_as(
+        "SELECT at, kind, step, actor, detail FROM offboard.run_events WHERE run_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    let purge = sqlx::query_as(
+        "SELECT id, due_at, status, fired_at, fired_by, emails_deleted
+         FROM offboard.scheduled_purges WHERE run_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(Some(RunDetail { run, steps, events, purge }))
+}
+
+/// Filters for listing runs, newest first, paged by a (created_at, id) cursor.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub company_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub status: Option<String>,
+    pub action: Option<String>,
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// A run in a list, with step progress summed up.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub company_id: i64,
+    pub user_id: i64,
+    pub action: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps_total: i32,
+    pub steps_succeeded: i64,
+    pub steps_dead: i64,
+    pub error_code: Option<String>,
+}
+
+pub async fn list(db: &PgPool, filter: &RunFilter) -> Result<Vec<RunSummary>, sqlx::Error> {
+    let (before_at, before_id) = filter.before.unzip();
+    sqlx::query_as(
+        "SELECT r.id, r.company_id, r.user_id, r.action, r.status, r.created_at, r.finished_at,
+                r.steps_total,
+                (SELECT count(*) FROM offboard.steps s
+                 WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')) AS steps_succeeded,
+                (SELECT count(*) FROM offboard.steps s
+                 WHERE s.run_id = r.id AND s.status = 'dead') AS steps_dead,
+                r.error_code
+         FROM offboard.runs r
+         WHERE ($1::bigint IS NULL OR r.company_id = $1)
+           AND ($2::text IS NULL OR r.status = $2)
+           AND ($3::text IS NULL OR r.action = $3)
+           AND ($4::bigint IS NULL OR r.user_id = $4)
+           AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < ($5, $6))
+         ORDER BY r.created_at DESC, r.id DESC
+         LIMIT $7",
+    )
+    .bind(filter.company_id)
+    .bind(filter.status.as_deref())
+    .bind(filter.action.as_deref())
+    .bind(filter.user_id)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The active run of a user, if any.
+pub async fn active_for_user<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    user_id: i64,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM offboard.runs
+         WHERE company_id = $1 AND user_id = $2 AND status IN ('queued', 'running', 'failed')",
+    )
+    .bind(company_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
+/// transaction that completed the step, so the receipt and the last effect commit together.
+pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<(), sqlx::Error> {
+    let run: RunRow = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM offboard.runs WHERE id = $1"
+    )))
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let steps: Vec<StepRow> = sqlx::query_as(
+        "SELECT name, status, depends_on, attempts, max_attempts, done, total, next_attempt_at,
+                started_at, finished_at, result, last_error_code, last_error_message
+         FROM offboard.steps WHERE run_id = $1 ORDER BY position",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let finished_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let receipt = build_receipt(&run, &steps, finished_at);
+    sqlx::query(
+        "UPDATE offboard.runs
+         SET status = 'succeeded', finished_at = $2, receipt = $3, params = params - 'display_name'
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(finished_at)
+    .bind(&receipt)
+    .execute(&mut *tx)
+    .await?;
+    record_event(&mut *tx, run_id, "succeeded", None, "system", json!({})).await
+}
+
+/// What was done, counts per step, who asked and when. Ids only, never personal data.
+pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>) -> Value {
+    let result_of =
+        |name: &str| steps.iter().find(|s| s.name == name).and_then(|s| s.result.clone());
+    let mut reassigned = serde_json::Map::new();
+    for step in steps {
+        if let (Some(item), Some(result)) = (step.name.strip_prefix("reassign_"), &step.result) {
+            reassigned.insert(item.to_string(), result.clone());
+        }
+    }
+    let review = result_of("review_automations");
+    let needs_review = json!({
+        "automations": review.as_ref().and_then(|r| r.get("automations_needing_review").cloned()).unwrap_or(json!([])),
+        "assignment_rules": review.as_ref().and_then(|r| r.get("assignment_rules_needing_review").cloned()).unwrap_or(json!([])),
+    });
+    let purge = result_of("finish_deactivation").map(|r| {
+        json!({"id": r.get("private_email_purge_id"), "due_at": r.get("private_email_purge_due_at")})
+    });
+    json!({
+        "run_id": run.id,
+        "company_id": run.company_id,
+        "user_id": run.user_id,
+        "action": run.action,
+        "actor_user_id": run.actor_user_id,
+        "requested_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": finished_at,
+        "steps": steps.iter().map(|s| json!({
+            "name": s.name,
+            "status": s.status,
+            "attempts": s.attempts,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "counts": s.result.clone().unwrap_or(json!({})),
+        })).collect::<Vec<_>>(),
+        "needs_review": needs_review,
+        "reassigned": reassigned,
+        "private_email_purge": purge,
+    })
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRefusal {
+    NotFound,
+    /// The run is not in a state the action applies to; carries its status.
+    WrongState,
+}
+
+/// Dead steps go back to ready with fresh attempts; the run resumes. Recorded with the actor.
+pub async fn retry(
+    pool: &PgPool,
+    run_id: Uuid,
+    company: Option<i64>,
+    actor: &str,
+) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(company)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match status.as_deref() {
+        None => return Ok(Err(OperatorRefusal::NotFound)),
+        Some("failed") | Some("running") | Some("queued") => {}
+        Some(_) => return Ok(Err(OperatorRefusal::WrongState)),
+    }
+    let revived: Vec<String> = sqlx::query_scalar(
+        "UPDATE offboard.steps
+         SET status = CASE WHEN deps_remaining = 0 THEN 'ready' ELSE 'pending' END,
+             attempts = 0, next_attempt_at = now(), finished_at = NULL
+         WHERE run_id = $1 AND status = 'dead'
+         RETURNING name",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if revived.is_empty() {
+        return Ok(Err(OperatorRefusal::WrongState));
+    }
+    sqlx::query(
+        "UPDATE offboard.runs SET status = 'running', error_code = NULL, error_message = NULL, finished_at = NULL
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    record_event(&mut *tx, run_id, "retried", None, actor, json!({"steps": revived})).await?;
+    tx.commit().await?;
+    Ok(Ok(revived.len() as i64))
+}
+
+/// No new step of the run starts; steps already running finish; finished steps stay.
+pub async fn cancel(
+    pool: &PgPool,
+    run_id: Uuid,
+    company: Option<i64>,
+    actor: &str,
+) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(company)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match status.as_deref() {
+        None => return Ok(Err(OperatorRefusal::NotFound)),
+        Some("queued") | Some("running") | Some("failed") => {}
+        Some(_) => return Ok(Err(OperatorRefusal::WrongState)),
+    }
+    let canceled = sqlx::query(
+        "UPDATE offboard.steps SET status = 'canceled', finished_at = now()
+         WHERE run_id = $1 AND status IN ('pending', 'ready', 'queued', 'dead')",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE offboard.runs SET status = 'canceled', finished_at = now(), params = params - 'display_name'
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    record_event(&mut *tx, run_id, "canceled", None, actor, json!({"steps_canceled": canceled}))
+        .await?;
+    tx.commit().await?;
+    Ok(Ok(canceled as i64))
+}

@@ -1,0 +1,176 @@
+//! Redis, through apalis-redis: it carries step and purge tasks, nothing more. A task is
+//! only an id; what to do and whether it was done is in the ledger. Only the dispatcher,
+//! the sweeper and a finished deactivation (its punctual purge task) push here.
+
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Run one step of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTask {
+    pub step_id: i64,
+}
+
+/// Fire one private-email purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeTask {
+    pub purge_id: i64,
+}
+
+/// Tasks pushed per Redis call; keeps each call far below the client's response timeout.
+const PUSH_CHUNK: usize = 256;
+
+/// The step and purge queues of one install (one key prefix).
+#[derive(Clone)]
+pub struct Queues {
+    prefix: String,
+    conn: ConnectionManager,
+    steps: RedisStorage<StepTask>,
+    purges: RedisStorage<PurgeTask>,
+}
+
+impl fmt::Debug for Queues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queues").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// Tasks Redis holds for one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Depth {
+    /// Waiting for their time (delayed) or for promotion to the active list.
+    pub scheduled: u64,
+    /// Ready to be fetched.
+    pub active: u64,
+}
+
+impl Depth {
+    pub fn total(self) -> u64 {
+        self.scheduled + self.active
+    }
+}
+
+impl Queues {
+    pub async fn connect(redis_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let conn = apalis_redis::connect(redis_url).await.with_context(|| {
+            format!("cannot reach Redis at {}", crate::config::redact_url(redis_url))
+        })?;
+        Ok(Self::with_connection(conn, prefix))
+    }
+
+    pub fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
+        let steps =
+            RedisStorage::new(conn.clone()).with_config(Self::config(&format!("{prefix}:steps")));
+        let purges =
+            RedisStorage::new(conn.clone()).with_config(Self::config(&format!("{prefix}:purges")));
+        Self { prefix: prefix.to_string(), conn, steps, purges }
+    }
+
+    /// The settings every offboard queue uses. `lock_tasks(false)`: apalis' per-task lock
+    /// costs an LREM over the whole active list (~870 tasks/s); the ledger's lease does that
+    /// job. Pub/sub events are off: nothing reads them. Results stay on, because that is
+    /// what acks a task (without it every task stays in its worker's in-flight set and is
+    /// re-enqueued wholesale when that worker is gone); [`Queues::trim_finished`] drops them.
+    fn config(queue: &str) -> Config {
+        Config::default()
+            .queue(queue)
+            .batch_size(32)
+            .lock_tasks(false)
+            .emit_events(false)
+            .heartbeat_interval(Duration::from_secs(5))
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn step_storage(&self) -> RedisStorage<StepTask> {
+        self.steps.clone()
+    }
+
+    pub fn purge_storage(&self) -> RedisStorage<PurgeTask> {
+        self.purges.clone()
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn push_steps(&self, step_ids: &[i64]) -> anyhow::Result<()> {
+        let mut storage = self.steps.clone();
+        for chunk in step_ids.chunks(PUSH_CHUNK) {
+            let tasks = chunk.iter().map(|&step_id| StepTask { step_id }).collect();
+            storage
+                .push_bulk(tasks)
+                .await
+                .map_err(|e| anyhow::anyhow!("pushing steps to Redis: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A delayed task that fires the purge at `due_at`. The ledger row is the promise; this
+    /// only makes it punctual.
+    pub async fn push_purge(&self, purge_id: i64, due_at: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut storage = self.purges.clone();
+        let at = SystemTime::from(due_at).max(SystemTime::now());
+        let task = TaskBuilder::new(PurgeTask { purge_id }).run_at_time(at).build();
+        storage.push_task(task).await.map_err(|e| anyhow::anyhow!("pushing a purge to Redis: {e}"))
+    }
+
+    async fn depth_of(&self, queue: &str) -> anyhow::Result<Depth> {
+        let mut conn = self.conn.clone();
+        let (scheduled, active): (u64, u64) = redis::pipe()
+            .zcard(format!("{queue}:scheduled"))
+            .llen(format!("{queue}:active"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Depth { scheduled, active })
+    }
+
+    pub async fn step_depth(&self) -> anyhow::Result<Depth> {
+        self.depth_of(&format!("{}:steps", self.prefix)).await
+    }
+
+    pub async fn purge_depth(&self) -> anyhow::Result<Depth> {
+        self.depth_of(&format!("{}:purges", self.prefix)).await
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// apalis-redis keeps every finished task's id, data and metadata forever. Drops those of
+    /// finished tasks, a bounded number per call, so a long-running install stays small.
+    pub async fn trim_finished(&self, max: usize) -> anyhow::Result<u64> {
+        let mut trimmed = 0;
+        for queue in [format!("{}:steps", self.prefix), format!("{}:purges", self.prefix)] {
+            let config = Self::config(&queue);
+            let mut conn = self.conn.clone();
+            for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+                let ids: Vec<String> =
+                    redis::cmd("SPOP").arg(&set).arg(max).query_async(&mut conn).await?;
+                if ids.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                pipe.hdel(config.job_data_hash(), &ids).ignore();
+                for id in &ids {
+                    pipe.del(format!("{}:{id}", config.job_meta_hash())).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                trimmed += ids.len() as u64;
+            }
+        }
+        Ok(trimmed)
+    }
+}

@@ -1,0 +1,35 @@
+//! Automations: the ones the user created are turned off; automations and assignment rules
+//! that merely name the user keep running and are listed as "needs review".
+
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::{Finished, Progress, StepContext, StepError};
+
+pub(super) async fn apply(
+    cx: &StepContext<'_>,
+    tx: &mut PgConnection,
+) -> Result<Progress, StepError> {
+    let (deactivated, automations, rules): (Vec<i64>, Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "WITH off AS (UPDATE crm.automations SET active = false
+                      WHERE company_id = $1 AND creator_id = $2 AND active RETURNING id),
+              named AS (UPDATE crm.automations SET needs_review = true
+                        WHERE company_id = $1 AND creator_id <> $2 AND $2 = ANY (trigger_user_ids)
+                        RETURNING id),
+              rules AS (UPDATE crm.assignment_rules SET needs_review = true
+                        WHERE company_id = $1 AND $2 = ANY (assignee_ids) RETURNING id)
+         SELECT coalesce((SELECT array_agg(id ORDER BY id) FROM off), '{}'),
+                coalesce((SELECT array_agg(id ORDER BY id) FROM named), '{}'),
+                coalesce((SELECT array_agg(id ORDER BY id) FROM rules), '{}')",
+    )
+    .bind(cx.company())
+    .bind(cx.user())
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Finished::with_counts(json!({
+        "automations_deactivated": deactivated.len(),
+        "deactivated_automation_ids": deactivated,
+        "automations_needing_review": automations,
+        "assignment_rules_needing_review": rules,
+    })))
+}

@@ -1,0 +1,220 @@
+//! The worker runtime: apalis workers on the Redis step and purge queues, the apalis-cron
+//! sweeper, the dispatcher loop and the lease renewer, supervised until shutdown.
+//! `offboard serve` runs this beside the API; `offboard-worker` runs only this.
+
+use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, ParallelizeExt, WorkerBuilder, WorkerBuilderExt, WorkerError,
+};
+use apalis_cron::{CronScheduler, Tick};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::{
+    config::Settings,
+    dispatch::Dispatcher,
+    executor::{Executor, Faults, Leases},
+    ledger::steps,
+    metrics::METRICS,
+    queue::{PurgeTask, Queues, StepTask},
+    shutdown::Shutdown,
+    steps::private_email_purge::{self, FiredBy},
+};
+
+/// What a process needs to run workers.
+#[derive(Clone)]
+pub struct Workers {
+    pub executor: Arc<Executor>,
+    pub dispatcher: Dispatcher,
+}
+
+impl Workers {
+    pub fn new(pool: PgPool, queues: Queues, settings: &Settings, nudge: Arc<Notify>) -> Self {
+        let executor = Arc::new(Executor {
+            pool: pool.clone(),
+            queues: queues.clone(),
+            worker: settings.worker.clone(),
+            steps: settings.steps.clone(),
+            worker_name: unique_worker_name(),
+            leases: Arc::new(Leases::default()),
+            nudge: nudge.clone(),
+            faults: Faults::default(),
+        });
+        let dispatcher = Dispatcher { pool, queues, settings: settings.worker.clone(), nudge };
+        Self { executor, dispatcher }
+    }
+
+    /// Runs until `shutdown`, then lets running steps finish within the shutdown timeout.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let settings = self.executor.worker.clone();
+        let name = self.executor.worker_name.clone();
+        tracing::info!(worker = %name, concurrency = settings.concurrency, "workers starting");
+
+        let dispatcher = tokio::spawn(self.dispatcher.clone().run(shutdown.clone()));
+        let renewer = tokio::spawn(renew_leases(self.executor.clone(), shutdown.clone()));
+
+        let steps = {
+            let executor = self.executor.clone();
+            let queues = self.executor.queues.clone();
+            let name = name.clone();
+            supervise("steps", shutdown.clone(), move |restarts, stop| {
+                WorkerBuilder::new(format!("{name}-steps-{restarts}"))
+                    .backend(queues.step_storage().poll_with_interval(settings.poll_interval))
+                    .data(executor.clone())
+                    .concurrency(settings.concurrency)
+                    .parallelize(spawn_handler)
+                    .build(handle_step)
+                    .run_until(stop)
+            })
+        };
+        let purges = {
+            let executor = self.executor.clone();
+            let queues = self.executor.queues.clone();
+            let name = name.clone();
+            supervise("purges", shutdown.clone(), move |restarts, stop| {
+                WorkerBuilder::new(format!("{name}-purges-{restarts}"))
+                    .backend(queues.purge_storage().poll_with_interval(Duration::from_millis(500)))
+                    .data(executor.clone())
+                    .concurrency(2)
+                    .build(handle_purge)
+                    .run_until(stop)
+            })
+        };
+        let sweeper = {
+            let dispatcher = self.dispatcher.clone();
+            let name = name.clone();
+            supervise("sweeper", shutdown.clone(), move |restarts, stop| {
+                let every_second =
+                    cron::Schedule::from_str("* * * * * *").expect("valid cron expression");
+                WorkerBuilder::new(format!("{name}-sweeper-{restarts}"))
+                    .backend(CronScheduler::new(every_second))
+                    .data(dispatcher.clone())
+                    .build(handle_sweep)
+                    .run_until(stop)
+            })
+        };
+
+        let all = async { tokio::join!(steps, purges, sweeper) };
+        tokio::pin!(all);
+        tokio::select! {
+            _ = &mut all => {}
+            _ = async {
+                shutdown.wait().await;
+                tokio::time::sleep(settings.shutdown_timeout).await;
+            } => {
+                tracing::warn!(
+                    running = self.executor.leases.snapshot().len(),
+                    "shutdown timeout passed; leaving running steps to lease expiry"
+                );
+            }
+        }
+        dispatcher.abort();
+        renewer.abort();
+        tracing::info!(worker = %name, "workers stopped");
+        Ok(())
+    }
+}
+
+/// Restarts a worker that fails (Redis down, say) with a growing pause, under a new name
+/// each time: apalis-redis refuses a name re-registered within a heartbeat.
+async fn supervise<F, Fut>(label: &'static str, shutdown: Shutdown, mut make: F)
+where
+    F: FnMut(usize, futures::future::BoxFuture<'static, Result<(), std::io::Error>>) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>>,
+{
+    use futures::FutureExt;
+    let mut restarts = 0usize;
+    loop {
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.wait().await;
+                Ok::<(), std::io::Error>(())
+            }
+            .boxed()
+        };
+        let result = make(restarts, stop).await;
+        if shutdown.is_triggered() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = label, "worker stopped by itself; restarting"),
+            Err(e) => tracing::warn!(worker = label, error = %e, "worker failed; restarting"),
+        }
+        let pause = Duration::from_millis(200u64.saturating_mul(1 << restarts.min(5)));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait() => return,
+        }
+        restarts += 1;
+    }
+}
+
+async fn handle_step(task: StepTask, executor: Data<Arc<Executor>>) -> Result<(), BoxDynError> {
+    // The task always ends cleanly: retries are scheduled in the ledger, not by apalis
+    // (whose backend retry policy is fixed), and a task that could not even reach the
+    // ledger is pushed again by the sweeper.
+    if let Err(e) = executor.run_step(task.step_id).await {
+        tracing::warn!(step_id = task.step_id, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
+    }
+    Ok(())
+}
+
+async fn handle_purge(task: PurgeTask, executor: Data<Arc<Executor>>) -> Result<(), BoxDynError> {
+    match private_email_purge::fire(&executor.pool, task.purge_id, FiredBy::Queue).await {
+        Ok(Some(_)) => METRICS.purge_fired("queue"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(purge_id = task.purge_id, error = %e, "purge failed; the sweeper will fire it")
+        }
+    }
+    Ok(())
+}
+
+async fn handle_sweep(_tick: Tick, dispatcher: Data<Dispatcher>) -> Result<(), BoxDynError> {
+    let report = dispatcher.sweep().await;
+    if report != Default::default() {
+        tracing::debug!(?report, "sweep");
+    }
+    Ok(())
+}
+
+async fn renew_leases(executor: Arc<Executor>, shutdown: Shutdown) {
+    let every = executor.worker.lease / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => {
+                // Keep renewing while running steps finish after the signal.
+                if executor.leases.snapshot().is_empty() { return; }
+                tokio::time::sleep(every).await;
+            }
+        }
+        let tokens = executor.leases.snapshot();
+        if let Err(e) = steps::renew_leases(&executor.pool, &tokens, executor.worker.lease).await {
+            tracing::warn!(error = %e, "renewing leases failed");
+        }
+    }
+}
+
+/// host-pid-random: never reused, even when a process restarts under the same pid.
+pub fn unique_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff)
+}
+
+type HandlerFuture = apalis::prelude::LifecycleFuture<
+    std::pin::Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send + 'static>>,
+>;
+
+/// Runs each step on its own tokio task. A named function with the future type spelled
+/// out (rather than `tokio::spawn` itself) keeps the worker future provably `Send`.
+fn spawn_handler(fut: HandlerFuture) -> tokio::task::JoinHandle<Result<(), BoxDynError>> {
+    tokio::spawn(fut)
+}
