@@ -326,8 +326,8 @@ async fn insert_everything_else(
          SELECT $1, u.id, 'shared', 'person', NULL, 'Quarterly check-in ' || s, 'Agenda attached.'
          FROM unnest($2::bigint[]) u(id), generate_series(1, 2) s",
         "INSERT INTO crm.email_templates (company_id, owner_id, name, body, shared)
-         SELECT $1, u.id, 'Intro template ' || k, 'Hello {{person.first_name}}, ...', k % 2 = 0
-         FROM unnest($2::bigint[]) WITH ORDINALITY u(id, k)",
+         SELECT $1, u.id, 'Intro template ' || k || '.' || s, 'Hello {{person.first_name}}, ...', s = 1
+         FROM unnest($2::bigint[]) WITH ORDINALITY u(id, k), generate_series(1, 2) s",
         "INSERT INTO crm.notes (company_id, owner_id, linked_type, body)
          SELECT $1, u.id, 'deal', 'Customer asked for a discount (' || s || ').'
          FROM unnest($2::bigint[]) u(id), generate_series(1, 2) s",
@@ -339,7 +339,7 @@ async fn insert_everything_else(
          FROM unnest($2::bigint[]) u(id)",
         "INSERT INTO crm.campaigns (company_id, owner_id, name, status, scheduled_at)
          SELECT $1, u.id, 'Newsletter ' || k, 'scheduled', now() + interval '7 days'
-         FROM unnest($2::bigint[]) WITH ORDINALITY u(id, k) WHERE k % 3 = 1",
+         FROM unnest($2::bigint[]) WITH ORDINALITY u(id, k)",
     ];
     for sql in statements {
         sqlx::query(sql)

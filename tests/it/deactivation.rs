@@ -1,0 +1,251 @@
+//! The deactivation flow end to end: HTTP API, ledger, Redis, apalis workers, receipt, and
+//! the state of the CRM store afterwards.
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+
+/// Counts of what deactivation must leave untouched.
+async fn untouched(app: &TestApp, user: i64) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for sql in [
+        "SELECT count(*) FROM crm.notes WHERE owner_id = $1",
+        "SELECT count(*) FROM crm.files WHERE owner_id = $1",
+        "SELECT count(*) FROM crm.filters WHERE owner_id = $1",
+        "SELECT count(*) FROM crm.email_templates WHERE owner_id = $1 AND shared",
+        "SELECT count(*) FROM crm.campaigns WHERE owner_id = $1 AND status = 'scheduled'",
+        "SELECT count(*) FROM crm.emails WHERE owner_id = $1",
+    ] {
+        counts.push(app.count_for(sql, user).await);
+    }
+    counts
+}
+
+#[sqlx::test]
+async fn deactivation_applies_every_step_through_redis_and_writes_a_receipt(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (leaver, heir) = (app.regular(0), app.regular(1));
+    let before = untouched(&app, leaver).await;
+    let open_deals_before = app
+        .count_for("SELECT count(*) FROM crm.deals WHERE owner_id = $1 AND status = 'open'", leaver)
+        .await;
+    assert!(
+        open_deals_before > 0 && before.iter().all(|n| *n > 0),
+        "the seed gives the user something of each: {before:?}"
+    );
+
+    let workers = app.start_workers();
+    let id = app
+        .enqueue(&app.deactivation(
+            leaver,
+            json!({"default": {"mode": "single", "targets": [{"user_id": heir}]}}),
+        ))
+        .await;
+    let run = app.wait_for_run(id).await;
+    workers.stop().await;
+
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "block_login");
+    assert!(steps.iter().all(|s| s["status"] == "succeeded" && s["attempts"] == 1), "{steps:#?}");
+
+    // The store shows every effect.
+    let q = |sql: &'static str| app.count_for(sql, leaver);
+    assert_eq!(q("SELECT count(*) FROM crm.users WHERE id = $1 AND status = 'deactivated' AND NOT holds_seat AND deactivated_at IS NOT NULL").await, 1);
+    assert_eq!(q("SELECT count(*) FROM crm.sessions WHERE user_id = $1").await, 0);
+    assert_eq!(q("SELECT count(*) FROM crm.api_tokens WHERE user_id = $1").await, 0);
+    assert_eq!(
+        q("SELECT count(*) FROM crm.account_syncs WHERE user_id = $1 AND NOT enabled").await,
+        4
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM crm.scheduler_links WHERE user_id = $1 AND expires_at <= now()")
+            .await,
+        1
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM crm.app_installs WHERE installed_by = $1 AND status = 'installed'")
+            .await,
+        0
+    );
+    assert_eq!(q("SELECT count(*) FROM crm.webhooks WHERE created_by = $1 AND active").await, 0);
+    assert_eq!(q("SELECT count(*) FROM crm.dashboards WHERE owner_id = $1 AND shared").await, 0);
+    assert_eq!(
+        q("SELECT count(*) FROM crm.dashboards WHERE owner_id = $1 AND public_link_enabled").await,
+        0
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM crm.reports WHERE owner_id = $1 AND shared AND closed_at IS NULL")
+            .await,
+        0
+    );
+    assert_eq!(q("SELECT count(*) FROM crm.automations WHERE creator_id = $1 AND active").await, 0);
+    assert_eq!(
+        q("SELECT count(*) FROM crm.live_chats WHERE operator_id = $1 AND status = 'open'").await,
+        0
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM crm.chatbot_playbooks WHERE responsible_user_id = $1").await,
+        0
+    );
+    assert_eq!(q("SELECT count(*) FROM crm.web_forms WHERE responsible_user_id = $1").await, 0);
+    for open in [
+        "SELECT count(*) FROM crm.deals WHERE owner_id = $1 AND status = 'open'",
+        "SELECT count(*) FROM crm.leads WHERE owner_id = $1 AND status = 'open'",
+        "SELECT count(*) FROM crm.activities WHERE owner_id = $1 AND NOT done",
+        "SELECT count(*) FROM crm.project_tasks WHERE owner_id = $1 AND status = 'pending'",
+        "SELECT count(*) FROM crm.persons WHERE owner_id = $1",
+    ] {
+        assert_eq!(q(open).await, 0, "{open}");
+    }
+    // Closed items stay with the user under the default `open` scope.
+    assert!(q("SELECT count(*) FROM crm.deals WHERE owner_id = $1 AND status <> 'open'").await > 0);
+
+    // Handed to the first admin, flagged for review.
+    let admin = app.admin();
+    // The admin's own shared dashboard, plus the one handed over (its public link off).
+    assert_eq!(
+        app.count_for("SELECT count(*) FROM crm.dashboards WHERE owner_id = $1 AND shared", admin)
+            .await,
+        2
+    );
+    assert_eq!(app.count_for("SELECT count(*) FROM crm.dashboards WHERE owner_id = $1 AND shared AND NOT public_link_enabled", admin).await, 1);
+    assert!(app.count_for("SELECT count(*) FROM crm.chatbot_playbooks WHERE responsible_user_id = $1 AND email_review_needed", admin).await >= 1);
+    assert!(app.count_for("SELECT count(*) FROM crm.web_forms WHERE responsible_user_id = $1 AND email_review_needed", admin).await >= 1);
+    assert!(
+        app.count_for(
+            "SELECT count(*) FROM crm.deals WHERE owner_id = $1 AND status = 'open'",
+            heir
+        )
+        .await
+            >= open_deals_before
+    );
+
+    // Private-email purge recorded for deactivated_at + 30 days.
+    assert_eq!(
+        q("SELECT count(*) FROM offboard.scheduled_purges p JOIN crm.users u ON u.id = p.user_id
+           WHERE p.user_id = $1 AND p.status = 'scheduled' AND p.due_at = u.deactivated_at + interval '30 days'").await,
+        1
+    );
+    // Untouched content.
+    assert_eq!(untouched(&app, leaver).await, before);
+
+    // The receipt: every step with counts, the review lists, who asked and when.
+    let receipt = &run["receipt"];
+    assert_eq!(receipt["actor_user_id"], admin);
+    assert_eq!(receipt["user_id"], leaver);
+    assert!(receipt["requested_at"].is_string() && receipt["finished_at"].is_string());
+    let receipt_steps = receipt["steps"].as_array().unwrap();
+    assert_eq!(receipt_steps.len(), steps.len());
+    let counts_of =
+        |name: &str| receipt_steps.iter().find(|s| s["name"] == name).unwrap()["counts"].clone();
+    assert_eq!(counts_of("block_login")["sessions_revoked"], 2);
+    assert_eq!(counts_of("stop_syncs")["syncs_stopped"], 4);
+    assert_eq!(counts_of("reassign_deals")["moved"], open_deals_before);
+    assert!(receipt["needs_review"]["automations"].as_array().unwrap().len() == 1);
+    assert!(!receipt["needs_review"]["assignment_rules"].as_array().unwrap().is_empty());
+    assert_eq!(run["private_email_purge"]["status"], "scheduled");
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn deactivating_an_admin_uninstalls_every_shared_app(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let leaving_admin = app.company.admin_ids[1];
+    let shared_before = app
+        .count("SELECT count(*) FROM crm.app_installs WHERE shared AND status = 'installed'")
+        .await;
+    assert!(shared_before >= 4);
+    app.enqueue(&app.deactivation(leaving_admin, json!({}))).await;
+    app.drain().await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM crm.app_installs WHERE shared AND status = 'installed'")
+            .await,
+        0
+    );
+    // Apps other regular users installed privately stay.
+    assert!(
+        app.count(
+            "SELECT count(*) FROM crm.app_installs WHERE NOT shared AND status = 'installed'"
+        )
+        .await
+            > 0
+    );
+}
+
+#[sqlx::test]
+async fn a_regular_user_takes_only_their_own_apps(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let shared_before = app
+        .count("SELECT count(*) FROM crm.app_installs WHERE shared AND status = 'installed'")
+        .await;
+    app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    app.drain().await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM crm.app_installs WHERE shared AND status = 'installed'")
+            .await,
+        shared_before
+    );
+}
+
+#[sqlx::test]
+async fn steps_after_block_login_run_as_separate_tasks_and_finish_waits_for_them(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.enqueue(&app.deactivation(
+        app.regular(0),
+        json!({"deals": {"mode": "single", "targets": [{"user_id": app.regular(1)}]}}),
+    ))
+    .await;
+    let order: Vec<String> = app.drain().await.into_iter().map(|(name, _)| name).collect();
+    assert_eq!(order.first().map(String::as_str), Some("block_login"));
+    assert_eq!(order.last().map(String::as_str), Some("finish_deactivation"));
+    // Every step ran once, as its own task.
+    assert_eq!(order.len(), 9, "{order:?}");
+}
+
+#[sqlx::test]
+async fn the_same_request_with_one_idempotency_key_yields_one_run(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let body = app.deactivation(app.regular(0), json!({})).to_string();
+    let headers = [("idempotency-key", "offboard-42")];
+    let (first, h1, v1) =
+        app.call(axum::http::Method::POST, "/v1/offboardings", Some(&body), &headers).await;
+    let (second, h2, v2) =
+        app.call(axum::http::Method::POST, "/v1/offboardings", Some(&body), &headers).await;
+    assert_eq!(first, StatusCode::ACCEPTED);
+    assert_eq!(second, StatusCode::ACCEPTED);
+    assert_eq!(v1["id"], v2["id"]);
+    assert_eq!(v2["replayed"], true);
+    assert_eq!(h1.get("location"), h2.get("location"));
+    assert_eq!(app.count("SELECT count(*) FROM offboard.runs").await, 1);
+
+    // The same key with another body is refused and writes nothing.
+    let other = app.deactivation(app.regular(1), json!({})).to_string();
+    let (status, _, err) =
+        app.call(axum::http::Method::POST, "/v1/offboardings", Some(&other), &headers).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.count("SELECT count(*) FROM offboard.runs").await, 1);
+}
+
+#[sqlx::test]
+async fn runs_are_listed_newest_first_with_a_cursor(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let a = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    let b = app.enqueue(&app.deactivation(app.regular(1), json!({}))).await;
+    let c = app.company.company_id;
+    let (status, page) = app.get(&format!("/v1/offboardings?company_id={c}&limit=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["runs"][0]["id"], b.to_string());
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) =
+        app.get(&format!("/v1/offboardings?company_id={c}&limit=1&cursor={cursor}")).await;
+    assert_eq!(next["runs"][0]["id"], a.to_string());
+    let (_, queued) = app.get(&format!("/v1/offboardings?company_id={c}&status=succeeded")).await;
+    assert_eq!(queued["runs"].as_array().unwrap().len(), 0);
+    let (status, err) = app.get("/v1/offboardings?status=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["code"], "invalid_query");
+}

@@ -1,0 +1,7 @@
+//! Integration tests against the real PostgreSQL and Redis: one binary, one module per
+//! area. Each test gets its own database (`#[sqlx::test]`) and its own Redis key prefix.
+
+mod deactivation;
+mod helpers;
+mod recovery;
+mod refusals;
