@@ -1,0 +1,13 @@
+# Builds both binaries: `offboard` (API + workers, CLI) and `offboard-worker` (workers only).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin offboard --bin offboard-worker
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/offboard /src/target/release/offboard-worker /usr/local/bin/
+USER nobody
+ENTRYPOINT []
+CMD ["offboard", "serve"]
