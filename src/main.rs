@@ -25,6 +25,8 @@ enum Command {
     Worker,
     /// Apply pending migrations, creating the database if missing, and exit.
     Migrate,
+    /// Exit 0 when PostgreSQL and Redis answer (a container healthcheck).
+    Check,
     /// Create a realistic company in the CRM store; prints its ids as JSON.
     Seed {
         #[arg(long, default_value_t = 12)]
@@ -118,6 +120,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             ledger::connect_and_migrate(&settings.database_url, 2).await?;
             eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Check => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&settings.database_url).await?;
+            sqlx::query("SELECT 1").execute(&mut conn).await?;
+            offboard::queue::Queues::connect(&settings.redis_url, &settings.queue_prefix).await?.ping().await?;
             Ok(())
         }
         Command::Seed { users, items_per_user, seed } => {
