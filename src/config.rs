@@ -20,6 +20,8 @@ pub struct Settings {
     pub db_pool_size: u32,
     pub api_tokens: Vec<ApiToken>,
     pub log_format: LogFormat,
+    /// Faults to inject into steps (`OFFBOARD_FAULTS`), for fault drills; empty normally.
+    pub faults: Option<String>,
     pub worker: WorkerSettings,
     pub steps: StepSettings,
 }
@@ -192,6 +194,14 @@ impl Settings {
             db_pool_size: number("OFFBOARD_DB_POOL", 40, 2)? as u32,
             api_tokens,
             log_format,
+            faults: match var("OFFBOARD_FAULTS") {
+                Some(spec) => {
+                    crate::executor::Faults::parse(&spec)
+                        .map_err(|e| anyhow::anyhow!("OFFBOARD_FAULTS: {e}"))?;
+                    Some(spec)
+                }
+                None => None,
+            },
             worker,
             steps,
         })
@@ -218,6 +228,7 @@ impl fmt::Debug for Settings {
             .field("db_pool_size", &self.db_pool_size)
             .field("api_tokens", &format_args!("{} configured", self.api_tokens.len()))
             .field("log_format", &self.log_format)
+            .field("faults", &self.faults)
             .field("worker", &self.worker)
             .field("steps", &self.steps)
             .finish()

@@ -72,24 +72,62 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// Errors to inject into named steps, for the fault suite and tests: each call of the
-/// step takes the next one. Empty in normal operation.
+/// A fault injected into a named step, for the fault suite, the browser test and tests.
+#[derive(Debug)]
+pub enum Fault {
+    Fail(StepError),
+    /// Abort the whole process after the claim: a step that kills its worker.
+    Crash,
+}
+
+/// Faults to inject: each call of the named step takes the next one. Empty in normal
+/// operation; set by `OFFBOARD_FAULTS` or by tests.
 #[derive(Debug, Default)]
 pub struct Faults {
-    queued: Mutex<HashMap<String, VecDeque<StepError>>>,
+    queued: Mutex<HashMap<String, VecDeque<Fault>>>,
 }
 
 impl Faults {
-    pub fn inject(&self, step: &str, error: StepError) {
+    /// `step=kind[*n],...` with kind `retryable`, `permanent` or `crash`, e.g.
+    /// `stop_syncs=permanent,reassign_deals=retryable*3`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let faults = Faults::default();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (step, rest) =
+                entry.split_once('=').ok_or_else(|| format!("{entry:?}: expected step=kind"))?;
+            let (kind, times) = match rest.split_once('*') {
+                Some((kind, n)) => {
+                    (kind, n.parse::<usize>().map_err(|_| format!("{entry:?}: bad count"))?)
+                }
+                None => (rest, 1),
+            };
+            for _ in 0..times {
+                let fault = match kind {
+                    "retryable" => {
+                        Fault::Fail(StepError::retryable("injected", "injected retryable fault"))
+                    }
+                    "permanent" => {
+                        Fault::Fail(StepError::permanent("injected", "injected permanent fault"))
+                    }
+                    "crash" => Fault::Crash,
+                    other => return Err(format!("{entry:?}: unknown fault kind {other:?}")),
+                };
+                faults.inject(step, fault);
+            }
+        }
+        Ok(faults)
+    }
+
+    pub fn inject(&self, step: &str, fault: Fault) {
         self.queued
             .lock()
             .expect("faults lock")
             .entry(step.to_string())
             .or_default()
-            .push_back(error);
+            .push_back(fault);
     }
 
-    fn take(&self, step: &str) -> Option<StepError> {
+    fn take(&self, step: &str) -> Option<Fault> {
         let mut queued = self.queued.lock().expect("faults lock");
         queued.get_mut(step).and_then(VecDeque::pop_front)
     }
@@ -198,8 +236,13 @@ impl Executor {
         else {
             return Ok(Attempt::LeaseLost);
         };
-        if let Some(fault) = self.faults.take(&claim.name) {
-            return Err(fault);
+        match self.faults.take(&claim.name) {
+            Some(Fault::Fail(error)) => return Err(error),
+            Some(Fault::Crash) => {
+                tracing::error!("injected crash: aborting the process");
+                std::process::abort();
+            }
+            None => {}
         }
         let state = StepState {
             name: claim.name.clone(),

@@ -126,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&settings.database_url).await?;
             sqlx::query("SELECT 1").execute(&mut conn).await?;
-            offboard::queue::Queues::connect(&settings.redis_url, &settings.queue_prefix).await?.ping().await?;
+            offboard::queue::Queues::connect(&settings.redis_url, &settings.queue_prefix)
+                .await?
+                .ping()
+                .await?;
             Ok(())
         }
         Command::Seed { users, items_per_user, seed } => {

@@ -31,6 +31,15 @@ pub struct Workers {
 
 impl Workers {
     pub fn new(pool: PgPool, queues: Queues, settings: &Settings, nudge: Arc<Notify>) -> Self {
+        // Validated when the settings were read.
+        let faults = settings
+            .faults
+            .as_deref()
+            .and_then(|spec| Faults::parse(spec).ok())
+            .unwrap_or_default();
+        if settings.faults.is_some() {
+            tracing::warn!(faults = ?settings.faults, "fault injection is on");
+        }
         let executor = Arc::new(Executor {
             pool: pool.clone(),
             queues: queues.clone(),
@@ -39,7 +48,7 @@ impl Workers {
             worker_name: unique_worker_name(),
             leases: Arc::new(Leases::default()),
             nudge: nudge.clone(),
-            faults: Faults::default(),
+            faults,
         });
         let dispatcher = Dispatcher { pool, queues, settings: settings.worker.clone(), nudge };
         Self { executor, dispatcher }
