@@ -633,4 +633,103 @@ mod tests {
             assert_eq!(err.field, field, "for {input}: {err}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn targets(max: u64) -> impl Strategy<Value = Vec<(UserId, u64)>> {
+            prop::collection::vec(0..=max, 1..6)
+                .prop_map(|amounts| amounts.into_iter().enumerate().map(|(i, a)| (u(i as i64 + 1), a)).collect())
+        }
+
+        fn ratio() -> impl Strategy<Value = Distribution<UserId>> {
+            targets(5).prop_filter("weights not all zero", |t| t.iter().any(|(_, w)| *w > 0)).prop_map(Distribution::Ratio)
+        }
+
+        fn any_distribution() -> impl Strategy<Value = Distribution<UserId>> {
+            prop_oneof![
+                (1i64..10).prop_map(|id| Distribution::Single(u(id))),
+                ratio(),
+                targets(40).prop_map(Distribution::Hardcoded),
+            ]
+        }
+
+        /// Counts per target by walking every position: the definition the split must match.
+        fn walk(d: &Distribution<UserId>, n: u64) -> (BTreeMap<UserId, u64>, u64) {
+            let mut counts = BTreeMap::new();
+            let mut stays = 0;
+            for position in 0..n {
+                match d.recipient_at(position) {
+                    Some(t) => *counts.entry(t).or_default() += 1,
+                    None => stays += 1,
+                }
+            }
+            (counts, stays)
+        }
+
+        proptest! {
+            #[test]
+            fn a_split_preserves_the_total(d in any_distribution(), n in 0u64..500) {
+                let split = d.split(n);
+                prop_assert_eq!(split.targets.iter().map(|(_, c)| c).sum::<u64>() + split.stays, n);
+            }
+
+            #[test]
+            fn a_split_agrees_with_item_by_item_assignment(d in any_distribution(), n in 0u64..300) {
+                let split = d.split(n);
+                let (walked, stays) = walk(&d, n);
+                prop_assert_eq!(split.stays, stays);
+                for (target, count) in &split.targets {
+                    prop_assert_eq!(*count, walked.get(target).copied().unwrap_or(0));
+                }
+            }
+
+            #[test]
+            fn ratio_repeats_its_cycle(d in ratio(), n in 0u64..300) {
+                let Distribution::Ratio(weights) = &d else { unreachable!() };
+                let cycle: u64 = weights.iter().map(|(_, w)| w).sum();
+                for position in 0..n {
+                    prop_assert_eq!(d.recipient_at(position), d.recipient_at(position + cycle));
+                }
+                // Over whole cycles every target gets exactly its weight per cycle.
+                let split = d.split(cycle * 3);
+                for ((_, weight), (_, count)) in weights.iter().zip(&split.targets) {
+                    prop_assert_eq!(*count, weight * 3);
+                }
+                prop_assert_eq!(split.stays, 0);
+            }
+
+            #[test]
+            fn zero_weight_targets_receive_nothing(d in ratio(), n in 0u64..300) {
+                let Distribution::Ratio(weights) = &d else { unreachable!() };
+                for ((target, weight), (_, count)) in weights.iter().zip(&d.split(n).targets) {
+                    if *weight == 0 {
+                        prop_assert_eq!(*count, 0, "user {} has weight 0", target);
+                    }
+                }
+            }
+
+            #[test]
+            fn hardcoded_leftovers_stay_and_counts_are_never_exceeded(counts in targets(40), n in 0u64..300) {
+                let d = Distribution::Hardcoded(counts.clone());
+                let split = d.split(n);
+                let capacity: u64 = counts.iter().map(|(_, c)| c).sum();
+                prop_assert_eq!(split.stays, n.saturating_sub(capacity));
+                for ((_, limit), (_, got)) in counts.iter().zip(&split.targets) {
+                    prop_assert!(got <= limit);
+                }
+                prop_assert_eq!(d.moves_at_most(n), n.min(capacity));
+            }
+
+            #[test]
+            fn the_outcome_is_deterministic(d in any_distribution(), n in 0u64..300) {
+                prop_assert_eq!(d.split(n), d.clone().split(n));
+                let first: Vec<_> = (0..n).map(|p| d.recipient_at(p)).collect();
+                let second: Vec<_> = (0..n).map(|p| d.recipient_at(p)).collect();
+                prop_assert_eq!(first, second);
+            }
+        }
+    }
 }
