@@ -120,8 +120,16 @@ impl Queues {
     /// only makes it punctual.
     pub async fn push_purge(&self, purge_id: i64, due_at: DateTime<Utc>) -> anyhow::Result<()> {
         let mut storage = self.purges.clone();
-        let at = SystemTime::from(due_at).max(SystemTime::now());
-        let task = TaskBuilder::new(PurgeTask { purge_id }).run_at_time(at).build();
+        // apalis-redis schedules in whole seconds and fires at the start of the second: round
+        // up, or the task would arrive before the purge is due and find nothing to do.
+        let due = due_at.timestamp() + i64::from(due_at.timestamp_subsec_nanos() > 0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let task = TaskBuilder::new(PurgeTask { purge_id })
+            .run_at_timestamp((due.max(0) as u64).max(now))
+            .build();
         storage.push_task(task).await.map_err(|e| anyhow::anyhow!("pushing a purge to Redis: {e}"))
     }
 

@@ -640,12 +640,15 @@ mod tests {
         use super::*;
 
         fn targets(max: u64) -> impl Strategy<Value = Vec<(UserId, u64)>> {
-            prop::collection::vec(0..=max, 1..6)
-                .prop_map(|amounts| amounts.into_iter().enumerate().map(|(i, a)| (u(i as i64 + 1), a)).collect())
+            prop::collection::vec(0..=max, 1..6).prop_map(|amounts| {
+                amounts.into_iter().enumerate().map(|(i, a)| (u(i as i64 + 1), a)).collect()
+            })
         }
 
         fn ratio() -> impl Strategy<Value = Distribution<UserId>> {
-            targets(5).prop_filter("weights not all zero", |t| t.iter().any(|(_, w)| *w > 0)).prop_map(Distribution::Ratio)
+            targets(5)
+                .prop_filter("weights not all zero", |t| t.iter().any(|(_, w)| *w > 0))
+                .prop_map(Distribution::Ratio)
         }
 
         fn any_distribution() -> impl Strategy<Value = Distribution<UserId>> {

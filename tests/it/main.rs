@@ -1,7 +1,11 @@
 //! Integration tests against the real PostgreSQL and Redis: one binary, one module per
 //! area. Each test gets its own database (`#[sqlx::test]`) and its own Redis key prefix.
 
+mod actions;
 mod deactivation;
+mod erasure;
 mod helpers;
+mod purge;
 mod recovery;
 mod refusals;
+mod transfer;
