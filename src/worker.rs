@@ -104,7 +104,13 @@ impl Workers {
             })
         };
 
-        let all = async { tokio::join!(steps, purges, sweeper) };
+        let all = async {
+            tokio::join!(steps, purges, sweeper);
+            // The queues stopped taking tasks; steps already running finish.
+            while !self.executor.leases.snapshot().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
         tokio::pin!(all);
         tokio::select! {
             _ = &mut all => {}

@@ -2,10 +2,12 @@
 //! area. Each test gets its own database (`#[sqlx::test]`) and its own Redis key prefix.
 
 mod actions;
+mod bad_input;
 mod deactivation;
 mod erasure;
 mod helpers;
 mod purge;
 mod recovery;
 mod refusals;
+mod retries;
 mod transfer;

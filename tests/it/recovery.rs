@@ -137,3 +137,103 @@ async fn a_worker_killed_mid_reassignment_is_replaced_and_every_effect_lands_onc
         1
     );
 }
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Polls until the deals reassignment of `run` is running with some progress.
+async fn until_reassigning(app: &TestApp, run: uuid::Uuid) {
+    let started = Instant::now();
+    loop {
+        let body = app.run(run).await;
+        let deals = body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "reassign_deals")
+            .unwrap()
+            .clone();
+        if deals["status"] == "running" && deals["done"].as_i64().unwrap() > 0 {
+            return;
+        }
+        assert!(deals["status"] != "succeeded", "finished before the signal");
+        assert!(started.elapsed() < DEADLINE, "never started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+async fn exit_within(child: &mut Child, limit: std::time::Duration) -> std::process::ExitStatus {
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .expect("the worker did not exit in time")
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn sigterm_lets_the_running_step_finish_then_exits_cleanly(pool: PgPool) {
+    let app =
+        TestApp::with(pool, &[], SeedOptions { users: 5, items_per_user: 3_000, seed: 12 }).await;
+    let leaver = app.regular(0);
+    let mut worker = spawn_worker(
+        &app,
+        &[("OFFBOARD_REASSIGN_BATCH", "10"), ("OFFBOARD_SHUTDOWN_TIMEOUT", "60s")],
+    );
+    let plan = json!({"deals": {"mode": "single", "scope": "all", "targets": [{"user_id": app.regular(1)}]}});
+    let id = app.enqueue(&app.deactivation(leaver, plan)).await;
+    until_reassigning(&app, id).await;
+
+    signal(&worker, "TERM");
+    let status = exit_within(&mut worker, std::time::Duration::from_secs(60)).await;
+    assert!(status.success(), "exit status {status:?}");
+    // The step that was running when the signal came finished before the exit.
+    let (status, done, total): (String, i64, Option<i64>) =
+        sqlx::query_as("SELECT status, done, total FROM offboard.steps WHERE run_id = $1 AND name = 'reassign_deals'")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(Some(done), total);
+    assert_eq!(app.count("SELECT count(*) FROM offboard.steps WHERE status = 'running'").await, 0);
+
+    // The rest of the run waits for the next worker.
+    let mut next = spawn_worker(&app, &[]);
+    assert_eq!(app.wait_for_run(id).await["status"], "succeeded");
+    next.start_kill().unwrap();
+    next.wait().await.unwrap();
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_second_signal_exits_at_once_and_the_lease_recovers_the_step(pool: PgPool) {
+    let app =
+        TestApp::with(pool, &[], SeedOptions { users: 5, items_per_user: 3_000, seed: 13 }).await;
+    let leaver = app.regular(0);
+    let mut worker = spawn_worker(
+        &app,
+        &[("OFFBOARD_REASSIGN_BATCH", "10"), ("OFFBOARD_SHUTDOWN_TIMEOUT", "60s")],
+    );
+    let plan = json!({"deals": {"mode": "single", "scope": "all", "targets": [{"user_id": app.regular(1)}]}});
+    let id = app.enqueue(&app.deactivation(leaver, plan)).await;
+    until_reassigning(&app, id).await;
+
+    signal(&worker, "TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await; // let the first signal land
+    signal(&worker, "TERM");
+    let status = exit_within(&mut worker, std::time::Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(130));
+
+    let mut next = spawn_worker(&app, &[("OFFBOARD_REASSIGN_BATCH", "500")]);
+    let run = app.wait_for_run(id).await;
+    next.start_kill().unwrap();
+    next.wait().await.unwrap();
+    app.cleanup().await;
+    assert_eq!(run["status"], "succeeded");
+    let deals =
+        run["steps"].as_array().unwrap().iter().find(|s| s["name"] == "reassign_deals").unwrap();
+    assert_eq!(deals["attempts"], 2, "{deals}");
+    assert_eq!(deals["done"], deals["total"]);
+}
