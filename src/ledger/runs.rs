@@ -185,14 +185,7 @@ pub async fn find<'e>(
     else {
         return Ok(None);
     };
-    let steps = sqlx::query_as(
-        "SELECT name, status, depends_on, attempts, max_attempts, done, total, next_attempt_at,
-                started_at, finished_at, result, last_error_code, last_error_message
-         FROM offboard.steps WHERE run_id = $1 ORDER BY position",
-    )
-    .bind(id)
-    .fetch_all(db)
-    .await?;
+    let steps = steps_of(db, id).await?;
     let events = sqlx::query_as(
         "SELECT at, kind, step, actor, detail FROM offboard.run_events WHERE run_id = $1 ORDER BY id",
     )
@@ -207,6 +200,17 @@ pub async fn find<'e>(
     .fetch_optional(db)
     .await?;
     Ok(Some(RunDetail { run, steps, events, purge }))
+}
+
+async fn steps_of<'e>(db: impl PgExecutor<'e>, run_id: Uuid) -> Result<Vec<StepRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, status, depends_on, attempts, max_attempts, done, total, next_attempt_at,
+                started_at, finished_at, result, last_error_code, last_error_message
+         FROM offboard.steps WHERE run_id = $1 ORDER BY position",
+    )
+    .bind(run_id)
+    .fetch_all(db)
+    .await
 }
 
 /// Filters for listing runs, newest first, paged by a (created_at, id) cursor.
@@ -291,14 +295,7 @@ pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<(), sqlx::Err
     .bind(run_id)
     .fetch_one(&mut *tx)
     .await?;
-    let steps: Vec<StepRow> = sqlx::query_as(
-        "SELECT name, status, depends_on, attempts, max_attempts, done, total, next_attempt_at,
-                started_at, finished_at, result, last_error_code, last_error_message
-         FROM offboard.steps WHERE run_id = $1 ORDER BY position",
-    )
-    .bind(run_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let steps = steps_of(&mut *tx, run_id).await?;
     let finished_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
     let receipt = build_receipt(&run, &steps, finished_at);
     sqlx::query(
@@ -443,6 +440,20 @@ pub async fn cancel(
     .bind(run_id)
     .execute(&mut *tx)
     .await?;
+    // A canceled run is finished too: its receipt says what was done before the cancel.
+    let run: RunRow = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM offboard.runs WHERE id = $1"
+    )))
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let steps = steps_of(&mut *tx, run_id).await?;
+    let receipt = build_receipt(&run, &steps, run.finished_at.unwrap_or(run.created_at));
+    sqlx::query("UPDATE offboard.runs SET receipt = $2 WHERE id = $1")
+        .bind(run_id)
+        .bind(&receipt)
+        .execute(&mut *tx)
+        .await?;
     record_event(&mut *tx, run_id, "canceled", None, actor, json!({"steps_canceled": canceled}))
         .await?;
     tx.commit().await?;

@@ -186,6 +186,9 @@ async fn cancel_stops_a_run_but_keeps_what_finished(pool: PgPool) {
     assert_eq!(run["status"], "canceled");
     assert_eq!(step_row(&app, id, "block_login").await.0, "succeeded");
     assert!(run["steps"].as_array().unwrap()[1..].iter().all(|s| s["status"] == "canceled"));
+    // The receipt of a canceled run says what was done before the cancel.
+    assert_eq!(run["receipt"]["steps"][0]["status"], "succeeded");
+    assert_eq!(run["receipt"]["steps"][1]["status"], "canceled");
     assert_eq!(
         app.count_for("SELECT count(*) FROM crm.sessions WHERE user_id = $1", user).await,
         0,
