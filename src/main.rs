@@ -28,23 +28,9 @@ enum Command {
     /// Exit 0 when PostgreSQL and Redis answer (a container healthcheck).
     Check,
     /// Create a realistic company in the CRM store; prints its ids as JSON.
-    Seed {
-        #[arg(long, default_value_t = 12)]
-        users: usize,
-        #[arg(long, default_value_t = 40)]
-        items_per_user: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Seed(SeedArgs),
     /// Migrate, seed, serve in-process, deactivate a user over HTTP, show progress and the receipt.
-    Demo {
-        #[arg(long, default_value_t = 12)]
-        users: usize,
-        #[arg(long, default_value_t = 40)]
-        items_per_user: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Demo(SeedArgs),
     /// Operate on runs through the HTTP API.
     Runs {
         #[command(flatten)]
@@ -64,6 +50,22 @@ enum Command {
         #[arg(long)]
         transfer: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct SeedArgs {
+    #[arg(long, default_value_t = 12)]
+    users: usize,
+    #[arg(long, default_value_t = 40)]
+    items_per_user: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl From<SeedArgs> for SeedOptions {
+    fn from(a: SeedArgs) -> Self {
+        SeedOptions { users: a.users, items_per_user: a.items_per_user, seed: a.seed }
+    }
 }
 
 #[derive(clap::Args)]
@@ -132,15 +134,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
-        Command::Seed { users, items_per_user, seed } => {
+        Command::Seed(args) => {
             let pool = ledger::connect_and_migrate(&settings.database_url, 4).await?;
-            let seeded = seed::seed(&pool, SeedOptions { users, items_per_user, seed }).await?;
+            let seeded = seed::seed(&pool, args.into()).await?;
             println!("{}", serde_json::to_string(&seeded)?);
             Ok(())
         }
-        Command::Demo { users, items_per_user, seed } => {
-            demo::run(settings, SeedOptions { users, items_per_user, seed }).await
-        }
+        Command::Demo(args) => demo::run(settings, args.into()).await,
         Command::Runs { api, command } => {
             let client = ApiClient::new(&api.api_url, &api.token);
             match command {

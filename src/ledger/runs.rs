@@ -360,6 +360,26 @@ pub enum OperatorRefusal {
     WrongState,
 }
 
+/// Locks a run for an operator action; only an active run (queued, running, failed) takes one.
+async fn lock_active(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    company: Option<i64>,
+) -> Result<Result<(), OperatorRefusal>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(company)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(match status.as_deref() {
+        None => Err(OperatorRefusal::NotFound),
+        Some("queued" | "running" | "failed") => Ok(()),
+        Some(_) => Err(OperatorRefusal::WrongState),
+    })
+}
+
 /// Dead steps go back to ready with fresh attempts; the run resumes. Recorded with the actor.
 pub async fn retry(
     pool: &PgPool,
@@ -368,17 +388,8 @@ pub async fn retry(
     actor: &str,
 ) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
-    )
-    .bind(run_id)
-    .bind(company)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match status.as_deref() {
-        None => return Ok(Err(OperatorRefusal::NotFound)),
-        Some("failed") | Some("running") | Some("queued") => {}
-        Some(_) => return Ok(Err(OperatorRefusal::WrongState)),
+    if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
+        return Ok(Err(refusal));
     }
     let revived: Vec<String> = sqlx::query_scalar(
         "UPDATE offboard.steps
@@ -413,17 +424,8 @@ pub async fn cancel(
     actor: &str,
 ) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
-    )
-    .bind(run_id)
-    .bind(company)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match status.as_deref() {
-        None => return Ok(Err(OperatorRefusal::NotFound)),
-        Some("queued") | Some("running") | Some("failed") => {}
-        Some(_) => return Ok(Err(OperatorRefusal::WrongState)),
+    if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
+        return Ok(Err(refusal));
     }
     let canceled = sqlx::query(
         "UPDATE offboard.steps SET status = 'canceled', finished_at = now()

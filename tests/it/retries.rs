@@ -26,6 +26,15 @@ async fn step_row(app: &TestApp, run: Uuid, name: &str) -> (String, i32, Option<
         .unwrap()
 }
 
+/// Runs the sweeper until it takes back a step whose lease expired.
+async fn sweep_until_a_lease_expires(app: &TestApp) {
+    let started = Instant::now();
+    while app.workers.dispatcher.sweep().await.leases_expired == 0 {
+        assert!(started.elapsed() < DEADLINE, "no lease expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn step_id(app: &TestApp, run: Uuid, name: &str) -> i64 {
     sqlx::query_scalar("SELECT id FROM offboard.steps WHERE run_id = $1 AND name = $2")
         .bind(run)
@@ -225,14 +234,7 @@ async fn a_step_whose_worker_vanished_is_taken_over_when_its_lease_expires(pool:
         .unwrap()
         .expect("claimed");
     assert_eq!(ghost.attempts, 1);
-    let started = Instant::now();
-    loop {
-        if app.workers.dispatcher.sweep().await.leases_expired == 1 {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sweep_until_a_lease_expires(&app).await;
     assert_eq!(
         step_row(&app, id, "block_login").await,
         ("ready".into(), 1, Some("lease_expired".into()))
@@ -279,11 +281,7 @@ async fn two_workers_with_one_name_cannot_both_hold_a_step(pool: PgPool) {
             .is_none()
     );
     // After the lease expires and the step is re-queued, the namesake takes it over.
-    let started = Instant::now();
-    while app.workers.dispatcher.sweep().await.leases_expired == 0 {
-        assert!(started.elapsed() < DEADLINE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sweep_until_a_lease_expires(&app).await;
     steps::dispatch_ready(
         &app.pool,
         steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
@@ -326,11 +324,7 @@ async fn a_step_that_keeps_killing_its_worker_is_quarantined(pool: PgPool) {
             .await
             .unwrap()
             .unwrap();
-        let started = Instant::now();
-        while app.workers.dispatcher.sweep().await.leases_expired == 0 {
-            assert!(started.elapsed() < DEADLINE);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sweep_until_a_lease_expires(&app).await;
     }
     assert_eq!(
         step_row(&app, id, "block_login").await,
