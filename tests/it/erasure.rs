@@ -75,6 +75,10 @@ async fn a_deleted_user_leaves_no_personal_data_in_the_store_or_the_logs(pool: P
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // With a single scoped subscriber alive, tracing-core computes each callsite's interest
+    // once, from whichever thread hits it first; another test's thread (no subscriber) would
+    // cache "never". A second live dispatcher makes it ask every subscriber instead.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
 
     let app = TestApp::new(pool).await;
     let user = app.regular(0);
