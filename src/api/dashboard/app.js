@@ -287,8 +287,11 @@
     setText('#run-actor', `user ${run.actor_user_id}`);
     setText('#run-created', when(run.created_at));
     setText('#run-started', when(run.started_at));
-    const took = run.started_at ? ` (${duration(run.started_at, run.finished_at)})` : '';
-    setText('#run-finished', run.finished_at ? `${when(run.finished_at)}${took}` : `–${took}`);
+    const took = run.started_at ? duration(run.started_at, run.finished_at) : '';
+    const going = run.status === 'queued' || run.status === 'running';
+    setText('#run-finished', run.finished_at
+      ? `${when(run.finished_at)}${took ? ` (${took})` : ''}`
+      : `–${going && took ? ` (${took} so far)` : ''}`);
 
     const { steps_total: total, steps_succeeded: succeeded } = run.progress;
     const fill = $('#run-bar');
