@@ -2,6 +2,7 @@
 //! recording every run in PostgreSQL and carrying the work over Redis.
 //!
 //! Where things live:
+//! - [`api`]: the HTTP API, and the operators' dashboard it serves at `/`.
 //! - [`config`]: settings from the environment.
 //! - [`domain`]: ids, actions, transfer plans and their arithmetic (no I/O).
 //! - [`ledger`]: runs, steps and purges in PostgreSQL; every state transition.

@@ -1,8 +1,10 @@
-//! The HTTP API (axum): offboarding runs, previews, health and metrics. Handlers parse at
-//! the boundary into domain types; every error is `{"error": {"code", "message"}}`.
+//! The HTTP API (axum): offboarding runs, previews, health and metrics, and the operators'
+//! dashboard at `/`. Handlers parse at the boundary into domain types; every error is
+//! `{"error": {"code", "message"}}`.
 
 mod auth;
 mod body;
+mod dashboard;
 pub mod error;
 mod health;
 mod offboardings;
@@ -46,12 +48,16 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::stylesheet))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .route("/v1/offboardings", post(offboardings::create).get(offboardings::list))
         .route("/v1/offboardings/{id}", get(offboardings::get))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
+        .route("/v1/stats", get(dashboard::stats))
         .route(
             "/v1/companies/{company_id}/users/{user_id}/preview",
             get(preview::show).post(preview::dry_run),

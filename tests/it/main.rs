@@ -3,6 +3,7 @@
 
 mod actions;
 mod bad_input;
+mod dashboard;
 mod deactivation;
 mod erasure;
 mod helpers;

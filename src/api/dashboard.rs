@@ -1,0 +1,177 @@
+//! The operators' dashboard: a static page at `/` (HTML, CSS and vanilla JS embedded in the
+//! binary, no build step) that calls the same `/v1` API with the operator's token, and
+//! `GET /v1/stats`, the numbers its header shows.
+//!
+//! The page itself needs no token: it holds no data. Everything it shows comes from
+//! authenticated API calls, so a company-scoped token sees its company only here too.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::{HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use sqlx::PgExecutor;
+
+use super::{AppState, auth::Caller, error::ApiError};
+
+const INDEX_HTML: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const STYLE_CSS: &str = include_str!("dashboard/style.css");
+
+/// Only this origin's own script and style run; the page calls only this origin. A bearer
+/// token sits in localStorage, so nothing foreign may run beside it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
+const STEP_STATUSES: [&str; 8] =
+    ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
+/// Throughput is counted over this window.
+const THROUGHPUT_WINDOW_SECONDS: i64 = 60;
+
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// `no-cache`: the assets are part of the binary, so an upgraded server serves new ones
+/// at once (browsers revalidate instead of keeping a stale script).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY")),
+    ];
+    (headers, body).into_response()
+}
+
+/// `GET /v1/stats[?company_id=N]`: runs and steps by status, steps in flight, throughput
+/// (steps succeeded in the last minute), private-email purges, and — for an unscoped
+/// token only, since Redis is shared by every company — the Redis queue depth.
+pub async fn stats(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let requested = match query.get("company_id") {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "company_id must be a positive whole number")
+        })?),
+    };
+    let company_id = match (caller.company_scope, requested) {
+        (Some(scope), Some(asked)) if asked != scope => return Err(ApiError::not_found("company")),
+        (Some(scope), _) => Some(scope),
+        (None, asked) => asked,
+    };
+
+    let runs = runs_by_status(&app.pool, company_id).await?;
+    let steps = steps_by_status(&app.pool, company_id).await?;
+    let purges = purges(&app.pool, company_id).await?;
+
+    let count_of = |rows: &[(String, i64, i64)], status: &str| {
+        rows.iter().find(|(s, _, _)| s == status).map_or(0, |(_, n, _)| *n)
+    };
+    let by_status = |statuses: &[&str], rows: &[(String, i64, i64)]| {
+        statuses.iter().map(|s| (s.to_string(), json!(count_of(rows, s)))).collect::<Map<_, _>>()
+    };
+    let succeeded_recently =
+        steps.iter().find(|(s, _, _)| s == "succeeded").map_or(0, |(_, _, recent)| *recent);
+    let in_flight = count_of(&steps, "queued") + count_of(&steps, "running");
+    let queue_depth = match caller.company_scope {
+        Some(_) => Value::Null,
+        None => queue_depth(&app).await,
+    };
+
+    Ok(Json(json!({
+        "company_id": company_id,
+        "at": Utc::now(),
+        "runs": by_status(&RUN_STATUSES, &runs),
+        "steps": by_status(&STEP_STATUSES, &steps),
+        "in_flight": in_flight,
+        "throughput": {
+            "window_seconds": THROUGHPUT_WINDOW_SECONDS,
+            "steps_succeeded": succeeded_recently,
+        },
+        "purges": {"due": purges.0, "scheduled": purges.1, "done": purges.2},
+        "queue_depth": queue_depth,
+    })))
+}
+
+/// Tasks Redis holds, or null while Redis does not answer (the page says so; `/healthz`
+/// tells why).
+async fn queue_depth(app: &AppState) -> Value {
+    match (app.queues.step_depth().await, app.queues.purge_depth().await) {
+        (Ok(steps), Ok(purges)) => json!({"steps": steps, "purges": purges}),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "queue depth unavailable");
+            Value::Null
+        }
+    }
+}
+
+/// (status, runs, 0) per run status present.
+async fn runs_by_status<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: Option<i64>,
+) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, count(*), 0::bigint FROM offboard.runs
+         WHERE ($1::bigint IS NULL OR company_id = $1)
+         GROUP BY status",
+    )
+    .bind(company_id)
+    .fetch_all(db)
+    .await
+}
+
+/// (status, steps, of which finished within the throughput window) per step status present.
+async fn steps_by_status<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: Option<i64>,
+) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, count(*),
+                count(*) FILTER (WHERE finished_at > now() - make_interval(secs => $2))
+         FROM offboard.steps
+         WHERE ($1::bigint IS NULL OR company_id = $1)
+         GROUP BY status",
+    )
+    .bind(company_id)
+    .bind(THROUGHPUT_WINDOW_SECONDS as f64)
+    .fetch_all(db)
+    .await
+}
+
+/// Private-email purges: (due and not yet fired, scheduled, done).
+async fn purges<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: Option<i64>,
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'scheduled' AND due_at <= now()),
+                count(*) FILTER (WHERE status = 'scheduled'),
+                count(*) FILTER (WHERE status = 'done')
+         FROM offboard.scheduled_purges
+         WHERE ($1::bigint IS NULL OR company_id = $1)",
+    )
+    .bind(company_id)
+    .fetch_one(db)
+    .await
+}
