@@ -11,10 +11,12 @@
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
 //! - [`worker`]: the apalis worker runtime.
+//! - [`chaos`]: the fault suite (`offboard chaos`).
 
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod crm;
