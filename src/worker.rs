@@ -131,15 +131,22 @@ impl Workers {
     }
 }
 
-/// Restarts a worker that fails (Redis down, say) with a growing pause, under a new name
-/// each time: apalis-redis refuses a name re-registered within a heartbeat.
+/// A worker that ran at least this long before it failed was healthy: its failure starts a
+/// new incident, and the restart pause starts over from the shortest.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+
+/// Restarts a worker that fails (Redis down, flushed or restarted, say) with a pause that
+/// grows while failures follow each other, under a new name each time: apalis-redis refuses
+/// a name re-registered within a heartbeat.
 async fn supervise<F, Fut>(label: &'static str, shutdown: Shutdown, mut make: F)
 where
     F: FnMut(usize, futures::future::BoxFuture<'static, Result<(), std::io::Error>>) -> Fut,
     Fut: Future<Output = Result<(), WorkerError>>,
 {
     use futures::FutureExt;
+    // Names are never reused; the pause counts only failures in a row.
     let mut restarts = 0usize;
+    let mut failures_in_a_row = 0u32;
     loop {
         let stop = {
             let shutdown = shutdown.clone();
@@ -149,6 +156,7 @@ where
             }
             .boxed()
         };
+        let began = tokio::time::Instant::now();
         let result = make(restarts, stop).await;
         if shutdown.is_triggered() {
             return;
@@ -157,7 +165,11 @@ where
             Ok(()) => tracing::warn!(worker = label, "worker stopped by itself; restarting"),
             Err(e) => tracing::warn!(worker = label, error = %e, "worker failed; restarting"),
         }
-        let pause = Duration::from_millis(200u64.saturating_mul(1 << restarts.min(5)));
+        if began.elapsed() >= HEALTHY_RUN {
+            failures_in_a_row = 0;
+        }
+        let pause = Duration::from_millis(200u64 << failures_in_a_row.min(5));
+        failures_in_a_row += 1;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait() => return,
@@ -232,4 +244,42 @@ type HandlerFuture = apalis::prelude::LifecycleFuture<
 /// out (rather than `tokio::spawn` itself) keeps the worker future provably `Send`.
 fn spawn_handler(fut: HandlerFuture) -> tokio::task::JoinHandle<Result<(), BoxDynError>> {
     tokio::spawn(fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_ran_healthily_is_restarted_quickly_whatever_failed_before() {
+        // Six quick failures (Redis flushed or restarting) grow the pause to its ceiling;
+        // then the worker runs for a minute and fails once more: that failure is a new
+        // incident, and the worker must be back after the first pause, not the ceiling.
+        let shutdown = Shutdown::new();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let recorded = starts.clone();
+        let stopper = shutdown.clone();
+        supervise("test", shutdown.clone(), move |restarts, _stop| {
+            recorded.lock().unwrap().push(Instant::now());
+            let stopper = stopper.clone();
+            async move {
+                match restarts {
+                    6 => tokio::time::sleep(Duration::from_secs(60)).await,
+                    7 => stopper.trigger(),
+                    _ => {}
+                }
+                Ok::<(), WorkerError>(())
+            }
+        })
+        .await;
+        let starts = starts.lock().unwrap();
+        assert_eq!(starts.len(), 8);
+        let pauses: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(pauses[5], Duration::from_millis(6_400), "{pauses:?}");
+        assert_eq!(pauses[6] - Duration::from_secs(60), Duration::from_millis(200), "{pauses:?}");
+    }
 }
