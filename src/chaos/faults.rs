@@ -303,8 +303,10 @@ impl Services {
 }
 
 async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    // From /, so a daemon started here (redis-server) never holds on to a work tree.
     let output = Command::new(program)
         .args(args)
+        .current_dir("/")
         .stdin(Stdio::null())
         .output()
         .await
