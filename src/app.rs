@@ -52,6 +52,28 @@ impl Services {
         Ok(Self { pool, queues, settings })
     }
 
+    /// Connects, retrying with a growing pause while PostgreSQL or Redis is not up yet (a
+    /// container starting before its database, a database restarting), until `shutdown`.
+    pub async fn connect_until_ready(
+        settings: Settings,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            match Self::connect(settings.clone()).await {
+                Ok(services) => return Ok(services),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = pause.as_millis() as u64, "not ready yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.wait() => return Err(e),
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     pub fn workers(&self, nudge: Arc<Notify>) -> Workers {
         Workers::new(self.pool.clone(), self.queues.clone(), &self.settings, nudge)
     }
@@ -88,9 +110,9 @@ pub async fn start_api(
 
 /// API and workers in one process, until SIGINT/SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let services = Services::connect(settings).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
+    let services = Services::connect_until_ready(settings, &shutdown).await?;
     let nudge = Arc::new(Notify::new());
     let server =
         start_api(services.app_state(nudge.clone()), services.settings.bind, shutdown.clone())
@@ -104,8 +126,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// Workers only; several such processes share one queue.
 pub async fn run_workers(settings: Settings) -> anyhow::Result<()> {
-    let services = Services::connect(settings).await?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
+    let services = Services::connect_until_ready(settings, &shutdown).await?;
     services.workers(Arc::new(Notify::new())).run(shutdown).await
 }

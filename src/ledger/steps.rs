@@ -52,7 +52,7 @@ pub async fn claim(
              UPDATE offboard.steps
              SET status = 'running', attempts = attempts + 1, lease_token = gen_random_uuid(),
                  lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3),
-                 started_at = coalesce(started_at, now()), queued_at = NULL
+                 started_at = coalesce(started_at, now()), queued_at = NULL, done_at_claim = done
              WHERE id = $1 AND status = 'queued'
              RETURNING id, run_id, name, attempts, max_attempts, lease_token),
          started AS (
@@ -247,27 +247,30 @@ pub async fn renew_leases(
     Ok(renewed.rows_affected())
 }
 
-/// A step whose lease expired (its worker died or hung) goes back to ready, counting the
-/// attempt it used; one that has used all its attempts this way is quarantined as dead, so
-/// a step that kills its worker cannot loop forever.
+/// A step whose lease expired (its worker died or hung) goes back to ready. The attempt
+/// counts, unless the lost worker had committed progress (a batched step resumes from its
+/// cursor, so it is not poison); a step that used all its attempts without getting anywhere
+/// is quarantined as dead, so a step that kills its worker cannot loop forever.
 pub async fn reap_expired_leases(
     pool: &PgPool,
 ) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
     sqlx::query_as(
         "WITH expired AS (
-             SELECT id FROM offboard.steps
+             SELECT id, attempts - CASE WHEN done > done_at_claim THEN 1 ELSE 0 END AS counted
+             FROM offboard.steps
              WHERE status = 'running' AND lease_expires_at < clock_timestamp()
              ORDER BY lease_expires_at LIMIT 1000
              FOR UPDATE SKIP LOCKED),
          reaped AS (
              UPDATE offboard.steps s
-             SET status = CASE WHEN s.attempts >= s.max_attempts THEN 'dead' ELSE 'ready' END,
-                 finished_at = CASE WHEN s.attempts >= s.max_attempts THEN now() END,
+             SET attempts = e.counted,
+                 status = CASE WHEN e.counted >= s.max_attempts THEN 'dead' ELSE 'ready' END,
+                 finished_at = CASE WHEN e.counted >= s.max_attempts THEN now() END,
                  next_attempt_at = now(),
-                 last_error_code = CASE WHEN s.attempts >= s.max_attempts
+                 last_error_code = CASE WHEN e.counted >= s.max_attempts
                                         THEN 'quarantined' ELSE 'lease_expired' END,
-                 last_error_message = CASE WHEN s.attempts >= s.max_attempts
-                     THEN 'the worker was lost on every one of ' || s.attempts || ' attempts'
+                 last_error_message = CASE WHEN e.counted >= s.max_attempts
+                     THEN 'the worker was lost on every one of ' || e.counted || ' attempts'
                      ELSE 'the worker running attempt ' || s.attempts || ' was lost' END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
              FROM expired e WHERE s.id = e.id

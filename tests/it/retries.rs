@@ -335,3 +335,53 @@ async fn a_step_that_keeps_killing_its_worker_is_quarantined(pool: PgPool) {
     assert_eq!(run["error"]["code"], "quarantined");
     assert!(steps::dispatch_ready(&app.pool, limits).await.unwrap().is_empty(), "it does not loop");
 }
+
+#[sqlx::test]
+async fn a_lost_attempt_that_made_progress_is_not_held_against_the_step(pool: PgPool) {
+    let app = TestApp::with(pool, &[("OFFBOARD_MAX_ATTEMPTS", "1")], SeedOptions::default()).await;
+    let plan = json!({"deals": {"mode": "single", "scope": "all", "targets": [{"user_id": app.regular(1)}]}});
+    let id = app.enqueue(&app.deactivation(app.regular(0), plan)).await;
+    let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
+    // Login blocked; then a worker takes the reassignment, commits a batch, and is lost.
+    let first = steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    app.workers.executor.run_step(first[0]).await.unwrap();
+    let deals = step_id(&app, id, "reassign_deals").await;
+    steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    let claim = steps::claim(&app.pool, deals, "lost-worker", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    steps::fence(&mut tx, deals, claim.lease_token, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    steps::record_progress(
+        &mut tx,
+        deals,
+        3,
+        10,
+        &json!({"created_at": "2025-01-06T09:00:00Z", "id": 0}),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    sweep_until_a_lease_expires(&app).await;
+    // With one attempt allowed, a counted loss would have made it dead.
+    assert_eq!(
+        step_row(&app, id, "reassign_deals").await,
+        ("ready".into(), 0, Some("lease_expired".into()))
+    );
+
+    // Without progress, the same loss counts: a claim that commits nothing and is lost.
+    steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    steps::claim(&app.pool, deals, "lost-again", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    sweep_until_a_lease_expires(&app).await;
+    assert_eq!(
+        step_row(&app, id, "reassign_deals").await,
+        ("dead".into(), 1, Some("quarantined".into()))
+    );
+}
