@@ -64,6 +64,21 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// `GET /v1/stats[?company_id=N]`: runs and steps by status, steps in flight, throughput
 /// (steps succeeded in the last minute), private-email purges, and — for an unscoped
 /// token only, since Redis is shared by every company — the Redis queue depth.
+/// The numbers the dashboard's header shows: runs and steps by status, steps in flight,
+/// throughput, due purges, and (for unscoped tokens) Redis queue depth.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "operators",
+    params(("company_id" = Option<i64>, Query, minimum = 1)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, body = super::views::ErrorBody),
+        (status = 401, body = super::views::ErrorBody),
+        (status = 404, body = super::views::ErrorBody),
+        (status = 503, body = super::views::ErrorBody),
+    )
+)]
 pub async fn stats(
     State(app): State<AppState>,
     caller: Caller,

@@ -8,11 +8,21 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 
-use super::AppState;
+use super::{
+    AppState,
+    views::{ErrorBody, Health},
+};
 use crate::metrics::METRICS;
 
+/// Whether PostgreSQL and Redis answer. No token needed.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, body = Health), (status = 503, description = "PostgreSQL or Redis is down", body = Health))
+)]
 pub async fn healthz(State(app): State<AppState>) -> Response {
     let postgres = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool).await.is_ok();
     let redis = app.queues.ping().await.is_ok();
@@ -20,16 +30,27 @@ pub async fn healthz(State(app): State<AppState>) -> Response {
     let word = |ok: bool| if ok { "ok" } else { "down" };
     (
         status,
-        Json(json!({
-            "status": word(postgres && redis),
-            "postgres": word(postgres),
-            "redis": word(redis),
-        })),
+        Json(Health {
+            status: word(postgres && redis).into(),
+            postgres: word(postgres).into(),
+            redis: word(redis).into(),
+        }),
     )
         .into_response()
 }
 
-/// Gauges from the ledger (shared by every process) and this process' counters.
+/// Prometheus text: gauges from the ledger (shared by every process) and this process'
+/// counters. No token needed; no personal data in any label.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, super::error::ApiError> {
     let mut out = String::with_capacity(4096);
     let runs: Vec<(String, i64)> =

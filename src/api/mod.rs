@@ -8,7 +8,9 @@ mod dashboard;
 pub mod error;
 mod health;
 mod offboardings;
+mod openapi;
 mod preview;
+pub mod views;
 
 use std::{sync::Arc, time::Instant};
 
@@ -22,7 +24,6 @@ use axum::{
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-pub use self::offboardings::run_json;
 use crate::{
     config::{ApiToken, Settings},
     metrics::METRICS,
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/style.css", get(dashboard::stylesheet))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/v1/offboardings", post(offboardings::create).get(offboardings::list))
         .route("/v1/offboardings/{id}", get(offboardings::get))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{
@@ -18,17 +18,47 @@ use super::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, is_unique_violation},
+    views::{
+        Accepted, Canceled, CreateOffboarding, ErrorBody, Retried, RunList, RunSummaryView, RunView,
+    },
 };
 use crate::{
     crm::users,
     domain::{Action, FieldError, OffboardingRequest, TransferPlan, UserId, transfer::Recipient},
     ledger::{
         idempotency,
-        runs::{self, NewRun, OperatorRefusal, RunDetail, RunFilter},
+        runs::{self, NewRun, OperatorRefusal, RunFilter},
     },
     steps::{self, RunParams},
 };
 
+/// Enqueue an offboarding run. Every rule is checked in the transaction that writes the
+/// run; a refused request writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/offboardings",
+    tag = "offboardings",
+    request_body = CreateOffboarding,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key and body return the original run.")),
+    responses(
+        (status = 202, description = "Accepted (or replayed)", body = Accepted,
+         headers(("Location" = String, description = "/v1/offboardings/{id}")),
+         links(
+             ("GetRun" = (operation_id = "get", parameters(("id" = "$response.body#/id")))),
+             ("RetryRun" = (operation_id = "retry", parameters(("id" = "$response.body#/id")))),
+             ("CancelRun" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
+         )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "The actor may not offboard users", body = ErrorBody),
+        (status = 404, description = "Unknown company or user", body = ErrorBody),
+        (status = 409, description = "The user's state forbids it (deleted, not deactivated, last admin, active run, no free seat, email taken)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule; `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
@@ -66,8 +96,7 @@ pub async fn create(
         .fetch_one(&app.pool)
         .await?;
     let mut response =
-        (StatusCode::ACCEPTED, Json(json!({"id": run_id, "status": status, "replayed": replayed})))
-            .into_response();
+        (StatusCode::ACCEPTED, Json(Accepted { id: run_id, status, replayed })).into_response();
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
@@ -328,16 +357,30 @@ pub(super) async fn check_targets(
     Ok(())
 }
 
+/// A run: its status, each step's progress, the receipt, the purge and the history.
+#[utoipa::path(
+    get,
+    path = "/v1/offboardings/{id}",
+    tag = "offboardings",
+    params(("id" = Uuid, Path, description = "The run id")),
+    responses(
+        (status = 200, body = RunView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such run (for this token)", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
     let detail = runs::find(&app.pool, id, caller.company_scope)
         .await?
         .ok_or_else(|| ApiError::not_found("offboarding run"))?;
-    Ok(Json(run_json(&detail)))
+    Ok(Json(RunView::from(&detail)))
 }
 
 fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -345,61 +388,32 @@ fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_id", "the run id is not a UUID"))
 }
 
-/// The run as the API shows it.
-pub fn run_json(detail: &RunDetail) -> Value {
-    let run = &detail.run;
-    let steps: Vec<Value> = detail
-        .steps
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "status": s.status,
-                "depends_on": s.depends_on,
-                "attempts": s.attempts,
-                "max_attempts": s.max_attempts,
-                "done": s.done,
-                "total": s.total,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "next_attempt_at": matches!(s.status.as_str(), "ready").then_some(s.next_attempt_at),
-                "last_error": s.last_error_code.as_ref().map(|code| json!({
-                    "code": code, "message": s.last_error_message,
-                })),
-                "counts": s.result,
-            })
-        })
-        .collect();
-    let succeeded = detail
-        .steps
-        .iter()
-        .filter(|s| matches!(s.status.as_str(), "succeeded" | "skipped"))
-        .count();
-    json!({
-        "id": run.id,
-        "company_id": run.company_id,
-        "user_id": run.user_id,
-        "action": run.action,
-        "status": run.status,
-        "actor_user_id": run.actor_user_id,
-        "transfer": run.plan,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "progress": {"steps_total": run.steps_total, "steps_succeeded": succeeded},
-        "error": run.error_code.as_ref().map(|code| json!({"code": code, "message": run.error_message})),
-        "steps": steps,
-        "receipt": run.receipt,
-        "private_email_purge": detail.purge,
-        "history": detail.events,
-    })
-}
-
+/// Runs, newest first, filtered and paged.
+#[utoipa::path(
+    get,
+    path = "/v1/offboardings",
+    tag = "offboardings",
+    params(
+        ("company_id" = Option<i64>, Query, minimum = 1),
+        ("user_id" = Option<i64>, Query, minimum = 1),
+        ("status" = Option<String>, Query, description = "queued, running, succeeded, failed or canceled"),
+        ("action" = Option<String>, Query, description = "deactivate, delete, deactivate_and_delete, redact or reactivate"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, body = RunList),
+        (status = 400, description = "A query parameter is invalid", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "A company outside the token's scope", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let number = |name: &str| -> Result<Option<i64>, ApiError> {
         query
             .get(name)
@@ -453,7 +467,7 @@ pub async fn list(
     let next_cursor = (runs.len() as i64 == limit)
         .then(|| runs.last().map(|r| encode_cursor(r.created_at, r.id)))
         .flatten();
-    Ok(Json(json!({"runs": runs, "next_cursor": next_cursor})))
+    Ok(Json(RunList { runs: runs.into_iter().map(RunSummaryView::from).collect(), next_cursor }))
 }
 
 fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
@@ -476,17 +490,32 @@ fn operator(caller: &Caller) -> String {
     }
 }
 
+/// Put the run's dead steps back in line with fresh attempts; the run resumes.
+#[utoipa::path(
+    post,
+    path = "/v1/offboardings/{id}/retry",
+    tag = "operators",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Retried),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "No dead step to retry", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Retried>, ApiError> {
     let id = parse_run_id(&id)?;
     match runs::retry(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
         Ok(revived) => {
             app.nudge.notify_one();
             tracing::info!(run_id = %id, steps = revived, "dead steps retried by an operator");
-            Ok(Json(json!({"id": id, "status": "running", "steps_retried": revived})))
+            Ok(Json(Retried { id, status: "running".into(), steps_retried: revived }))
         }
         Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
         Err(OperatorRefusal::WrongState) => {
@@ -495,16 +524,31 @@ pub async fn retry(
     }
 }
 
+/// Start no new step of the run; running steps finish, finished ones stay.
+#[utoipa::path(
+    post,
+    path = "/v1/offboardings/{id}/cancel",
+    tag = "operators",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Canceled),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The run has already finished", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Canceled>, ApiError> {
     let id = parse_run_id(&id)?;
     match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
         Ok(canceled) => {
             tracing::info!(run_id = %id, steps = canceled, "run canceled by an operator");
-            Ok(Json(json!({"id": id, "status": "canceled", "steps_canceled": canceled})))
+            Ok(Json(Canceled { id, status: "canceled".into(), steps_canceled: canceled }))
         }
         Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
         Err(OperatorRefusal::WrongState) => {

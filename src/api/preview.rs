@@ -15,6 +15,7 @@ use super::{
     body::JsonBody,
     error::ApiError,
     offboardings::{EnqueueError, check_targets},
+    views::{DryRunBody, ErrorBody},
 };
 use crate::{
     crm::{preview, users},
@@ -44,6 +45,21 @@ async fn load_user(
     })
 }
 
+/// What the user owns: items per type (open and all), syncs, apps, webhooks, dashboards,
+/// reports, automations and rules naming the user, chats, playbooks, forms, private emails.
+#[utoipa::path(
+    get,
+    path = "/v1/companies/{company_id}/users/{user_id}/preview",
+    tag = "preview",
+    params(("company_id" = i64, Path, minimum = 1), ("user_id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "Counts of what the user owns", body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(app): State<AppState>,
     caller: Caller,
@@ -61,6 +77,25 @@ pub async fn show(
     Ok(Json(out))
 }
 
+/// A dry run of a transfer plan: exactly how many items of each type each target gets and
+/// how many stay. Nothing changes.
+#[utoipa::path(
+    post,
+    path = "/v1/companies/{company_id}/users/{user_id}/preview",
+    tag = "preview",
+    params(("company_id" = i64, Path, minimum = 1), ("user_id" = i64, Path, minimum = 1)),
+    request_body = DryRunBody,
+    responses(
+        (status = 200, description = "Per item type: mode, scope, in_scope, targets [{user_id, count}], stays, not_in_scope", body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn dry_run(
     State(app): State<AppState>,
     caller: Caller,

@@ -7,6 +7,7 @@ mod dashboard;
 mod deactivation;
 mod erasure;
 mod helpers;
+mod openapi;
 mod purge;
 mod recovery;
 mod refusals;

@@ -1,0 +1,364 @@
+//! The shapes the API sends and accepts, typed so that `/openapi.json` is generated from the
+//! same structs the handlers serialize. Free-form parts (a step's counts, a receipt, a
+//! preview of belongings) stay JSON objects.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::ledger::runs::{EventRow, PurgeRow, RunDetail, RunSummary};
+
+/// Every error: a stable `code` to branch on, a message for people, and the field at fault
+/// when there is one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(example = "invalid_target")]
+    pub code: String,
+    #[schema(example = "transfer.deals.targets[1].user_id: user 17 is deactivated")]
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+/// The body of `POST /v1/offboardings`. The handler reads it field by field so that each
+/// refusal names its field; this struct is the contract.
+#[derive(Debug, ToSchema)]
+#[schema(example = json!({
+    "company_id": 1, "user_id": 3, "actor_user_id": 1, "action": "deactivate",
+    "transfer": {"default": {"mode": "single", "targets": [{"user_id": 4}]},
+                 "deals": {"mode": "ratio", "scope": "all",
+                           "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}
+}))]
+#[allow(dead_code)]
+pub struct CreateOffboarding {
+    #[schema(minimum = 1)]
+    pub company_id: i64,
+    /// The user to offboard.
+    #[schema(minimum = 1)]
+    pub user_id: i64,
+    /// Who asks: an active user of the company with account-settings access.
+    #[schema(minimum = 1)]
+    pub actor_user_id: i64,
+    pub action: ActionName,
+    /// Keyed by `default` or an item type: leads, deals, contacts, products, activities,
+    /// projects, project_tasks. A type's own rule wins over `default`.
+    pub transfer: Option<BTreeMap<String, TransferRuleBody>>,
+    /// Delete and replace: a new user who inherits the seat; name it as a target with
+    /// `{"replacement": true}`.
+    pub replacement: Option<ReplacementBody>,
+    /// `redact` only: the new display name.
+    #[schema(max_length = 100)]
+    pub display_name: Option<String>,
+    /// `redact` only: remove the profile picture.
+    pub remove_picture: Option<bool>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ActionName {
+    Deactivate,
+    Delete,
+    DeactivateAndDelete,
+    Redact,
+    Reactivate,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct TransferRuleBody {
+    pub mode: TransferMode,
+    /// `open` (default) or `all`.
+    pub scope: Option<TransferScope>,
+    #[schema(min_items = 1, max_items = 100)]
+    pub targets: Vec<TargetBody>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TransferMode {
+    Single,
+    Ratio,
+    Hardcoded,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TransferScope {
+    Open,
+    All,
+}
+
+/// A target: `user_id`, or `replacement: true`; with `weight` (ratio) or `count` (hardcoded).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct TargetBody {
+    #[schema(minimum = 1)]
+    pub user_id: Option<i64>,
+    pub replacement: Option<bool>,
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub weight: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub count: Option<i64>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ReplacementBody {
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+}
+
+/// The body of a dry run.
+#[derive(Debug, ToSchema)]
+#[schema(example = json!({"transfer": {"deals": {"mode": "ratio",
+    "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}}))]
+#[allow(dead_code)]
+pub struct DryRunBody {
+    pub transfer: BTreeMap<String, TransferRuleBody>,
+}
+
+/// `202` for a new run, and for a replay of the same request with the same `Idempotency-Key`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub status: String,
+    /// True when the `Idempotency-Key` matched an earlier request: this is its run.
+    pub replayed: bool,
+}
+
+/// A run with its steps, receipt, purge and history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub company_id: i64,
+    pub user_id: i64,
+    pub action: String,
+    /// queued, running, succeeded, failed or canceled.
+    pub status: String,
+    pub actor_user_id: i64,
+    /// The validated transfer plan (user ids only).
+    #[schema(value_type = Object)]
+    pub transfer: Value,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub progress: RunProgress,
+    pub error: Option<ErrorCodeView>,
+    pub steps: Vec<StepView>,
+    /// What was done, counts per step, who asked and when; set once the run is finished.
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Value>,
+    pub private_email_purge: Option<PurgeView>,
+    pub history: Vec<EventView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunProgress {
+    pub steps_total: i32,
+    pub steps_succeeded: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorCodeView {
+    pub code: String,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    pub name: String,
+    /// pending, ready, queued, running, succeeded, skipped, dead or canceled.
+    pub status: String,
+    pub depends_on: Vec<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub done: i64,
+    pub total: Option<i64>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a ready step may start (a retry's scheduled time).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<ErrorCodeView>,
+    /// What the step changed, once it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub counts: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PurgeView {
+    pub id: i64,
+    pub due_at: DateTime<Utc>,
+    /// scheduled, done or canceled.
+    pub status: String,
+    pub fired_at: Option<DateTime<Utc>>,
+    /// queue or sweeper.
+    pub fired_by: Option<String>,
+    pub emails_deleted: Option<i32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    /// `user:<id>`, `token:operator`, `token:company-<id>` or `system`.
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<RunSummaryView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunSummaryView {
+    pub id: Uuid,
+    pub company_id: i64,
+    pub user_id: i64,
+    pub action: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps_total: i32,
+    pub steps_succeeded: i64,
+    pub steps_dead: i64,
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    pub id: Uuid,
+    pub status: String,
+    pub steps_retried: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Canceled {
+    pub id: Uuid,
+    pub status: String,
+    pub steps_canceled: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// ok or down.
+    pub status: String,
+    pub postgres: String,
+    pub redis: String,
+}
+
+impl From<&RunDetail> for RunView {
+    fn from(detail: &RunDetail) -> Self {
+        let run = &detail.run;
+        let steps: Vec<StepView> = detail
+            .steps
+            .iter()
+            .map(|s| StepView {
+                name: s.name.clone(),
+                status: s.status.clone(),
+                depends_on: s.depends_on.clone(),
+                attempts: s.attempts,
+                max_attempts: s.max_attempts,
+                done: s.done,
+                total: s.total,
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                next_attempt_at: (s.status == "ready").then_some(s.next_attempt_at),
+                last_error: s.last_error_code.as_ref().map(|code| ErrorCodeView {
+                    code: code.clone(),
+                    message: s.last_error_message.clone(),
+                }),
+                counts: s.result.clone(),
+            })
+            .collect();
+        let steps_succeeded = detail
+            .steps
+            .iter()
+            .filter(|s| matches!(s.status.as_str(), "succeeded" | "skipped"))
+            .count() as i64;
+        RunView {
+            id: run.id,
+            company_id: run.company_id,
+            user_id: run.user_id,
+            action: run.action.clone(),
+            status: run.status.clone(),
+            actor_user_id: run.actor_user_id,
+            transfer: run.plan.clone(),
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            progress: RunProgress { steps_total: run.steps_total, steps_succeeded },
+            error: run.error_code.as_ref().map(|code| ErrorCodeView {
+                code: code.clone(),
+                message: run.error_message.clone(),
+            }),
+            steps,
+            receipt: run.receipt.clone(),
+            private_email_purge: detail.purge.as_ref().map(PurgeView::from),
+            history: detail.events.iter().map(EventView::from).collect(),
+        }
+    }
+}
+
+impl From<&PurgeRow> for PurgeView {
+    fn from(p: &PurgeRow) -> Self {
+        PurgeView {
+            id: p.id,
+            due_at: p.due_at,
+            status: p.status.clone(),
+            fired_at: p.fired_at,
+            fired_by: p.fired_by.clone(),
+            emails_deleted: p.emails_deleted,
+        }
+    }
+}
+
+impl From<&EventRow> for EventView {
+    fn from(e: &EventRow) -> Self {
+        EventView {
+            at: e.at,
+            kind: e.kind.clone(),
+            step: e.step.clone(),
+            actor: e.actor.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+impl From<RunSummary> for RunSummaryView {
+    fn from(r: RunSummary) -> Self {
+        RunSummaryView {
+            id: r.id,
+            company_id: r.company_id,
+            user_id: r.user_id,
+            action: r.action,
+            status: r.status,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            steps_total: r.steps_total,
+            steps_succeeded: r.steps_succeeded,
+            steps_dead: r.steps_dead,
+            error_code: r.error_code,
+        }
+    }
+}

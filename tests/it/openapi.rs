@@ -1,0 +1,151 @@
+//! `/metrics` parses as Prometheus text and carries what operators need; `/openapi.json`
+//! documents every API route.
+
+use std::io;
+
+use axum::http::{Method, StatusCode};
+use offboard::{executor::Fault, steps::StepError};
+use prometheus_parse::{Scrape, Value as Sample};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+
+fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| &s.value)
+}
+
+fn number(sample: Option<&Sample>) -> f64 {
+    match sample {
+        Some(Sample::Counter(n) | Sample::Gauge(n) | Sample::Untyped(n)) => *n,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+#[sqlx::test]
+async fn metrics_parse_as_prometheus_text_with_runs_steps_retries_and_queues(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.workers
+        .executor
+        .faults
+        .inject("stop_syncs", Fault::Fail(StepError::retryable("timeout", "injected")));
+    let user = app.regular(0);
+    app.enqueue(&app.deactivation(
+        user,
+        json!({"default": {"mode": "single", "targets": [{"user_id": app.regular(1)}]}}),
+    ))
+    .await;
+    app.drain().await;
+
+    let (status, headers, _) =
+        app.call(Method::GET, "/metrics", None, &[("authorization", "")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let router = app.router.clone();
+    let response = tower::ServiceExt::oneshot(
+        router,
+        axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec(),
+    )
+    .unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok::<_, io::Error>(l.to_string())))
+        .expect("Prometheus text");
+
+    let steps = app.count("SELECT count(*) FROM offboard.steps").await as f64;
+    assert_eq!(number(find(&scrape, "offboard_runs", &[("status", "succeeded")])), 1.0);
+    assert_eq!(number(find(&scrape, "offboard_runs", &[("status", "failed")])), 0.0);
+    assert_eq!(number(find(&scrape, "offboard_steps", &[("status", "succeeded")])), steps);
+    assert_eq!(number(find(&scrape, "offboard_dead_steps", &[])), 0.0);
+    assert_eq!(number(find(&scrape, "offboard_purges", &[("state", "scheduled")])), 1.0);
+    assert!(find(&scrape, "offboard_queue_depth", &[("queue", "steps")]).is_some());
+    // Process-wide counters (other tests in this process add to them): lower bounds.
+    assert!(
+        number(find(
+            &scrape,
+            "offboard_step_attempts_total",
+            &[("step", "stop_syncs"), ("outcome", "retry")]
+        )) >= 1.0
+    );
+    assert!(
+        number(find(
+            &scrape,
+            "offboard_step_attempts_total",
+            &[("step", "block_login"), ("outcome", "succeeded")]
+        )) >= 1.0
+    );
+    let moved = app
+        .count_for(
+            "SELECT count(*) FROM crm.deals WHERE owner_id = $1 AND status = 'open'",
+            app.regular(1),
+        )
+        .await;
+    assert!(number(find(&scrape, "offboard_items_reassigned_total", &[])) >= moved as f64);
+    match find(&scrape, "offboard_step_duration_seconds", &[("step", "block_login")]) {
+        Some(Sample::Histogram(buckets)) => {
+            assert!(buckets.len() >= 10);
+            assert!(buckets.last().unwrap().count >= 1.0);
+            assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count), "cumulative buckets");
+        }
+        other => panic!("no histogram for block_login: {other:?}"),
+    }
+    // Labels hold step names, statuses and routes; never personal data.
+    let email = &app.company.users.iter().find(|u| u.id == user).unwrap().email;
+    assert!(!text.contains(email.as_str()) && !text.contains('@'));
+}
+
+#[sqlx::test]
+async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (status, _, doc) =
+        app.call(Method::GET, "/openapi.json", None, &[("authorization", "")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let routes = [
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+        ("post", "/v1/offboardings"),
+        ("get", "/v1/offboardings"),
+        ("get", "/v1/offboardings/{id}"),
+        ("post", "/v1/offboardings/{id}/retry"),
+        ("post", "/v1/offboardings/{id}/cancel"),
+        ("get", "/v1/companies/{company_id}/users/{user_id}/preview"),
+        ("post", "/v1/companies/{company_id}/users/{user_id}/preview"),
+        ("get", "/v1/stats"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "documented operations: {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for (method, path) in routes {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        // Each documented route exists: calling it does not fall through to the 404 route.
+        let concrete = path
+            .replace("{id}", "00000000-0000-4000-8000-000000000000")
+            .replace("{company_id}", &app.company.company_id.to_string())
+            .replace("{user_id}", &app.regular(0).to_string());
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (_, _, body) = app.call(method, &concrete, Some("{}"), &[]).await;
+        assert_ne!(body["error"]["message"], "route not found", "{path}");
+        // Every non-2xx response is the one error shape (metrics and health aside).
+        for (code, response) in operation["responses"].as_object().unwrap() {
+            if !code.starts_with('2') && !path.starts_with("/healthz") {
+                let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{path} {code}");
+            }
+        }
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
