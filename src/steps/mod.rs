@@ -13,6 +13,7 @@ mod disable_webhooks;
 mod erase_personal_data;
 mod finish_deactivation;
 mod hand_over_leadbooster;
+mod noop;
 pub mod private_email_purge;
 mod reactivate_user;
 pub mod reassign;
@@ -48,6 +49,8 @@ pub enum StepKind {
     ErasePersonalData,
     RedactProfile,
     ReactivateUser,
+    /// Does nothing; numbered so a run can hold many. Only `offboard bench steps` uses it.
+    Noop(u32),
 }
 
 impl StepKind {
@@ -75,12 +78,16 @@ impl StepKind {
             StepKind::ErasePersonalData => "erase_personal_data".into(),
             StepKind::RedactProfile => "redact_profile".into(),
             StepKind::ReactivateUser => "reactivate_user".into(),
+            StepKind::Noop(n) => format!("noop_{n}"),
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         if let Some(item) = name.strip_prefix("reassign_") {
             return item.parse().ok().map(StepKind::Reassign);
+        }
+        if let Some(n) = name.strip_prefix("noop_") {
+            return n.parse().ok().map(StepKind::Noop);
         }
         let fixed = [
             StepKind::BlockLogin,
@@ -117,6 +124,7 @@ impl StepKind {
             StepKind::ErasePersonalData => erase_personal_data::apply(cx, tx).await,
             StepKind::RedactProfile => redact_profile::apply(cx, tx).await,
             StepKind::ReactivateUser => reactivate_user::apply(cx, tx).await,
+            StepKind::Noop(_) => noop::apply(cx, tx).await,
         }
     }
 }
@@ -350,6 +358,19 @@ mod tests {
                 let kind = StepKind::from_name(&spec.name).expect(&spec.name);
                 assert_eq!(kind.name(), spec.name);
             }
+        }
+    }
+
+    #[test]
+    fn noop_steps_are_numbered_and_never_planned() {
+        assert_eq!(StepKind::from_name("noop_7"), Some(StepKind::Noop(7)));
+        assert_eq!(StepKind::Noop(7).name(), "noop_7");
+        assert_eq!(StepKind::from_name("noop_x"), None);
+        let transfer =
+            Plan::from_stored(&json!({"default": {"mode": "single", "targets": [{"user_id": 2}]}}))
+                .unwrap();
+        for action in Action::ALL {
+            assert!(plan(action, &transfer).iter().all(|s| !s.name.starts_with("noop")));
         }
     }
 
