@@ -12,10 +12,12 @@
 //! - [`queue`]: the Redis queues (apalis-redis).
 //! - [`worker`]: the apalis worker runtime.
 //! - [`chaos`]: the fault suite (`offboard chaos`).
+//! - [`bench`]: `offboard bench`, throughput figures against baselines.
 
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod config;

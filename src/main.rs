@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use offboard::{
     app,
+    bench::{self, BenchOptions, Scenario},
     chaos::{self, ChaosOptions},
     cli::{self, ApiClient},
     config::{DEV_TOKEN, Settings},
@@ -87,6 +88,14 @@ enum Command {
         #[arg(long)]
         transfer: Option<String>,
     },
+    /// Measure throughput against baselines, in throwaway databases (use a release build).
+    Bench {
+        #[arg(value_enum)]
+        scenario: Scenario,
+        /// Shrink data sizes and durations for a quick look; figures compare only at 1.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -152,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
         | Command::Seed { .. } => "warn",
         // The suite's own API logs what the faults provoke; its report says what matters.
         Command::Chaos { .. } => "error,sqlx=off",
+        // Bulk statements of a benchmark are slow on purpose.
+        Command::Bench { .. } => "warn,sqlx=error",
         _ => app::DEFAULT_LOG_FILTER,
     };
     app::init_tracing(settings.log_format, filter);
@@ -241,6 +252,9 @@ async fn main() -> anyhow::Result<()> {
                     print(client.get(&format!("/v1/offboardings/{id}")).await?)
                 }
             }
+        }
+        Command::Bench { scenario, scale } => {
+            bench::run(&settings, scenario, BenchOptions { scale }).await
         }
         Command::Preview { api, company, user, transfer } => {
             let client = ApiClient::new(&api.api_url, &api.token);
