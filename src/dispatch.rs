@@ -27,6 +27,10 @@ use crate::{
 /// the delayed Redis task's to fire.
 pub const PURGE_GRACE: Duration = Duration::from_secs(3);
 
+/// The pause between dispatch passes while steps keep coming: far below what
+/// `OFFBOARD_MAX_IN_FLIGHT` steps take to run, so workers never wait on it.
+const PASS_GAP: Duration = Duration::from_millis(10);
+
 #[derive(Clone)]
 pub struct Dispatcher {
     pub pool: PgPool,
@@ -57,10 +61,14 @@ impl Dispatcher {
     pub async fn run(self, shutdown: Shutdown) {
         loop {
             match self.dispatch_once().await {
-                // A full batch may mean more is waiting: go again at once.
+                // More may be waiting: go again after a short pause, so that on a busy
+                // system each pass takes the room many completions freed rather than
+                // running back to back for a step or two each (a nudge in the meantime
+                // is kept, not lost).
                 Ok(n) if n > 0 => {
-                    if shutdown.is_triggered() {
-                        break;
+                    tokio::select! {
+                        _ = tokio::time::sleep(PASS_GAP) => {}
+                        _ = shutdown.wait() => break,
                     }
                     continue;
                 }

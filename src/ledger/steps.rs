@@ -303,6 +303,13 @@ pub struct DispatchLimits {
 /// limits, taking companies in turn (each company's oldest ready step first). Dispatchers
 /// in several processes take turns on an advisory lock, so the limits hold across them.
 /// Returns the step ids to push to Redis after the commit.
+///
+/// The cost follows the companies with ready steps, not the backlog: the companies are
+/// found by a skip scan over `steps_ready_by_company`, and each contributes at most the
+/// turns this pass can use — room / companies, rounded up, and never past its own limit.
+/// A pass may so take fewer steps than there is room for (when some companies have fewer
+/// ready steps than their share); the dispatcher then runs again, and the order in which
+/// steps start is the same.
 pub async fn dispatch_ready(
     pool: &PgPool,
     limits: DispatchLimits,
@@ -316,19 +323,34 @@ pub async fn dispatch_ready(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = sqlx::query_scalar(
-        "WITH in_flight AS (
+        "WITH RECURSIVE ready_companies AS (
+             (SELECT company_id FROM offboard.steps WHERE status = 'ready'
+              ORDER BY company_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT s.company_id FROM offboard.steps s
+                     WHERE s.status = 'ready' AND s.company_id > r.company_id
+                     ORDER BY s.company_id LIMIT 1)
+             FROM ready_companies r WHERE r.company_id IS NOT NULL),
+         in_flight AS (
              SELECT company_id, count(*) AS n FROM offboard.steps
              WHERE status IN ('queued', 'running') GROUP BY company_id),
-         candidates AS (
-             SELECT s.id, s.company_id,
-                    row_number() OVER (PARTITION BY s.company_id ORDER BY s.next_attempt_at, s.id) AS turn
-             FROM offboard.steps s
-             WHERE s.status = 'ready' AND s.next_attempt_at <= now()),
+         room AS (
+             SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
+             FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
          picked AS (
-             SELECT c.id FROM candidates c LEFT JOIN in_flight f USING (company_id)
-             WHERE c.turn + coalesce(f.n, 0) <= $2
+             SELECT c.id
+             FROM ready_companies r
+             LEFT JOIN in_flight f ON f.company_id = r.company_id
+             CROSS JOIN LATERAL (
+                 SELECT s.id, row_number() OVER (ORDER BY s.next_attempt_at, s.id) AS turn
+                 FROM offboard.steps s
+                 WHERE s.company_id = r.company_id AND s.status = 'ready'
+                   AND s.next_attempt_at <= now()
+                 ORDER BY s.next_attempt_at, s.id
+                 LIMIT least(greatest(0, $2 - coalesce(f.n, 0)), (SELECT turns FROM room))) c
+             WHERE r.company_id IS NOT NULL
              ORDER BY c.turn, c.id
-             LIMIT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)))
+             LIMIT (SELECT n FROM room))
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.id = p.id AND s.status = 'ready'
          RETURNING s.id",
