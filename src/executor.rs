@@ -214,27 +214,38 @@ impl Executor {
         run: &RunContext,
         kind: StepKind,
     ) -> Result<Option<Vec<AfterCommit>>, StepError> {
+        let mut first = true;
         loop {
-            match self.apply_once(claim, run, kind).await? {
-                Attempt::More => continue,
+            match self.apply_once(claim, run, kind, first).await? {
+                Attempt::More => first = false,
                 Attempt::Done(after) => return Ok(Some(after)),
                 Attempt::LeaseLost => return Ok(None),
             }
         }
     }
 
-    /// One transaction: fence, apply, and record either progress or completion.
+    /// One transaction: apply, and record either progress or completion, both fenced by
+    /// the lease token. A transaction after the attempt's first one (the next batch) first
+    /// renews the lease and locks the step row (the fence); the first one starts from the
+    /// claim, which has just done both — skipping that statement takes a fifth of the
+    /// statements of a one-transaction step.
     async fn apply_once(
         &self,
         claim: &Claim,
         run: &RunContext,
         kind: StepKind,
+        first: bool,
     ) -> Result<Attempt, StepError> {
         let mut tx = self.pool.begin().await?;
-        let Some(fenced) =
-            steps::fence(&mut tx, claim.step_id, claim.lease_token, self.worker.lease).await?
-        else {
-            return Ok(Attempt::LeaseLost);
+        let (done, total, cursor) = if first {
+            (claim.done, claim.total, claim.cursor.clone())
+        } else {
+            let Some(fenced) =
+                steps::fence(&mut tx, claim.step_id, claim.lease_token, self.worker.lease).await?
+            else {
+                return Ok(Attempt::LeaseLost);
+            };
+            (fenced.done, fenced.total, fenced.cursor)
         };
         match self.faults.take(&claim.name) {
             Some(Fault::Fail(error)) => return Err(error),
@@ -244,13 +255,8 @@ impl Executor {
             }
             None => {}
         }
-        let state = StepState {
-            name: claim.name.clone(),
-            attempts: claim.attempts,
-            done: fenced.done,
-            total: fenced.total,
-            cursor: fenced.cursor,
-        };
+        let state =
+            StepState { name: claim.name.clone(), attempts: claim.attempts, done, total, cursor };
         let cx = StepContext { run, step: &state, settings: &self.steps };
         let progress = AssertUnwindSafe(kind.apply(&cx, &mut tx))
             .catch_unwind()
@@ -258,7 +264,12 @@ impl Executor {
             .map_err(|_| StepError::retryable("panic", "the step panicked"))??;
         match progress {
             Progress::Batch { done, total, cursor } => {
-                steps::record_progress(&mut tx, claim.step_id, done, total, &cursor).await?;
+                let token = claim.lease_token;
+                if !steps::record_progress(&mut tx, claim.step_id, token, done, total, &cursor)
+                    .await?
+                {
+                    return Ok(Attempt::LeaseLost);
+                }
                 tx.commit().await?;
                 if matches!(kind, StepKind::Reassign(_)) {
                     METRICS.items_reassigned((done - state.done).max(0) as u64);

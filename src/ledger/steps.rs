@@ -23,6 +23,11 @@ pub struct Claim {
     pub plan: Value,
     pub params: Value,
     pub actor_user_id: i64,
+    /// Progress as of the claim (what earlier attempts committed), so the first
+    /// transaction of the attempt needs no fence to read it.
+    pub done: i64,
+    pub total: Option<i64>,
+    pub cursor: Option<Value>,
 }
 
 /// Progress of a running step, read while renewing its lease.
@@ -38,9 +43,10 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Takes a queued step: `queued -> running`, counting an attempt and issuing a fresh lease
-/// token. Commits on its own, so the attempt counts even if the worker then dies (that is
-/// how a step that kills its worker is eventually quarantined). `None` when the step is not
-/// queued (already taken, done, or canceled): a duplicate delivery.
+/// token, and returns the step's progress. Commits on its own, so the attempt counts even
+/// if the worker then dies (that is how a step that kills its worker is eventually
+/// quarantined). `None` when the step is not queued (already taken, done, or canceled): a
+/// duplicate delivery.
 pub async fn claim(
     pool: &PgPool,
     step_id: i64,
@@ -54,13 +60,14 @@ pub async fn claim(
                  lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), queued_at = NULL, done_at_claim = done
              WHERE id = $1 AND status = 'queued'
-             RETURNING id, run_id, name, attempts, max_attempts, lease_token),
+             RETURNING id, run_id, name, attempts, max_attempts, lease_token, done, total, cursor),
          started AS (
              UPDATE offboard.runs r SET status = 'running', started_at = coalesce(r.started_at, now())
              FROM claimed c WHERE r.id = c.run_id AND r.status = 'queued'
              RETURNING r.id)
          SELECT c.id AS step_id, c.run_id, c.name, c.attempts, c.max_attempts, c.lease_token,
-                r.company_id, r.user_id, r.action, r.plan, r.params, r.actor_user_id
+                r.company_id, r.user_id, r.action, r.plan, r.params, r.actor_user_id,
+                c.done, c.total, c.cursor
          FROM claimed c JOIN offboard.runs r ON r.id = c.run_id",
     )
     .bind(step_id)
@@ -70,9 +77,12 @@ pub async fn claim(
     .await
 }
 
-/// The first statement of every transaction that works on a step: renews the lease, locks
-/// the step row for the transaction, and returns fresh progress. `None` means the lease was
-/// lost (expired and taken over, or the run canceled): the caller must roll back.
+/// The first statement of a transaction that continues a step after an earlier transaction
+/// of the same attempt (the next batch): renews the lease, locks the step row for the
+/// transaction, and returns fresh progress. `None` means the lease was lost (expired and
+/// taken over, or the run canceled): the caller must roll back. The first transaction
+/// after the claim needs none: the claim has just issued the lease and read the progress,
+/// and what the transaction records is fenced by the lease token itself.
 pub async fn fence(
     tx: &mut PgConnection,
     step_id: i64,
@@ -91,22 +101,28 @@ pub async fn fence(
     .await
 }
 
-/// Records a committed batch of a batched step (the row is already fenced).
+/// Records a batch of a batched step in the transaction that moved it, if the lease is
+/// still `token`'s. `false` means it was lost: the caller must roll back the batch.
 pub async fn record_progress(
     tx: &mut PgConnection,
     step_id: i64,
+    token: Uuid,
     done: i64,
     total: i64,
     cursor: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE offboard.steps SET done = $2, total = $3, cursor = $4 WHERE id = $1")
-        .bind(step_id)
-        .bind(done)
-        .bind(total)
-        .bind(cursor)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let recorded = sqlx::query(
+        "UPDATE offboard.steps SET done = $3, total = $4, cursor = $5
+         WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+    )
+    .bind(step_id)
+    .bind(token)
+    .bind(done)
+    .bind(total)
+    .bind(cursor)
+    .execute(&mut *tx)
+    .await?;
+    Ok(recorded.rows_affected() == 1)
 }
 
 /// What completing a step changed.
@@ -225,7 +241,8 @@ pub async fn fail(
 }
 
 /// Renews the leases of steps this process is running. Rows locked by a transaction that
-/// is working on them are skipped: that transaction's fence already renewed them.
+/// is working on them are skipped: that transaction either renewed the lease (its fence)
+/// or is about to end the attempt or record a batch.
 pub async fn renew_leases(
     pool: &PgPool,
     tokens: &[Uuid],

@@ -246,3 +246,51 @@ async fn a_second_signal_exits_at_once_and_the_lease_recovers_the_step(pool: PgP
     assert!(run["history"].as_array().unwrap().iter().any(|e| e["kind"] == "lease_expired"));
     assert_eq!(deals["done"], deals["total"]);
 }
+
+#[sqlx::test]
+async fn a_claim_resumes_from_stored_progress_and_a_lost_lease_records_nothing(pool: PgPool) {
+    use offboard::ledger::steps;
+    let app = TestApp::new(pool).await;
+    let (leaver, target) = (app.regular(0), app.regular(1));
+    let plan = json!({"deals": {"mode": "single", "targets": [{"user_id": target}]}});
+    let id = app.enqueue(&app.deactivation(leaver, plan)).await;
+    // As if an earlier attempt had committed a batch and lost its worker.
+    let step_id: i64 = sqlx::query_scalar(
+        "UPDATE offboard.steps SET status = 'queued', done = 3, total = 9,
+                cursor = '{\"created_at\": \"2025-01-06T09:00:00.000000Z\", \"id\": 7}'
+         WHERE run_id = $1 AND name = 'reassign_deals' RETURNING id",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    let lease = std::time::Duration::from_secs(10);
+    let claim = steps::claim(&app.pool, step_id, "first", lease).await.unwrap().unwrap();
+    assert_eq!((claim.done, claim.total), (3, Some(9)));
+    assert_eq!(claim.cursor.as_ref().unwrap()["id"], 7);
+
+    // The lease expires and another worker takes the step over.
+    sqlx::query("UPDATE offboard.steps SET lease_token = gen_random_uuid() WHERE id = $1")
+        .bind(step_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    let cursor = json!({"created_at": "2025-01-06T09:00:00.000000Z", "id": 8});
+    let recorded =
+        steps::record_progress(&mut tx, step_id, claim.lease_token, 4, 9, &cursor).await.unwrap();
+    assert!(!recorded, "a batch under a lost lease must not be recorded");
+    let completed =
+        steps::complete(&mut tx, step_id, claim.lease_token, &json!({}), 9, 9).await.unwrap();
+    assert!(completed.is_none(), "a step under a lost lease must not complete");
+    tx.rollback().await.unwrap();
+    let (status, done): (String, i64) =
+        sqlx::query_as("SELECT status, done FROM offboard.steps WHERE id = $1")
+            .bind(step_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), done), ("running", 3));
+    app.cleanup().await;
+}

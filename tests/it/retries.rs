@@ -356,15 +356,17 @@ async fn a_lost_attempt_that_made_progress_is_not_held_against_the_step(pool: Pg
         .await
         .unwrap()
         .unwrap();
-    steps::record_progress(
+    let recorded = steps::record_progress(
         &mut tx,
         deals,
+        claim.lease_token,
         3,
         10,
         &json!({"created_at": "2025-01-06T09:00:00Z", "id": 0}),
     )
     .await
     .unwrap();
+    assert!(recorded);
     tx.commit().await.unwrap();
     sweep_until_a_lease_expires(&app).await;
     // With one attempt allowed, a counted loss would have made it dead.
