@@ -102,7 +102,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     println!("# seeded in {:.1} s", started.elapsed().as_secs_f64());
 
     // Baseline first, while no worker competes for the machine.
-    let direct = direct_sql(env, &direct_company).await?;
+    let (direct, direct_cpu) = direct_sql(env, &direct_company).await?;
     let direct_rate = leaving as f64 / direct.as_secs_f64();
 
     let api = ApiServer::start(env.settings.clone()).await?;
@@ -189,6 +189,10 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     println!("fairness ratio: {fairness_ratio:.2}");
     println!("worker peak RSS: {:.1} MiB", mib(rss));
     cpu.report(leaving as f64, "run");
+    println!(
+        "cpu postgres, direct SQL: {:.3} ms/run",
+        direct_cpu.postgres.as_secs_f64() * 1000.0 / leaving as f64
+    );
     println!("target >= 50 runs/s: {}", verdict(one_rate >= 50.0));
     println!("target fairness ratio <= 2: {}", verdict(fairness_ratio <= 2.0));
     println!("target worker RSS < 64 MiB: {}", verdict(mib(rss) < 64.0));
@@ -334,12 +338,14 @@ async fn totals(pool: &PgPool, company_id: i64) -> anyhow::Result<Totals> {
 /// call in its own transaction (as the executor does), `concurrency` users at a time. No
 /// ledger rows except a bare run row (the purge the last step schedules refers to it), no
 /// Redis.
-async fn direct_sql(env: &BenchEnv, layoff: &Layoff) -> anyhow::Result<Duration> {
+async fn direct_sql(env: &BenchEnv, layoff: &Layoff) -> anyhow::Result<(Duration, Cpu)> {
     let concurrency = env.settings.worker.concurrency;
     let pool = PgPoolOptions::new()
         .max_connections(concurrency as u32)
+        .min_connections(concurrency as u32)
         .connect(&env.settings.database_url)
         .await?;
+    let cpu_before = Cpu::sample(env, &[]).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let layoff_users = Arc::new(layoff.leaving.clone());
     let company_id = layoff.company.company_id;
@@ -361,8 +367,9 @@ async fn direct_sql(env: &BenchEnv, layoff: &Layoff) -> anyhow::Result<Duration>
         task.await??;
     }
     let elapsed = started.elapsed();
+    let cpu = Cpu::sample(env, &[]).await?.since(&cpu_before);
     pool.close().await;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
 
 async fn offboard_directly(
