@@ -215,7 +215,7 @@ async fn enqueue(
     }
     if action.deactivates()
         && user.is_admin()
-        && users::remaining_admins(&mut *tx, company_id, user_id).await? == 0
+        && !users::has_remaining_admin(&mut *tx, company_id, user_id).await?
     {
         return Err(ApiError::conflict(
             "last_admin",

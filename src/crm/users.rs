@@ -64,20 +64,29 @@ pub async fn find_many<'e>(
     .await
 }
 
-/// Active admins of the company other than `excluding` that no active run is about to
-/// deactivate: who would be left if this deactivation goes through.
-pub async fn remaining_admins<'e>(
+/// Whether the company keeps an active admin other than `excluding` that no active run is
+/// about to deactivate: whether this deactivation may go through.
+///
+/// Stops at the first such admin, with one index probe into the active runs per admin
+/// (the LATERAL ... LIMIT 1 keeps the planner from reading every active run of the
+/// company instead). Counting them all read every active run of the company for every
+/// admin's request, which grew with the very layoff being enqueued.
+pub async fn has_remaining_admin<'e>(
     db: impl PgExecutor<'e>,
     company_id: i64,
     excluding: i64,
-) -> Result<i64, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM crm.users u
-         WHERE u.company_id = $1 AND u.role = 'admin' AND u.status = 'active' AND u.id <> $2
-           AND NOT EXISTS (SELECT 1 FROM offboard.runs r
-                           WHERE r.company_id = u.company_id AND r.user_id = u.id
-                             AND r.status IN ('queued', 'running', 'failed')
-                             AND r.action IN ('deactivate', 'deactivate_and_delete'))",
+        "SELECT EXISTS (
+             SELECT 1 FROM crm.users u
+             LEFT JOIN LATERAL (
+                 SELECT 1 AS leaving FROM offboard.runs r
+                 WHERE r.company_id = u.company_id AND r.user_id = u.id
+                   AND r.status IN ('queued', 'running', 'failed')
+                   AND r.action IN ('deactivate', 'deactivate_and_delete')
+                 LIMIT 1) l ON true
+             WHERE u.company_id = $1 AND u.role = 'admin' AND u.status = 'active' AND u.id <> $2
+               AND l.leaving IS NULL)",
     )
     .bind(company_id)
     .bind(excluding)
