@@ -91,10 +91,16 @@ pub async fn create(
         tracing::info!(%run_id, company_id = request.company_id.get(), user_id = request.user_id.get(),
                        action = %request.action, "run enqueued");
     }
-    let status: String = sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
-        .bind(run_id)
-        .fetch_one(&app.pool)
-        .await?;
+    // A run this request created is queued (it was written so, just now); only a replay
+    // has a status worth reading.
+    let status: String = if replayed {
+        sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&app.pool)
+            .await?
+    } else {
+        "queued".into()
+    };
     let mut response =
         (StatusCode::ACCEPTED, Json(Accepted { id: run_id, status, replayed })).into_response();
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
@@ -330,10 +336,18 @@ pub(super) async fn check_targets(
         return Ok(());
     }
     let ids: Vec<i64> = plan.targets_with_fields().into_iter().map(|(t, _)| t.get()).collect();
-    let found = users::find_many(&mut *tx, company_id, &ids).await?;
-    let leaving: Vec<i64> = sqlx::query_scalar(
-        "SELECT user_id FROM offboard.runs WHERE company_id = $1 AND user_id = ANY ($2)
-         AND status IN ('queued', 'running', 'failed') AND action IN ('deactivate', 'deactivate_and_delete')",
+    // Each target with whether an active run is deactivating it, in one statement (one
+    // index probe per target: the company's active runs can be many during a layoff).
+    let found: Vec<(i64, String, bool)> = sqlx::query_as(
+        "SELECT u.id, u.status, l.leaving IS NOT NULL
+         FROM crm.users u
+         LEFT JOIN LATERAL (
+             SELECT 1 AS leaving FROM offboard.runs r
+             WHERE r.company_id = u.company_id AND r.user_id = u.id
+               AND r.status IN ('queued', 'running', 'failed')
+               AND r.action IN ('deactivate', 'deactivate_and_delete')
+             LIMIT 1) l ON true
+         WHERE u.id = ANY ($2) AND u.company_id = $1",
     )
     .bind(company_id)
     .bind(&ids)
@@ -343,11 +357,11 @@ pub(super) async fn check_targets(
         let Recipient::User(target) = recipient else { continue };
         let id = target.get();
         let field = format!("{field}.user_id");
-        let problem = match found.iter().find(|u| u.id == id) {
+        let problem = match found.iter().find(|(found, _, _)| *found == id) {
             _ if id == user_id => Some(format!("user {id} is the user being offboarded")),
             None => Some(format!("user {id} is not a user of company {company_id}")),
-            Some(u) if u.status != "active" => Some(format!("user {id} is {}", u.status)),
-            Some(_) if leaving.contains(&id) => Some(format!("user {id} is being offboarded")),
+            Some((_, status, _)) if status != "active" => Some(format!("user {id} is {status}")),
+            Some((_, _, true)) => Some(format!("user {id} is being offboarded")),
             Some(_) => None,
         };
         if let Some(message) = problem {
