@@ -28,7 +28,14 @@ pub async fn find<'e>(
     company_id: i64,
     user_id: i64,
 ) -> Result<Option<UserRecord>, sqlx::Error> {
-    find_many(db, company_id, &[user_id]).await.map(|mut users| users.pop())
+    sqlx::query_as(
+        "SELECT id, company_id, role, status, account_settings_access, holds_seat
+         FROM crm.users WHERE id = $1 AND company_id = $2",
+    )
+    .bind(user_id)
+    .bind(company_id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Locks the user row for the request's transaction, so two requests about one user

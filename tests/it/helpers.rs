@@ -273,6 +273,16 @@ impl TestApp {
         if !keys.is_empty() {
             let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
         }
+        // apalis registers every queue in one global sorted set.
+        let queues = [
+            format!("{}:steps:workers", self.queues.prefix()),
+            format!("{}:purges:workers", self.queues.prefix()),
+        ];
+        let _: Result<(), _> = redis::cmd("ZREM")
+            .arg("core:apalis:queues:list")
+            .arg(&queues)
+            .query_async(&mut conn)
+            .await;
     }
 }
 
