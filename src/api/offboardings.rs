@@ -168,19 +168,11 @@ async fn enqueue(
         )
         .into());
     }
-    // Admin counts and seats are company-wide: serialize those requests on the company.
-    let counts_company =
-        action.deactivates() || action == Action::Reactivate || request.replacement.is_some();
-    if counts_company && !users::lock_company(&mut *tx, company_id).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "company_not_found",
-            format!("company {company_id} not found"),
-        )
-        .into());
-    }
-    let actor = users::find(&mut *tx, company_id, request.actor_user_id.get()).await?;
-    if !actor.as_ref().is_some_and(|a| a.is_active() && a.account_settings_access) {
+    // One statement: the actor, the user (locked, so two requests about one user
+    // serialize), and the user's active run.
+    let subject =
+        users::request_subject(&mut *tx, company_id, request.actor_user_id.get(), user_id).await?;
+    if !subject.actor_permitted {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "actor_not_permitted",
@@ -188,7 +180,7 @@ async fn enqueue(
         )
         .into());
     }
-    let Some(user) = users::find_for_update(&mut *tx, company_id, user_id).await? else {
+    let Some(user) = subject.user else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "user_not_found",
@@ -216,13 +208,18 @@ async fn enqueue(
         };
         return Err(ApiError::conflict(code, message).into());
     }
-    if let Some(run_id) = runs::active_for_user(&mut *tx, company_id, user_id).await? {
+    if let Some(run_id) = subject.active_run {
         return Err(active_run_exists(user_id, Some(run_id)).into());
     }
-    if action.deactivates()
-        && user.is_admin()
-        && !users::has_remaining_admin(&mut *tx, company_id, user_id).await?
-    {
+    // Admin counts and seats are company-wide: those requests serialize on the company,
+    // always after the user's row (the one lock order of the API).
+    let last_admin_at_stake = action.deactivates() && user.is_admin();
+    let counts_company =
+        last_admin_at_stake || action == Action::Reactivate || request.replacement.is_some();
+    if counts_company {
+        users::lock_company(&mut *tx, company_id).await?;
+    }
+    if last_admin_at_stake && !users::has_remaining_admin(&mut *tx, company_id, user_id).await? {
         return Err(ApiError::conflict(
             "last_admin",
             "the company must keep at least one active admin",
@@ -289,15 +286,11 @@ async fn enqueue(
         steps: steps::plan(action, &plan),
         max_attempts: app.settings.worker.max_attempts,
     };
-    if let Err(e) = runs::insert(&mut tx, &new_run).await {
+    let idempotency = key.zip(hash);
+    if let Err(e) = runs::insert(&mut tx, &new_run, idempotency).await {
         if is_unique_violation(&e, "runs_one_active_per_user") {
             return Err(active_run_exists(user_id, None).into());
         }
-        return Err(e.into());
-    }
-    if let (Some(key), Some(hash)) = (key, hash)
-        && let Err(e) = idempotency::record(&mut tx, company_id, key, hash, run_id).await
-    {
         if is_unique_violation(&e, "idempotency_keys_pkey") {
             return Err(EnqueueError::KeyRace);
         }

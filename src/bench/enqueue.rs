@@ -24,10 +24,7 @@ use super::{
 use crate::{
     config::{DEV_TOKEN, Settings},
     domain::{Action, TransferPlan},
-    ledger::{
-        idempotency,
-        runs::{self, NewRun},
-    },
+    ledger::runs::{self, NewRun},
     steps::{self, RunParams},
 };
 
@@ -219,9 +216,9 @@ async fn raw_transactions(
                         steps: steps.clone(),
                         max_attempts: 8,
                     },
+                    Some((&key, "0")),
                 )
                 .await?;
-                idempotency::record(&mut tx, 1, &key, "0", run_id).await?;
                 tx.commit().await?;
                 let done = Instant::now();
                 if done >= window_start && done < window_end {

@@ -198,6 +198,7 @@ async fn reassign_through_offboard(
             steps: vec![StepSpec { name: "reassign_deals".into(), depends_on: Vec::new() }],
             max_attempts: env.settings.worker.max_attempts,
         },
+        None,
     )
     .await?;
     tx.commit().await?;

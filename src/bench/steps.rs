@@ -102,6 +102,7 @@ async fn through_offboard(
                 steps: steps.clone(),
                 max_attempts: env.settings.worker.max_attempts,
             },
+            None,
         )
         .await?;
     }

@@ -38,37 +38,65 @@ pub async fn find<'e>(
     .await
 }
 
-/// Locks the user row for the request's transaction, so two requests about one user
-/// serialize.
-pub async fn find_for_update<'e>(
-    db: impl PgExecutor<'e>,
-    company_id: i64,
-    user_id: i64,
-) -> Result<Option<UserRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, company_id, role, status, account_settings_access, holds_seat
-         FROM crm.users WHERE id = $1 AND company_id = $2 FOR UPDATE",
-    )
-    .bind(user_id)
-    .bind(company_id)
-    .fetch_optional(db)
-    .await
+/// What an offboarding request is about, read in one statement.
+#[derive(Debug, Clone)]
+pub struct RequestSubject {
+    /// The actor is an active user of the company with account-settings access.
+    pub actor_permitted: bool,
+    /// The user, locked for the request's transaction; `None` if not in the company.
+    pub user: Option<UserRecord>,
+    /// The user's active run (queued, running or failed), if any.
+    pub active_run: Option<uuid::Uuid>,
 }
 
-/// Several users of the company at once (for targets), by id.
-pub async fn find_many<'e>(
-    db: impl PgExecutor<'e>,
+/// The actor's permission, the user (row-locked, so two requests about one user serialize)
+/// and the user's active run, in one round trip. A run committed by a request this one
+/// waited for may be missed here; the unique index on active runs refuses it at insert.
+pub async fn request_subject(
+    db: impl PgExecutor<'_>,
     company_id: i64,
-    ids: &[i64],
-) -> Result<Vec<UserRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, company_id, role, status, account_settings_access, holds_seat
-         FROM crm.users WHERE id = ANY ($1) AND company_id = $2",
+    actor_id: i64,
+    user_id: i64,
+) -> Result<RequestSubject, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        actor_permitted: bool,
+        id: Option<i64>,
+        role: Option<String>,
+        status: Option<String>,
+        account_settings_access: Option<bool>,
+        holds_seat: Option<bool>,
+        active_run: Option<uuid::Uuid>,
+    }
+    let row: Row = sqlx::query_as(
+        "WITH subject AS (
+             SELECT id, role, status, account_settings_access, holds_seat
+             FROM crm.users WHERE id = $3 AND company_id = $1 FOR UPDATE)
+         SELECT coalesce((SELECT status = 'active' AND account_settings_access
+                          FROM crm.users WHERE id = $2 AND company_id = $1), false) AS actor_permitted,
+                s.id, s.role, s.status, s.account_settings_access, s.holds_seat,
+                (SELECT r.id FROM offboard.runs r
+                 WHERE r.company_id = $1 AND r.user_id = $3
+                   AND r.status IN ('queued', 'running', 'failed')) AS active_run
+         FROM (SELECT 1) AS one LEFT JOIN subject s ON true",
     )
-    .bind(ids)
     .bind(company_id)
-    .fetch_all(db)
-    .await
+    .bind(actor_id)
+    .bind(user_id)
+    .fetch_one(db)
+    .await?;
+    let user = match (row.id, row.role, row.status) {
+        (Some(id), Some(role), Some(status)) => Some(UserRecord {
+            id,
+            company_id,
+            role,
+            status,
+            account_settings_access: row.account_settings_access.unwrap_or(false),
+            holds_seat: row.holds_seat.unwrap_or(false),
+        }),
+        _ => None,
+    };
+    Ok(RequestSubject { actor_permitted: row.actor_permitted, user, active_run: row.active_run })
 }
 
 /// Whether the company keeps an active admin other than `excluding` that no active run is

@@ -3,7 +3,7 @@
 //! request body catches a key reused for a different request.
 
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// The hex sha256 of the canonical request body.
@@ -22,24 +22,4 @@ pub async fn lookup<'e>(
         .bind(key)
         .fetch_optional(db)
         .await
-}
-
-/// Records the key; a concurrent request with the same key fails on the primary key.
-pub async fn record(
-    tx: &mut PgConnection,
-    company_id: i64,
-    key: &str,
-    hash: &str,
-    run_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(company_id)
-    .bind(key)
-    .bind(hash)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

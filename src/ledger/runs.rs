@@ -25,16 +25,43 @@ pub struct NewRun<'a> {
     pub max_attempts: i32,
 }
 
-/// Writes the run, its steps (those without dependencies ready at once) and the first
-/// history entry. Fails with a unique violation on `runs_one_active_per_user` when the user
-/// already has an active run.
-pub async fn insert(tx: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx::Error> {
-    let steps = run.steps.len() as i32;
+/// Writes the run, its steps (those without dependencies ready at once), the first
+/// history entry and the idempotency key, in one statement. Fails with a unique violation
+/// on `runs_one_active_per_user` when the user already has an active run, or on
+/// `idempotency_keys_pkey` when a concurrent request took the key.
+pub async fn insert(
+    tx: &mut PgConnection,
+    run: &NewRun<'_>,
+    idempotency: Option<(&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
+    // Step names never contain commas, so each dependency list travels as one string.
+    let deps: Vec<String> = run.steps.iter().map(|s| s.depends_on.join(",")).collect();
+    let (key, hash) = idempotency.unzip();
     sqlx::query(
-        "INSERT INTO offboard.runs
-             (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
-              steps_total, steps_remaining)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        "WITH run AS (
+             INSERT INTO offboard.runs
+                 (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
+                  steps_total, steps_remaining)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             RETURNING id),
+         planned AS (
+             SELECT name, position,
+                    CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
+             FROM unnest($10::text[], $11::text[]) WITH ORDINALITY AS x(name, deps, position)),
+         steps AS (
+             INSERT INTO offboard.steps
+                 (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
+             SELECT run.id, $2, name, position, depends_on, cardinality(depends_on),
+                    CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $12
+             FROM planned, run),
+         history AS (
+             INSERT INTO offboard.run_events (run_id, kind, actor, detail)
+             SELECT id, 'enqueued', 'user:' || $7, '{}' FROM run),
+         key AS (
+             INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
+             SELECT $2, $13, $14, id FROM run WHERE $13::text IS NOT NULL)
+         SELECT 1",
     )
     .bind(run.id)
     .bind(run.company_id)
@@ -44,40 +71,13 @@ pub async fn insert(tx: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx:
     .bind(&run.params)
     .bind(run.actor_user_id)
     .bind(run.idempotency_key)
-    .bind(steps)
-    .execute(&mut *tx)
-    .await?;
-
-    let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
-    // Step names never contain commas, so each dependency list travels as one string.
-    let deps: Vec<String> = run.steps.iter().map(|s| s.depends_on.join(",")).collect();
-    sqlx::query(
-        "WITH s AS (
-             SELECT name, position,
-                    CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
-             FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS x(name, deps, position))
-         INSERT INTO offboard.steps
-             (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
-         SELECT $1, $2, name, position, depends_on, cardinality(depends_on),
-                CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $5
-         FROM s",
-    )
-    .bind(run.id)
-    .bind(run.company_id)
+    .bind(run.steps.len() as i32)
     .bind(&names)
     .bind(&deps)
     .bind(run.max_attempts)
+    .bind(key)
+    .bind(hash)
     .execute(&mut *tx)
-    .await?;
-
-    record_event(
-        &mut *tx,
-        run.id,
-        "enqueued",
-        None,
-        &format!("user:{}", run.actor_user_id),
-        json!({}),
-    )
     .await?;
     Ok(())
 }
@@ -267,22 +267,6 @@ pub async fn list(db: &PgPool, filter: &RunFilter) -> Result<Vec<RunSummary>, sq
     .bind(before_id)
     .bind(filter.limit)
     .fetch_all(db)
-    .await
-}
-
-/// The active run of a user, if any.
-pub async fn active_for_user<'e>(
-    db: impl PgExecutor<'e>,
-    company_id: i64,
-    user_id: i64,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM offboard.runs
-         WHERE company_id = $1 AND user_id = $2 AND status IN ('queued', 'running', 'failed')",
-    )
-    .bind(company_id)
-    .bind(user_id)
-    .fetch_optional(db)
     .await
 }
 
