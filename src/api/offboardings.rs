@@ -18,9 +18,7 @@ use super::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, is_unique_violation},
-    views::{
-        Accepted, Canceled, CreateOffboarding, ErrorBody, Retried, RunList, RunSummaryView, RunView,
-    },
+    views::{Accepted, Canceled, CreateOffboarding, ErrorBody, Retried, RunList, RunView},
 };
 use crate::{
     crm::users,
@@ -474,7 +472,7 @@ pub async fn list(
     let next_cursor = (runs.len() as i64 == limit)
         .then(|| runs.last().map(|r| encode_cursor(r.created_at, r.id)))
         .flatten();
-    Ok(Json(RunList { runs: runs.into_iter().map(RunSummaryView::from).collect(), next_cursor }))
+    Ok(Json(RunList { runs, next_cursor }))
 }
 
 fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {

@@ -225,24 +225,9 @@ pub struct EventView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunList {
-    pub runs: Vec<RunSummaryView>,
+    pub runs: Vec<RunSummary>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunSummaryView {
-    pub id: Uuid,
-    pub company_id: i64,
-    pub user_id: i64,
-    pub action: String,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub steps_total: i32,
-    pub steps_succeeded: i64,
-    pub steps_dead: i64,
-    pub error_code: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -341,24 +326,6 @@ impl From<&EventRow> for EventView {
             step: e.step.clone(),
             actor: e.actor.clone(),
             detail: e.detail.clone(),
-        }
-    }
-}
-
-impl From<RunSummary> for RunSummaryView {
-    fn from(r: RunSummary) -> Self {
-        RunSummaryView {
-            id: r.id,
-            company_id: r.company_id,
-            user_id: r.user_id,
-            action: r.action,
-            status: r.status,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            steps_total: r.steps_total,
-            steps_succeeded: r.steps_succeeded,
-            steps_dead: r.steps_dead,
-            error_code: r.error_code,
         }
     }
 }

@@ -225,7 +225,7 @@ pub struct RunFilter {
 }
 
 /// A run in a list, with step progress summed up.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunSummary {
     pub id: Uuid,
     pub company_id: i64,
