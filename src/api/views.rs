@@ -164,8 +164,8 @@ pub struct RunView {
     /// What was done, counts per step, who asked and when; set once the run is finished.
     #[schema(value_type = Option<Object>)]
     pub receipt: Option<Value>,
-    pub private_email_purge: Option<PurgeView>,
-    pub history: Vec<EventView>,
+    pub private_email_purge: Option<PurgeRow>,
+    pub history: Vec<EventRow>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -198,29 +198,6 @@ pub struct StepView {
     /// What the step changed, once it succeeded.
     #[schema(value_type = Option<Object>)]
     pub counts: Option<Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PurgeView {
-    pub id: i64,
-    pub due_at: DateTime<Utc>,
-    /// scheduled, done or canceled.
-    pub status: String,
-    pub fired_at: Option<DateTime<Utc>>,
-    /// queue or sweeper.
-    pub fired_by: Option<String>,
-    pub emails_deleted: Option<i32>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    pub step: Option<String>,
-    /// `user:<id>`, `token:operator`, `token:company-<id>` or `system`.
-    pub actor: String,
-    #[schema(value_type = Object)]
-    pub detail: Value,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -299,33 +276,8 @@ impl From<&RunDetail> for RunView {
             }),
             steps,
             receipt: run.receipt.clone(),
-            private_email_purge: detail.purge.as_ref().map(PurgeView::from),
-            history: detail.events.iter().map(EventView::from).collect(),
-        }
-    }
-}
-
-impl From<&PurgeRow> for PurgeView {
-    fn from(p: &PurgeRow) -> Self {
-        PurgeView {
-            id: p.id,
-            due_at: p.due_at,
-            status: p.status.clone(),
-            fired_at: p.fired_at,
-            fired_by: p.fired_by.clone(),
-            emails_deleted: p.emails_deleted,
-        }
-    }
-}
-
-impl From<&EventRow> for EventView {
-    fn from(e: &EventRow) -> Self {
-        EventView {
-            at: e.at,
-            kind: e.kind.clone(),
-            step: e.step.clone(),
-            actor: e.actor.clone(),
-            detail: e.detail.clone(),
+            private_email_purge: detail.purge.clone(),
+            history: detail.events.clone(),
         }
     }
 }

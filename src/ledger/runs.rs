@@ -140,16 +140,20 @@ pub struct StepRow {
     pub last_error_message: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One entry of a run's history; `actor` is `user:<id>`, `token:operator`,
+/// `token:company-<id>` or `system`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub at: DateTime<Utc>,
     pub kind: String,
     pub step: Option<String>,
     pub actor: String,
+    #[schema(value_type = Object)]
     pub detail: Value,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A private-email purge: `status` scheduled, done or canceled; `fired_by` queue or sweeper.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PurgeRow {
     pub id: i64,
     pub due_at: DateTime<Utc>,

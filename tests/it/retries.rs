@@ -26,6 +26,12 @@ async fn step_row(app: &TestApp, run: Uuid, name: &str) -> (String, i32, Option<
         .unwrap()
 }
 
+/// Moves what may start to `queued`, as the dispatcher does, without pushing to Redis.
+async fn dispatch(app: &TestApp) -> Vec<i64> {
+    let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
+    steps::dispatch_ready(&app.pool, limits).await.unwrap()
+}
+
 /// Runs the sweeper until it takes back a step whose lease expired.
 async fn sweep_until_a_lease_expires(app: &TestApp) {
     let started = Instant::now();
@@ -178,12 +184,7 @@ async fn cancel_stops_a_run_but_keeps_what_finished(pool: PgPool) {
     let user = app.regular(0);
     let id = app.enqueue(&app.deactivation(user, json!({}))).await;
     // Run only the first step.
-    let ready = steps::dispatch_ready(
-        &app.pool,
-        steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
-    )
-    .await
-    .unwrap();
+    let ready = dispatch(&app).await;
     assert_eq!(ready.len(), 1);
     assert_eq!(app.workers.executor.run_step(ready[0]).await.unwrap(), Outcome::Succeeded);
 
@@ -222,12 +223,7 @@ async fn cancel_stops_a_run_but_keeps_what_finished(pool: PgPool) {
 async fn a_step_whose_worker_vanished_is_taken_over_when_its_lease_expires(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
-    let ready = steps::dispatch_ready(
-        &app.pool,
-        steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
-    )
-    .await
-    .unwrap();
+    let ready = dispatch(&app).await;
     // A worker claims the step and disappears.
     let ghost = steps::claim(&app.pool, ready[0], "worker-a", Duration::from_millis(300))
         .await
@@ -263,12 +259,7 @@ async fn a_step_whose_worker_vanished_is_taken_over_when_its_lease_expires(pool:
 async fn two_workers_with_one_name_cannot_both_hold_a_step(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
-    let ready = steps::dispatch_ready(
-        &app.pool,
-        steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
-    )
-    .await
-    .unwrap();
+    let ready = dispatch(&app).await;
     let first = steps::claim(&app.pool, ready[0], "same-name", Duration::from_millis(200))
         .await
         .unwrap()
@@ -282,12 +273,7 @@ async fn two_workers_with_one_name_cannot_both_hold_a_step(pool: PgPool) {
     );
     // After the lease expires and the step is re-queued, the namesake takes it over.
     sweep_until_a_lease_expires(&app).await;
-    steps::dispatch_ready(
-        &app.pool,
-        steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
-    )
-    .await
-    .unwrap();
+    dispatch(&app).await;
     let second = steps::claim(&app.pool, ready[0], "same-name", Duration::from_secs(5))
         .await
         .unwrap()
@@ -314,10 +300,9 @@ async fn two_workers_with_one_name_cannot_both_hold_a_step(pool: PgPool) {
 async fn a_step_that_keeps_killing_its_worker_is_quarantined(pool: PgPool) {
     let app = TestApp::with(pool, &[("OFFBOARD_MAX_ATTEMPTS", "3")], SeedOptions::default()).await;
     let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
-    let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
     let step = step_id(&app, id, "block_login").await;
     for attempt in 1..=3 {
-        let dispatched = steps::dispatch_ready(&app.pool, limits).await.unwrap();
+        let dispatched = dispatch(&app).await;
         assert_eq!(dispatched, vec![step], "attempt {attempt}");
         // The worker dies right after claiming.
         steps::claim(&app.pool, step, &format!("doomed-{attempt}"), Duration::from_millis(100))
@@ -333,7 +318,7 @@ async fn a_step_that_keeps_killing_its_worker_is_quarantined(pool: PgPool) {
     let run = app.run(id).await;
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "quarantined");
-    assert!(steps::dispatch_ready(&app.pool, limits).await.unwrap().is_empty(), "it does not loop");
+    assert!(dispatch(&app).await.is_empty(), "it does not loop");
 }
 
 #[sqlx::test]
@@ -341,12 +326,11 @@ async fn a_lost_attempt_that_made_progress_is_not_held_against_the_step(pool: Pg
     let app = TestApp::with(pool, &[("OFFBOARD_MAX_ATTEMPTS", "1")], SeedOptions::default()).await;
     let plan = json!({"deals": {"mode": "single", "scope": "all", "targets": [{"user_id": app.regular(1)}]}});
     let id = app.enqueue(&app.deactivation(app.regular(0), plan)).await;
-    let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
     // Login blocked; then a worker takes the reassignment, commits a batch, and is lost.
-    let first = steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    let first = dispatch(&app).await;
     app.workers.executor.run_step(first[0]).await.unwrap();
     let deals = step_id(&app, id, "reassign_deals").await;
-    steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    dispatch(&app).await;
     let claim = steps::claim(&app.pool, deals, "lost-worker", Duration::from_millis(100))
         .await
         .unwrap()
@@ -376,7 +360,7 @@ async fn a_lost_attempt_that_made_progress_is_not_held_against_the_step(pool: Pg
     );
 
     // Without progress, the same loss counts: a claim that commits nothing and is lost.
-    steps::dispatch_ready(&app.pool, limits).await.unwrap();
+    dispatch(&app).await;
     steps::claim(&app.pool, deals, "lost-again", Duration::from_millis(100))
         .await
         .unwrap()
