@@ -30,8 +30,8 @@ use crate::{
     steps::{self, RunParams},
 };
 
-/// Enqueue an offboarding run. Every rule is checked in the transaction that writes the
-/// run; a refused request writes nothing.
+/// Enqueue an offboarding run. Every rule is checked before the run is written; a refused
+/// request writes nothing.
 #[utoipa::path(
     post,
     path = "/v1/offboardings",
@@ -132,8 +132,15 @@ impl<E: Into<ApiError>> From<E> for EnqueueError {
     }
 }
 
-/// Checks every rule and writes the run in one transaction. Returns the run id and whether
-/// it was an idempotent replay.
+/// Checks every rule and writes the run. Returns the run id and whether it was an
+/// idempotent replay.
+///
+/// Everything the rules read comes in one statement. A request that puts no company-wide
+/// rule at stake (the common case: a regular user's deactivation or deletion) then writes
+/// its run in one more statement, with no transaction around the two: the unique index on
+/// active runs is what keeps two runs off one user, and the key's primary key what keeps
+/// one key to one run. Admin counts and seats are company-wide, so those requests lock the
+/// company row and re-read them in a transaction that writes the run.
 async fn enqueue(
     app: &AppState,
     request: &OffboardingRequest,
@@ -143,11 +150,20 @@ async fn enqueue(
     let company_id = request.company_id.get();
     let user_id = request.user_id.get();
     let action = request.action;
-    let mut tx = app.pool.begin().await?;
+    let named = named_targets(&request.transfer);
+    let target_ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
+    let mut conn = app.pool.acquire().await?;
+    let subject = users::request_subject(
+        &mut conn,
+        company_id,
+        request.actor_user_id.get(),
+        user_id,
+        key,
+        &target_ids,
+    )
+    .await?;
 
-    if let (Some(key), Some(hash)) = (key, hash)
-        && let Some((run_id, stored)) = idempotency::lookup(&mut *tx, company_id, key).await?
-    {
+    if let (Some(hash), Some((run_id, stored))) = (hash, &subject.idempotent_run) {
         if stored != hash {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -156,9 +172,8 @@ async fn enqueue(
             )
             .into());
         }
-        return Ok((run_id, true));
+        return Ok((*run_id, true));
     }
-
     if request.actor_user_id == request.user_id {
         return Err(ApiError::field(
             "self_offboarding",
@@ -166,10 +181,6 @@ async fn enqueue(
         )
         .into());
     }
-    // One statement: the actor, the user (locked, so two requests about one user
-    // serialize), and the user's active run.
-    let subject =
-        users::request_subject(&mut *tx, company_id, request.actor_user_id.get(), user_id).await?;
     if !subject.actor_permitted {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -209,14 +220,24 @@ async fn enqueue(
     if let Some(run_id) = subject.active_run {
         return Err(active_run_exists(user_id, Some(run_id)).into());
     }
-    // Admin counts and seats are company-wide: those requests serialize on the company,
-    // always after the user's row (the one lock order of the API).
+
+    let mut params = RunParams::default();
+    if let Some(redaction) = &request.redaction {
+        params.display_name = redaction.display_name.clone();
+        params.remove_picture = redaction.remove_picture;
+    }
     let last_admin_at_stake = action.deactivates() && user.is_admin();
     let counts_company =
         last_admin_at_stake || action == Action::Reactivate || request.replacement.is_some();
-    if counts_company {
-        users::lock_company(&mut *tx, company_id).await?;
+    if !counts_company {
+        let plan = request.transfer.clone().resolve(None).map_err(ApiError::invalid_request)?;
+        check_targets(&named, &subject.targets, company_id, user_id)?;
+        return write_run(&mut conn, app, request, plan, params, key, hash).await;
     }
+
+    // Admin counts and seats are company-wide: those requests serialize on the company row.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    users::lock_company(&mut *tx, company_id).await?;
     if last_admin_at_stake && !users::has_remaining_admin(&mut *tx, company_id, user_id).await? {
         return Err(ApiError::conflict(
             "last_admin",
@@ -236,8 +257,6 @@ async fn enqueue(
             .into());
         }
     }
-
-    let mut params = RunParams::default();
     if let Some(replacement) = &request.replacement {
         if users::email_taken(&mut *tx, company_id, &replacement.email).await? {
             return Err(ApiError::field(
@@ -259,43 +278,53 @@ async fn enqueue(
         .await?;
         params.replacement_user_id = UserId::new(id);
     }
-    if let Some(redaction) = &request.redaction {
-        params.display_name = redaction.display_name.clone();
-        params.remove_picture = redaction.remove_picture;
-    }
-
     let plan = request
         .transfer
         .clone()
         .resolve(params.replacement_user_id)
         .map_err(ApiError::invalid_request)?;
-    check_targets(&mut tx, &request.transfer, &plan, company_id, user_id).await?;
+    check_targets(&named, &subject.targets, company_id, user_id)?;
+    let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
+    match tx.commit().await {
+        Ok(()) => Ok(written),
+        Err(e) if is_unique_violation(&e, "idempotency_keys_pkey") => Err(EnqueueError::KeyRace),
+        Err(e) => Err(e.into()),
+    }
+}
 
+/// Writes the run with its steps, history and idempotency key (one statement).
+async fn write_run(
+    conn: &mut sqlx::PgConnection,
+    app: &AppState,
+    request: &OffboardingRequest,
+    plan: TransferPlan,
+    params: RunParams,
+    key: Option<&str>,
+    hash: Option<&str>,
+) -> Result<(Uuid, bool), EnqueueError> {
     let run_id = Uuid::new_v4();
     let new_run = NewRun {
         id: run_id,
-        company_id,
-        user_id,
-        action: action.as_str(),
+        company_id: request.company_id.get(),
+        user_id: request.user_id.get(),
+        action: request.action.as_str(),
         plan: plan.to_json(),
         params: serde_json::to_value(&params).expect("params serialize"),
         actor_user_id: request.actor_user_id.get(),
         idempotency_key: key,
-        steps: steps::plan(action, &plan),
+        steps: steps::plan(request.action, &plan),
         max_attempts: app.settings.worker.max_attempts,
     };
-    let idempotency = key.zip(hash);
-    if let Err(e) = runs::insert(&mut tx, &new_run, idempotency).await {
-        if is_unique_violation(&e, "runs_one_active_per_user") {
-            return Err(active_run_exists(user_id, None).into());
-        }
-        if is_unique_violation(&e, "idempotency_keys_pkey") {
-            return Err(EnqueueError::KeyRace);
-        }
-        return Err(e.into());
-    }
-    match tx.commit().await {
+    match runs::insert(conn, &new_run, key.zip(hash)).await {
         Ok(()) => Ok((run_id, false)),
+        // A concurrent request with the same key may have written its run first (and so
+        // hit the user's active-run index before the key): the next pass finds its key.
+        Err(e) if is_unique_violation(&e, "runs_one_active_per_user") && key.is_some() => {
+            Err(EnqueueError::KeyRace)
+        }
+        Err(e) if is_unique_violation(&e, "runs_one_active_per_user") => {
+            Err(active_run_exists(request.user_id.get(), None).into())
+        }
         Err(e) if is_unique_violation(&e, "idempotency_keys_pkey") => Err(EnqueueError::KeyRace),
         Err(e) => Err(e.into()),
     }
@@ -312,51 +341,40 @@ fn active_run_exists(user_id: i64, run_id: Option<Uuid>) -> ApiError {
     }
 }
 
+/// The users a requested plan names, each with the field that names it first (the
+/// replacement is not a user yet and is not among them).
+pub(super) fn named_targets(requested: &TransferPlan<Recipient>) -> Vec<(i64, String)> {
+    requested
+        .targets_with_fields()
+        .into_iter()
+        .filter_map(|(recipient, field)| match recipient {
+            Recipient::User(id) => Some((id.get(), field)),
+            Recipient::Replacement => None,
+        })
+        .collect()
+}
+
 /// Targets are active users of the same company, not the offboarded user, and not being
 /// offboarded themselves. Errors name the field, e.g.
 /// `transfer.deals.targets[1].user_id: user 17 is deactivated`.
-pub(super) async fn check_targets(
-    tx: &mut sqlx::PgConnection,
-    requested: &TransferPlan<Recipient>,
-    plan: &TransferPlan,
+pub(super) fn check_targets(
+    named: &[(i64, String)],
+    found: &[users::TargetState],
     company_id: i64,
     user_id: i64,
-) -> Result<(), EnqueueError> {
-    let named = requested.targets_with_fields();
-    if named.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = plan.targets_with_fields().into_iter().map(|(t, _)| t.get()).collect();
-    // Each target with whether an active run is deactivating it, in one statement (one
-    // index probe per target: the company's active runs can be many during a layoff).
-    let found: Vec<(i64, String, bool)> = sqlx::query_as(
-        "SELECT u.id, u.status, l.leaving IS NOT NULL
-         FROM crm.users u
-         LEFT JOIN LATERAL (
-             SELECT 1 AS leaving FROM offboard.runs r
-             WHERE r.company_id = u.company_id AND r.user_id = u.id
-               AND r.status IN ('queued', 'running', 'failed')
-               AND r.action IN ('deactivate', 'deactivate_and_delete')
-             LIMIT 1) l ON true
-         WHERE u.id = ANY ($2) AND u.company_id = $1",
-    )
-    .bind(company_id)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (recipient, field) in named {
-        let Recipient::User(target) = recipient else { continue };
-        let id = target.get();
-        let field = format!("{field}.user_id");
-        let problem = match found.iter().find(|(found, _, _)| *found == id) {
+) -> Result<(), ApiError> {
+    for (id, field) in named {
+        let id = *id;
+        let problem = match found.iter().find(|t| t.id == id) {
             _ if id == user_id => Some(format!("user {id} is the user being offboarded")),
             None => Some(format!("user {id} is not a user of company {company_id}")),
-            Some((_, status, _)) if status != "active" => Some(format!("user {id} is {status}")),
-            Some((_, _, true)) => Some(format!("user {id} is being offboarded")),
+            Some(t) if t.status != "active" => Some(format!("user {id} is {}", t.status)),
+            Some(t) if t.leaving => Some(format!("user {id} is being offboarded")),
             Some(_) => None,
         };
         if let Some(message) = problem {
-            return Err(ApiError::field("invalid_target", FieldError::new(field, message)).into());
+            let field = format!("{field}.user_id");
+            return Err(ApiError::field("invalid_target", FieldError::new(field, message)));
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use super::{
     auth::Caller,
     body::JsonBody,
     error::ApiError,
-    offboardings::{EnqueueError, check_targets},
+    offboardings::{check_targets, named_targets},
     views::{DryRunBody, ErrorBody},
 };
 use crate::{
@@ -120,10 +120,10 @@ pub async fn dry_run(
     // Read-only: the transaction is rolled back when dropped.
     let mut tx = app.pool.begin().await?;
     load_user(&mut tx, company_id, user_id).await?;
-    check_targets(&mut tx, &requested, &plan, company_id, user_id).await.map_err(|e| match e {
-        EnqueueError::Api(api) => api,
-        EnqueueError::KeyRace => ApiError::internal("dry run", "unexpected key race"),
-    })?;
+    let named = named_targets(&requested);
+    let ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
+    let found = users::target_states(&mut *tx, company_id, &ids).await?;
+    check_targets(&named, &found, company_id, user_id)?;
     let mut out = preview::dry_run(&mut tx, company_id, user_id, &plan).await?;
     out["user_id"] = user_id.into();
     out["company_id"] = company_id.into();

@@ -231,6 +231,28 @@ async fn the_same_request_with_one_idempotency_key_yields_one_run(pool: PgPool) 
 }
 
 #[sqlx::test]
+async fn concurrent_requests_with_one_idempotency_key_all_get_the_one_run(pool: PgPool) {
+    // Nothing serializes them but the ledger's unique indexes: the losers of the race must
+    // find the winner's key and replay it, not be refused for the run the winner wrote.
+    let app = TestApp::new(pool).await;
+    let body = app.deactivation(app.regular(0), json!({})).to_string();
+    let headers = [("idempotency-key", "offboard-race")];
+    let replies =
+        futures::future::join_all((0..8).map(|_| {
+            app.call(axum::http::Method::POST, "/v1/offboardings", Some(&body), &headers)
+        }))
+        .await;
+    let first_id = &replies[0].2["id"];
+    for (status, _, value) in &replies {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{value}");
+        assert_eq!(&value["id"], first_id, "{value}");
+    }
+    assert_eq!(replies.iter().filter(|(_, _, v)| v["replayed"] == false).count(), 1);
+    assert_eq!(app.count("SELECT count(*) FROM offboard.runs").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM offboard.idempotency_keys").await, 1);
+}
+
+#[sqlx::test]
 async fn runs_are_listed_newest_first_with_a_cursor(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let a = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;

@@ -76,6 +76,29 @@ async fn a_deactivated_target_is_refused_naming_the_field(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_plan_naming_many_targets_has_each_of_them_checked(pool: PgPool) {
+    // More targets than the request's one read statement carries: the rest are read apart,
+    // and the rules hold for every one of them.
+    let app =
+        TestApp::with(pool, &[], SeedOptions { users: 12, items_per_user: 10, seed: 7 }).await;
+    let gone = app.regular(7);
+    app.enqueue(&app.deactivation(gone, json!({}))).await;
+    app.drain().await;
+    let mut targets: Vec<Value> =
+        (1..=6).map(|n| json!({"user_id": app.regular(n), "weight": 1})).collect();
+    targets.push(json!({"user_id": gone, "weight": 1}));
+    let plan = |targets: &[Value]| json!({"deals": {"mode": "ratio", "targets": targets}});
+    let body = app.deactivation(app.regular(0), plan(&targets));
+    let err = refused(&app, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid_target").await;
+    assert_eq!(
+        err["error"]["message"],
+        format!("transfer.deals.targets[6].user_id: user {gone} is deactivated")
+    );
+    targets.pop();
+    app.enqueue(&app.deactivation(app.regular(0), plan(&targets))).await;
+}
+
+#[sqlx::test]
 async fn the_offboarded_user_cannot_be_their_own_target(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let leaver = app.regular(0);
