@@ -49,13 +49,13 @@ impl Dispatcher {
 
     /// Dispatches what may start now; returns how many steps were pushed.
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
-        let ids = steps::dispatch_ready(&self.pool, self.limits()).await?;
-        if ids.is_empty() {
+        let dispatched = steps::dispatch_ready(&self.pool, self.limits()).await?;
+        if dispatched.is_empty() {
             return Ok(0);
         }
         // Committed as queued first: if this push fails the sweeper pushes them again.
-        self.queues.push_steps(&ids).await?;
-        Ok(ids.len())
+        self.queues.push_steps(&steps::into_tasks(&dispatched)).await?;
+        Ok(dispatched.len())
     }
 
     pub async fn run(self, shutdown: Shutdown) {
@@ -139,7 +139,8 @@ impl Dispatcher {
                 steps = ids.len(),
                 "re-pushing queued steps whose Redis task was lost or late"
             );
-            self.queues.push_steps(&ids).await?;
+            let alone: Vec<Vec<i64>> = ids.iter().map(|&id| vec![id]).collect();
+            self.queues.push_steps(&alone).await?;
         }
         Ok(ids.len())
     }

@@ -153,36 +153,267 @@ enum Attempt {
     LeaseLost,
 }
 
+/// A claimed step with what it needs to run.
+struct Prepared {
+    claim: Claim,
+    run: RunContext,
+    kind: StepKind,
+}
+
+/// How a group transaction went.
+enum GroupEnd {
+    /// Committed: these steps finished in it (with their after-commit work); the others
+    /// were claimed in it and continue alone, from what it recorded.
+    Committed { finished: Vec<(Claim, Vec<AfterCommit>)>, continuing: Vec<Prepared> },
+    /// Rolled back because this step failed; the others (`rest`) have not started.
+    StepFailed { culprit: i64, error: StepError, rest: Vec<i64> },
+    /// Rolled back for a reason no one step is to blame for (the database, say); none of
+    /// the steps it had locked has started.
+    RolledBack { error: anyhow::Error, steps: Vec<i64> },
+}
 impl Executor {
+    /// Runs one step task; see [`Executor::run_steps`].
     pub async fn run_step(&self, step_id: i64) -> anyhow::Result<Outcome> {
+        let outcomes = self.run_steps(&[step_id]).await?;
+        Ok(outcomes.into_iter().next().map(|(_, o)| o).unwrap_or(Outcome::NotQueued))
+    }
+
+    /// Runs the steps of one task and returns each one's outcome, in `step_ids` order. One
+    /// step is claimed (its attempt committed first) and runs in transactions of its own;
+    /// several — steps of one run on their first attempt — run in one transaction that
+    /// also completes them, so a run's concurrent steps cost one commit, not one each.
+    pub async fn run_steps(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        let mut outcomes: HashMap<i64, Outcome> =
+            step_ids.iter().map(|&id| (id, Outcome::NotQueued)).collect();
+        let ran = if step_ids.len() == 1 {
+            self.run_alone(step_ids[0]).await?.into_iter().collect()
+        } else {
+            self.run_group(step_ids).await?
+        };
+        outcomes.extend(ran);
+        Ok(step_ids.iter().map(|id| (*id, outcomes[id].clone())).collect())
+    }
+
+    /// Claims the step and runs it in transactions of its own. `None`: it was not queued.
+    async fn run_alone(&self, step_id: i64) -> anyhow::Result<Option<(i64, Outcome)>> {
         let Some(claim) =
             steps::claim(&self.pool, step_id, &self.worker_name, self.worker.lease).await?
         else {
-            return Ok(Outcome::NotQueued);
+            return Ok(None);
         };
-        let span = tracing::info_span!(
-            "step",
-            run_id = %claim.run_id,
-            step = %claim.name,
-            company_id = claim.company_id,
-            attempt = claim.attempts,
-        );
-        self.run_claimed(claim).instrument(span).await
+        let span = step_span(&claim);
+        let outcome = self.run_claimed(claim).instrument(span).await?;
+        Ok(Some((step_id, outcome)))
     }
 
     async fn run_claimed(&self, claim: Claim) -> anyhow::Result<Outcome> {
         let _lease = self.leases.hold(claim.lease_token);
         let started = Instant::now();
-        let prepared = run_context(&claim).and_then(|run| {
-            let kind = StepKind::from_name(&claim.name).ok_or_else(|| {
-                StepError::permanent("unknown_step", format!("no step is named {}", claim.name))
-            })?;
-            Ok((run, kind))
-        });
-        let result = match prepared {
-            Ok((run, kind)) => self.apply_until_done(&claim, &run, kind).await,
+        let result = match prepare(&claim) {
+            Ok((run, kind)) => self.apply_until_done(&claim, &run, kind, true).await,
             Err(e) => Err(e),
         };
+        self.conclude(&claim, result, started).await
+    }
+
+    /// Several steps of one run in one transaction: locked (not claimed: a claim commits on
+    /// its own), applied in turn, and completed in one statement. Rows moved by
+    /// reassignments count against one batch for the whole transaction
+    /// (`OFFBOARD_REASSIGN_BATCH` bounds every transaction): a reassignment that has more to
+    /// move, or finds the batch spent, is claimed in the transaction and continues alone
+    /// after it. If a step fails, the transaction is rolled back: that step is claimed
+    /// and its failure recorded as its attempt, and the others run alone.
+    async fn run_group(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        let started = Instant::now();
+        let mut outcomes = Vec::with_capacity(step_ids.len());
+        let mut continuing = Vec::new();
+        let mut run_alone = Vec::new();
+        match self.apply_group(step_ids).await {
+            GroupEnd::Committed { finished, continuing: rest } => {
+                for (claim, after_commit) in finished {
+                    let outcome = self.conclude(&claim, Ok(Some(after_commit)), started).await?;
+                    outcomes.push((claim.step_id, outcome));
+                }
+                continuing = rest;
+            }
+            GroupEnd::StepFailed { culprit, error, rest } => {
+                // Recorded as the attempt it was.
+                if let Some(claim) =
+                    steps::claim(&self.pool, culprit, &self.worker_name, self.worker.lease).await?
+                {
+                    let _lease = self.leases.hold(claim.lease_token);
+                    let span = step_span(&claim);
+                    let outcome =
+                        self.conclude(&claim, Err(error), started).instrument(span).await?;
+                    outcomes.push((culprit, outcome));
+                }
+                run_alone = rest;
+            }
+            GroupEnd::RolledBack { error, steps } => {
+                tracing::info!(error = %format!("{error:#}"), "group transaction rolled back; its steps run alone");
+                run_alone = steps;
+            }
+        }
+        // Concurrently, as they would have run had they been tasks of their own.
+        let continued = futures::future::join_all(continuing.iter().map(|p| {
+            async move {
+                let _lease = self.leases.hold(p.claim.lease_token);
+                let result = self.apply_until_done(&p.claim, &p.run, p.kind, false).await;
+                let outcome = self.conclude(&p.claim, result, started).await;
+                outcome.map(|o| (p.claim.step_id, o))
+            }
+            .instrument(step_span(&p.claim))
+        }))
+        .await;
+        for outcome in continued {
+            outcomes.push(outcome?);
+        }
+        let alone = futures::future::join_all(run_alone.into_iter().map(|id| self.run_alone(id)));
+        for outcome in alone.await {
+            outcomes.extend(outcome?);
+        }
+        Ok(outcomes)
+    }
+
+    /// The group's one transaction; see [`Executor::run_group`].
+    async fn apply_group(&self, step_ids: &[i64]) -> GroupEnd {
+        let mut locked = Vec::new();
+        match self.try_apply_group(step_ids, &mut locked).await {
+            Ok(end) => end,
+            Err(error) => GroupEnd::RolledBack { error, steps: locked },
+        }
+    }
+
+    async fn try_apply_group(
+        &self,
+        step_ids: &[i64],
+        locked: &mut Vec<i64>,
+    ) -> anyhow::Result<GroupEnd> {
+        let mut tx = self.pool.begin().await?;
+        let claims = steps::lock_queued(&mut tx, step_ids).await?;
+        locked.extend(claims.iter().map(|c| c.step_id));
+        let mut group = Vec::with_capacity(claims.len());
+        for claim in claims {
+            match prepare(&claim) {
+                Ok((run, kind)) => group.push(Prepared { claim, run, kind }),
+                Err(error) => {
+                    let rest = locked.iter().copied().filter(|id| *id != claim.step_id).collect();
+                    return Ok(GroupEnd::StepFailed { culprit: claim.step_id, error, rest });
+                }
+            }
+        }
+        // Rows reassigned in this transaction so far.
+        let mut moved = 0;
+        let mut finished = Vec::new();
+        let mut continuing: Vec<(usize, i64, Option<i64>, Option<serde_json::Value>)> = Vec::new();
+        for (i, p) in group.iter().enumerate() {
+            let claim = &p.claim;
+            let reassigns = matches!(p.kind, StepKind::Reassign(_));
+            if reassigns && moved >= self.steps.reassign_batch {
+                continuing.push((i, claim.done, claim.total, claim.cursor.clone()));
+                continue;
+            }
+            let settings = StepSettings {
+                reassign_batch: self.steps.reassign_batch - moved,
+                ..self.steps.clone()
+            };
+            let state = (claim.done, claim.total, claim.cursor.clone());
+            let progress =
+                match self.apply_in(&mut tx, claim, &p.run, p.kind, state, &settings).await {
+                    Ok(progress) => progress,
+                    Err(error) => {
+                        let culprit = claim.step_id;
+                        let rest = locked.iter().copied().filter(|id| *id != culprit).collect();
+                        return Ok(GroupEnd::StepFailed { culprit, error, rest });
+                    }
+                };
+            match progress {
+                Progress::Batch { done, total, cursor } => {
+                    moved += done - claim.done;
+                    continuing.push((i, done, Some(total), Some(cursor)));
+                }
+                Progress::Finished(f) => {
+                    if reassigns {
+                        moved += f.done - claim.done;
+                    }
+                    finished.push((i, f));
+                }
+            }
+        }
+        let completed: Vec<steps::Completed> = finished
+            .iter()
+            .map(|(i, f)| steps::Completed {
+                step_id: group[*i].claim.step_id,
+                result: &f.counts,
+                done: f.done,
+                total: f.total,
+            })
+            .collect();
+        let completions = steps::complete_many(&mut tx, &completed).await?;
+        anyhow::ensure!(
+            completions.completed == completed.len() as i64,
+            "a locked step was not queued"
+        );
+        if !continuing.is_empty() {
+            let goes_on: Vec<steps::GoesOn> = continuing
+                .iter()
+                .map(|(i, done, total, cursor)| steps::GoesOn {
+                    step_id: group[*i].claim.step_id,
+                    done_before: group[*i].claim.done,
+                    done: *done,
+                    total: *total,
+                    cursor: cursor.as_ref(),
+                })
+                .collect();
+            let leases =
+                steps::claim_locked(&mut tx, &goes_on, &self.worker_name, self.worker.lease)
+                    .await?;
+            anyhow::ensure!(leases.len() == goes_on.len(), "a locked step was not queued");
+            for (step_id, token) in leases {
+                if let Some(p) = group.iter_mut().find(|p| p.claim.step_id == step_id) {
+                    p.claim.lease_token = token;
+                }
+            }
+            for (i, done, total, cursor) in &continuing {
+                let claim = &mut group[*i].claim;
+                (claim.done, claim.total, claim.cursor) = (*done, *total, cursor.clone());
+            }
+        }
+        for run_id in &completions.finished_runs {
+            runs::finish(&mut tx, *run_id).await?;
+        }
+        tx.commit().await?;
+        METRICS.items_reassigned(moved.max(0) as u64);
+        if completions.unblocked > 0 {
+            self.nudge.notify_one();
+        }
+        for run_id in &completions.finished_runs {
+            if let Some(p) = group.iter().find(|p| p.run.id == *run_id) {
+                tracing::info!(%run_id, user_id = p.run.user_id.get(), action = %p.run.action, "run succeeded");
+            }
+        }
+        let goes_on: Vec<usize> = continuing.iter().map(|(i, ..)| *i).collect();
+        let mut finished_claims = Vec::with_capacity(finished.len());
+        let mut continuing_steps = Vec::with_capacity(goes_on.len());
+        let mut after: HashMap<usize, Vec<AfterCommit>> =
+            finished.into_iter().map(|(i, f)| (i, f.after_commit)).collect();
+        for (i, p) in group.into_iter().enumerate() {
+            match after.remove(&i) {
+                Some(after_commit) => finished_claims.push((p.claim, after_commit)),
+                None if goes_on.contains(&i) => continuing_steps.push(p),
+                None => {}
+            }
+        }
+        Ok(GroupEnd::Committed { finished: finished_claims, continuing: continuing_steps })
+    }
+
+    /// How a step's attempt ended: after-commit work, or the failure recorded; metrics.
+    async fn conclude(
+        &self,
+        claim: &Claim,
+        result: Result<Option<Vec<AfterCommit>>, StepError>,
+        started: Instant,
+    ) -> anyhow::Result<Outcome> {
         let outcome = match result {
             Ok(Some(after_commit)) => {
                 for action in after_commit {
@@ -195,7 +426,7 @@ impl Executor {
                 tracing::info!("lease lost; another worker has the step or the run was canceled");
                 Outcome::LeaseLost
             }
-            Err(error) => self.record_failure(&claim, &error).await?,
+            Err(error) => self.record_failure(claim, &error).await?,
         };
         let label = match outcome {
             Outcome::Succeeded => "succeeded",
@@ -207,14 +438,15 @@ impl Executor {
         Ok(outcome)
     }
 
-    /// Calls the step until it finishes. `Ok(None)`: the lease was lost.
+    /// Calls the step until it finishes. `Ok(None)`: the lease was lost. `first`: nothing
+    /// of this attempt has committed yet, so the claim's progress is current.
     async fn apply_until_done(
         &self,
         claim: &Claim,
         run: &RunContext,
         kind: StepKind,
+        mut first: bool,
     ) -> Result<Option<Vec<AfterCommit>>, StepError> {
-        let mut first = true;
         loop {
             match self.apply_once(claim, run, kind, first).await? {
                 Attempt::More => first = false,
@@ -237,7 +469,7 @@ impl Executor {
         first: bool,
     ) -> Result<Attempt, StepError> {
         let mut tx = self.pool.begin().await?;
-        let (done, total, cursor) = if first {
+        let state = if first {
             (claim.done, claim.total, claim.cursor.clone())
         } else {
             let Some(fenced) =
@@ -247,21 +479,8 @@ impl Executor {
             };
             (fenced.done, fenced.total, fenced.cursor)
         };
-        match self.faults.take(&claim.name) {
-            Some(Fault::Fail(error)) => return Err(error),
-            Some(Fault::Crash) => {
-                tracing::error!("injected crash: aborting the process");
-                std::process::abort();
-            }
-            None => {}
-        }
-        let state =
-            StepState { name: claim.name.clone(), attempts: claim.attempts, done, total, cursor };
-        let cx = StepContext { run, step: &state, settings: &self.steps };
-        let progress = AssertUnwindSafe(kind.apply(&cx, &mut tx))
-            .catch_unwind()
-            .await
-            .map_err(|_| StepError::retryable("panic", "the step panicked"))??;
+        let done_before = state.0;
+        let progress = self.apply_in(&mut tx, claim, run, kind, state, &self.steps).await?;
         match progress {
             Progress::Batch { done, total, cursor } => {
                 let token = claim.lease_token;
@@ -272,7 +491,7 @@ impl Executor {
                 }
                 tx.commit().await?;
                 if matches!(kind, StepKind::Reassign(_)) {
-                    METRICS.items_reassigned((done - state.done).max(0) as u64);
+                    METRICS.items_reassigned((done - done_before).max(0) as u64);
                 }
                 Ok(Attempt::More)
             }
@@ -294,7 +513,7 @@ impl Executor {
                 }
                 tx.commit().await?;
                 if matches!(kind, StepKind::Reassign(_)) {
-                    METRICS.items_reassigned((finished.done - state.done).max(0) as u64);
+                    METRICS.items_reassigned((finished.done - done_before).max(0) as u64);
                 }
                 if completion.unblocked > 0 {
                     self.nudge.notify_one();
@@ -305,6 +524,34 @@ impl Executor {
                 Ok(Attempt::Done(finished.after_commit))
             }
         }
+    }
+
+    /// The step's effect (or its next batch) in `tx`, from the given progress
+    /// (done, total, cursor); injected faults take effect here.
+    async fn apply_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        claim: &Claim,
+        run: &RunContext,
+        kind: StepKind,
+        (done, total, cursor): (i64, Option<i64>, Option<serde_json::Value>),
+        settings: &StepSettings,
+    ) -> Result<Progress, StepError> {
+        match self.faults.take(&claim.name) {
+            Some(Fault::Fail(error)) => return Err(error),
+            Some(Fault::Crash) => {
+                tracing::error!("injected crash: aborting the process");
+                std::process::abort();
+            }
+            None => {}
+        }
+        let state =
+            StepState { name: claim.name.clone(), attempts: claim.attempts, done, total, cursor };
+        let cx = StepContext { run, step: &state, settings };
+        AssertUnwindSafe(kind.apply(&cx, tx))
+            .catch_unwind()
+            .await
+            .map_err(|_| StepError::retryable("panic", "the step panicked"))?
     }
 
     async fn after_commit(&self, action: AfterCommit) {
@@ -346,6 +593,25 @@ impl Executor {
             None => Outcome::LeaseLost,
         })
     }
+}
+
+fn step_span(claim: &Claim) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        run_id = %claim.run_id,
+        step = %claim.name,
+        company_id = claim.company_id,
+        attempt = claim.attempts,
+    )
+}
+
+/// The run and the step's kind, from the claim.
+fn prepare(claim: &Claim) -> Result<(RunContext, StepKind), StepError> {
+    let run = run_context(claim)?;
+    let kind = StepKind::from_name(&claim.name).ok_or_else(|| {
+        StepError::permanent("unknown_step", format!("no step is named {}", claim.name))
+    })?;
+    Ok((run, kind))
 }
 
 fn run_context(claim: &Claim) -> Result<RunContext, StepError> {

@@ -1,5 +1,5 @@
 //! Redis, through apalis-redis: it carries step and purge tasks, nothing more. A task is
-//! only an id; what to do and whether it was done is in the ledger. Only the dispatcher,
+//! only ids; what to do and whether it was done is in the ledger. Only the dispatcher,
 //! the sweeper and a finished deactivation (its punctual purge task) push here.
 
 use std::{
@@ -12,10 +12,11 @@ use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Run one step of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Run steps: one step, or several steps of one run on their first attempt, which the
+/// worker runs in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTask {
-    pub step_id: i64,
+    pub step_ids: Vec<i64>,
 }
 
 /// Fire one private-email purge.
@@ -104,10 +105,11 @@ impl Queues {
         self.conn.clone()
     }
 
-    pub async fn push_steps(&self, step_ids: &[i64]) -> anyhow::Result<()> {
+    /// Pushes one task per entry of `tasks` (the step ids it carries).
+    pub async fn push_steps(&self, tasks: &[Vec<i64>]) -> anyhow::Result<()> {
         let mut storage = self.steps.clone();
-        for chunk in step_ids.chunks(PUSH_CHUNK) {
-            let tasks = chunk.iter().map(|&step_id| StepTask { step_id }).collect();
+        for chunk in tasks.chunks(PUSH_CHUNK) {
+            let tasks = chunk.iter().map(|ids| StepTask { step_ids: ids.clone() }).collect();
             storage
                 .push_bulk(tasks)
                 .await

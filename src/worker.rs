@@ -182,8 +182,8 @@ async fn handle_step(task: StepTask, executor: Data<Arc<Executor>>) -> Result<()
     // The task always ends cleanly: retries are scheduled in the ledger, not by apalis
     // (whose backend retry policy is fixed), and a task that could not even reach the
     // ledger is pushed again by the sweeper.
-    if let Err(e) = executor.run_step(task.step_id).await {
-        tracing::warn!(step_id = task.step_id, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
+    if let Err(e) = executor.run_steps(&task.step_ids).await {
+        tracing::warn!(step_ids = ?task.step_ids, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
     }
     Ok(())
 }

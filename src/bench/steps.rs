@@ -168,8 +168,8 @@ async fn raw_apalis(env: &BenchEnv, tasks: usize) -> anyhow::Result<Duration> {
         let in_flight = pushed - done.load(Ordering::Relaxed) as usize;
         let room = limit.saturating_sub(in_flight).min(tasks - pushed);
         if room > 0 {
-            let ids: Vec<i64> = (pushed..pushed + room).map(|i| i as i64).collect();
-            queues.push_steps(&ids).await?;
+            let tasks: Vec<Vec<i64>> = (pushed..pushed + room).map(|i| vec![i as i64]).collect();
+            queues.push_steps(&tasks).await?;
             pushed += room;
         } else {
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -277,26 +277,34 @@ pub async fn list(db: &PgPool, filter: &RunFilter) -> Result<Vec<RunSummary>, sq
 /// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
 /// transaction that completed the step, so the receipt and the last effect commit together.
 pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<(), sqlx::Error> {
-    let run: RunRow = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {RUN_COLUMNS} FROM offboard.runs WHERE id = $1"
+    #[derive(sqlx::FromRow)]
+    struct Finishing {
+        #[sqlx(flatten)]
+        run: RunRow,
+        now: DateTime<Utc>,
+    }
+    let Finishing { run, now: finished_at } = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS}, now() AS now FROM offboard.runs WHERE id = $1"
     )))
     .bind(run_id)
     .fetch_one(&mut *tx)
     .await?;
     let steps = steps_of(&mut *tx, run_id).await?;
-    let finished_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
     let receipt = build_receipt(&run, &steps, finished_at);
     sqlx::query(
-        "UPDATE offboard.runs
-         SET status = 'succeeded', finished_at = $2, receipt = $3, params = params - 'display_name'
-         WHERE id = $1 AND status = 'running'",
+        "WITH finished AS (
+             UPDATE offboard.runs
+             SET status = 'succeeded', finished_at = $2, receipt = $3, params = params - 'display_name'
+             WHERE id = $1 AND status = 'running'
+             RETURNING id)
+         INSERT INTO offboard.run_events (run_id, kind, actor) SELECT id, 'succeeded', 'system' FROM finished",
     )
     .bind(run_id)
     .bind(finished_at)
     .bind(&receipt)
     .execute(&mut *tx)
     .await?;
-    record_event(&mut *tx, run_id, "succeeded", None, "system", json!({})).await
+    Ok(())
 }
 
 /// What was done, counts per step, who asked and when. Ids only, never personal data.

@@ -43,45 +43,57 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Takes a queued step: `queued -> running`, counting an attempt and issuing a fresh lease
-/// token, and returns the step's progress. Commits on its own, so the attempt counts even
-/// if the worker then dies (that is how a step that kills its worker is eventually
-/// quarantined). `None` when the step is not queued (already taken, done, or canceled): a
-/// duplicate delivery.
-///
-/// The commit does not wait for the WAL flush (`synchronous_commit` off for this statement's
-/// own transaction): the claim is visible at once and reaches disk within the WAL writer's
-/// delay, or sooner with the next synchronous commit — the step's own transaction flushes
-/// it with its effects. A worker that dies still leaves its attempt counted; only a crash
-/// of PostgreSQL itself in that window can forget a claim, and the step is then queued
-/// again, its interrupted attempt uncounted. Saves a flush per step.
+/// token, and returns the step's progress. `None` when the step is not queued (already
+/// taken, done, or canceled): a duplicate delivery. See [`claim_many`].
 pub async fn claim(
     pool: &PgPool,
     step_id: i64,
     worker: &str,
     lease: Duration,
 ) -> Result<Option<Claim>, sqlx::Error> {
+    Ok(claim_many(pool, &[step_id], worker, lease).await?.pop())
+}
+
+/// Takes the queued steps among `step_ids` in one statement, each as [`claim`] does, in id
+/// order. Steps that are not queued are left out. Commits on its own, so the attempts count
+/// even if the worker then dies (that is how a step that kills its worker is eventually
+/// quarantined).
+///
+/// The commit does not wait for the WAL flush (`synchronous_commit` off for this statement's
+/// own transaction): the claim is visible at once and reaches disk within the WAL writer's
+/// delay, or sooner with the next synchronous commit — the steps' own transaction flushes
+/// it with their effects. A worker that dies still leaves its attempts counted; only a
+/// crash of PostgreSQL itself in that window can forget a claim, and the steps are then
+/// queued again, their interrupted attempt uncounted. Saves a flush per task.
+pub async fn claim_many(
+    pool: &PgPool,
+    step_ids: &[i64],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
     sqlx::query_as(
         "WITH claimed AS (
              UPDATE offboard.steps
              SET status = 'running', attempts = attempts + 1, lease_token = gen_random_uuid(),
                  lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), queued_at = NULL, done_at_claim = done
-             WHERE id = $1 AND status = 'queued'
+             WHERE id = ANY ($1) AND status = 'queued'
              RETURNING id, run_id, name, attempts, max_attempts, lease_token, done, total, cursor),
          started AS (
              UPDATE offboard.runs r SET status = 'running', started_at = coalesce(r.started_at, now())
-             FROM claimed c WHERE r.id = c.run_id AND r.status = 'queued'
+             WHERE r.id IN (SELECT run_id FROM claimed) AND r.status = 'queued'
              RETURNING r.id),
          no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true))
          SELECT c.id AS step_id, c.run_id, c.name, c.attempts, c.max_attempts, c.lease_token,
                 r.company_id, r.user_id, r.action, r.plan, r.params, r.actor_user_id,
                 c.done, c.total, c.cursor
-         FROM claimed c JOIN offboard.runs r ON r.id = c.run_id CROSS JOIN no_flush_wait",
+         FROM claimed c JOIN offboard.runs r ON r.id = c.run_id CROSS JOIN no_flush_wait
+         ORDER BY c.id",
     )
-    .bind(step_id)
+    .bind(step_ids)
     .bind(worker)
     .bind(secs(lease))
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await
 }
 
@@ -187,6 +199,172 @@ pub async fn complete(
     .bind(done)
     .bind(total)
     .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Locks the queued steps among `step_ids` (steps of one run on their first attempt) for a
+/// transaction that will run them all, and returns them as claims without a lease: the
+/// transaction that applies them completes them too ([`complete_many`]), or hands those
+/// that go on alone a lease ([`claim_locked`]). Their attempt is counted when that
+/// transaction commits; if the worker dies first, nothing of it remains and the steps are
+/// still queued, to be pushed again alone (`OFFBOARD_REDELIVER_AFTER`).
+///
+/// The run's row is locked first, as the operator's retry and cancel lock it, so a cancel
+/// waits for the group instead of deadlocking with it. Steps locked by someone else (a
+/// duplicate delivery being run) are skipped.
+pub async fn lock_queued(
+    tx: &mut PgConnection,
+    step_ids: &[i64],
+) -> Result<Vec<Claim>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.id AS step_id, s.run_id, s.name, s.attempts + 1 AS attempts, s.max_attempts,
+                '00000000-0000-0000-0000-000000000000'::uuid AS lease_token,
+                r.company_id, r.user_id, r.action, r.plan, r.params, r.actor_user_id,
+                s.done, s.total, s.cursor
+         FROM offboard.steps s JOIN offboard.runs r ON r.id = s.run_id
+         WHERE s.id = ANY ($1) AND s.status = 'queued'
+           AND r.id = (SELECT l.id FROM offboard.runs l
+                       WHERE l.id = (SELECT run_id FROM offboard.steps WHERE id = $1[1])
+                       FOR NO KEY UPDATE)
+         ORDER BY s.id
+         FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind(step_ids)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// A locked step that finished, for [`complete_many`].
+#[derive(Debug, Clone)]
+pub struct Completed<'a> {
+    pub step_id: i64,
+    pub result: &'a Value,
+    pub done: i64,
+    pub total: i64,
+}
+
+/// What completing several steps at once changed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Completions {
+    /// Steps completed: fewer than asked means one was not queued after all, and the
+    /// caller must roll back.
+    pub completed: i64,
+    /// Steps whose last dependencies these were, now ready.
+    pub unblocked: i64,
+    /// Runs whose last steps these were: the caller finishes them.
+    pub finished_runs: Vec<Uuid>,
+}
+
+/// `queued -> succeeded` for steps locked by [`lock_queued`], in the caller's transaction
+/// with their effects, counting their attempt, in one statement: each dependent's counter
+/// goes down by the number of its dependencies among them, the run's by the number of its
+/// steps among them, and the run is marked started.
+pub async fn complete_many(
+    tx: &mut PgConnection,
+    steps: &[Completed<'_>],
+) -> Result<Completions, sqlx::Error> {
+    let ids: Vec<i64> = steps.iter().map(|s| s.step_id).collect();
+    let results: Vec<&Value> = steps.iter().map(|s| s.result).collect();
+    let done: Vec<i64> = steps.iter().map(|s| s.done).collect();
+    let total: Vec<i64> = steps.iter().map(|s| s.total).collect();
+    sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::bigint[], $2::jsonb[], $3::bigint[], $4::bigint[])
+                 AS i(id, result, done, total)),
+         finished AS (
+             UPDATE offboard.steps s
+             SET status = 'succeeded', attempts = s.attempts + 1,
+                 started_at = coalesce(s.started_at, now()), finished_at = now(), queued_at = NULL,
+                 result = i.result, done = i.done, total = i.total,
+                 last_error_code = NULL, last_error_message = NULL
+             FROM input i
+             WHERE s.id = i.id AND s.status = 'queued'
+             RETURNING s.run_id, s.name),
+         waiting AS (
+             SELECT d.id, count(*) AS n
+             FROM finished f JOIN offboard.steps d ON d.run_id = f.run_id AND f.name = ANY (d.depends_on)
+             GROUP BY d.id),
+         unblocked AS (
+             UPDATE offboard.steps d
+             SET deps_remaining = d.deps_remaining - w.n,
+                 status = CASE WHEN d.deps_remaining = w.n AND d.status = 'pending'
+                               THEN 'ready' ELSE d.status END,
+                 next_attempt_at = now()
+             FROM waiting w WHERE d.id = w.id
+             RETURNING d.status),
+         per_run AS (SELECT run_id, count(*) AS n FROM finished GROUP BY run_id),
+         run AS (
+             UPDATE offboard.runs r
+             SET steps_remaining = r.steps_remaining - p.n,
+                 status = CASE WHEN r.status = 'queued' THEN 'running' ELSE r.status END,
+                 started_at = coalesce(r.started_at, now())
+             FROM per_run p WHERE r.id = p.run_id
+             RETURNING r.id, r.steps_remaining, r.status)
+         SELECT (SELECT count(*) FROM finished) AS completed,
+                (SELECT count(*) FROM unblocked WHERE status = 'ready') AS unblocked,
+                (SELECT coalesce(array_agg(id), '{}') FROM run
+                 WHERE steps_remaining = 0 AND status = 'running') AS finished_runs",
+    )
+    .bind(&ids)
+    .bind(&results)
+    .bind(&done)
+    .bind(&total)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// A locked step that goes on alone after its group's transaction, with what that
+/// transaction did of it.
+#[derive(Debug, Clone)]
+pub struct GoesOn<'a> {
+    pub step_id: i64,
+    /// Progress when the group's transaction began (what earlier attempts did).
+    pub done_before: i64,
+    pub done: i64,
+    pub total: Option<i64>,
+    pub cursor: Option<&'a Value>,
+}
+
+/// `queued -> running` for steps locked by [`lock_queued`] that continue alone: counts
+/// their attempt, issues each a lease and records their progress, in the caller's
+/// transaction; the attempt's progress is counted from where the group began, so a worker
+/// lost after it is not held against the step ([`reap_expired_leases`]). Returns each
+/// step's lease token.
+pub async fn claim_locked(
+    tx: &mut PgConnection,
+    steps: &[GoesOn<'_>],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+    let ids: Vec<i64> = steps.iter().map(|s| s.step_id).collect();
+    let before: Vec<i64> = steps.iter().map(|s| s.done_before).collect();
+    let done: Vec<i64> = steps.iter().map(|s| s.done).collect();
+    let total: Vec<Option<i64>> = steps.iter().map(|s| s.total).collect();
+    let cursors: Vec<Option<&Value>> = steps.iter().map(|s| s.cursor).collect();
+    sqlx::query_as(
+        "WITH claimed AS (
+             UPDATE offboard.steps s
+             SET status = 'running', attempts = s.attempts + 1, lease_token = gen_random_uuid(),
+                 lease_owner = $5, lease_expires_at = clock_timestamp() + make_interval(secs => $6),
+                 started_at = coalesce(s.started_at, now()), queued_at = NULL,
+                 done = i.done, total = i.total, cursor = i.cursor, done_at_claim = i.before
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::jsonb[], $7::bigint[])
+                 AS i(id, done, total, cursor, before)
+             WHERE s.id = i.id AND s.status = 'queued'
+             RETURNING s.id, s.run_id, s.lease_token),
+         started AS (
+             UPDATE offboard.runs r SET status = 'running', started_at = coalesce(r.started_at, now())
+             WHERE r.id IN (SELECT run_id FROM claimed) AND r.status = 'queued')
+         SELECT id, lease_token FROM claimed",
+    )
+    .bind(&ids)
+    .bind(&done)
+    .bind(&total)
+    .bind(&cursors)
+    .bind(worker)
+    .bind(secs(lease))
+    .bind(&before)
+    .fetch_all(&mut *tx)
     .await
 }
 
@@ -325,9 +503,11 @@ pub struct DispatchLimits {
 }
 
 /// `ready -> queued` for the steps that may start now, within the global and per-company
-/// limits, taking companies in turn (each company's oldest ready step first). Dispatchers
-/// in several processes take turns on an advisory lock, so the limits hold across them.
-/// Returns the step ids to push to Redis after the commit.
+/// limits, taking companies in turn. A turn is one task: the ready steps of the company's
+/// oldest run with any (see [`into_tasks`]), so a run's steps that became ready together
+/// travel together. Dispatchers in several processes take turns on an advisory lock, so the
+/// limits hold across them. Returns the steps to push to Redis after the commit, in the
+/// order they were picked.
 ///
 /// The cost follows the companies with ready steps, not the backlog: the companies are
 /// found by a skip scan over `steps_ready_by_company`, and each contributes at most the
@@ -335,19 +515,26 @@ pub struct DispatchLimits {
 /// A pass may so take fewer steps than there is room for (when some companies have fewer
 /// ready steps than their share); the dispatcher then runs again, and the order in which
 /// steps start is the same.
+///
+/// Bitmap scans are off for the pass: the in-flight count then reads `steps_in_flight`
+/// with a plain index scan, which marks the entries of steps that have finished as dead
+/// for the next pass, where a bitmap scan checked every one of them in the heap each time
+/// (ten times the live ones during a burst, before vacuum removes them).
 pub async fn dispatch_ready(
     pool: &PgPool,
     limits: DispatchLimits,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<Dispatched>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))")
-            .fetch_one(&mut *tx)
-            .await?;
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))
+                AND set_config('enable_bitmapscan', 'off', true) = 'off'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if !locked {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let picked: Vec<Dispatched> = sqlx::query_as(
         "WITH RECURSIVE ready_companies AS (
              (SELECT company_id FROM offboard.steps WHERE status = 'ready'
               ORDER BY company_id LIMIT 1)
@@ -363,29 +550,73 @@ pub async fn dispatch_ready(
              SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
              FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
          picked AS (
-             SELECT c.id
+             SELECT c.id, c.turn
              FROM ready_companies r
              LEFT JOIN in_flight f ON f.company_id = r.company_id
              CROSS JOIN LATERAL (
-                 SELECT s.id, row_number() OVER (ORDER BY s.next_attempt_at, s.id) AS turn
-                 FROM offboard.steps s
-                 WHERE s.company_id = r.company_id AND s.status = 'ready'
-                   AND s.next_attempt_at <= now()
-                 ORDER BY s.next_attempt_at, s.id
-                 LIMIT least(greatest(0, $2 - coalesce(f.n, 0)), (SELECT turns FROM room))) c
-             WHERE r.company_id IS NOT NULL
+                 SELECT x.id, dense_rank() OVER (ORDER BY x.run_first) AS turn
+                 FROM (SELECT y.id, min(y.position) OVER (PARTITION BY y.run_id) AS run_first
+                       FROM (SELECT s.id, s.run_id,
+                                    row_number() OVER (ORDER BY s.next_attempt_at, s.id) AS position
+                             FROM offboard.steps s
+                             WHERE s.company_id = r.company_id AND s.status = 'ready'
+                               AND s.next_attempt_at <= now()
+                             ORDER BY s.next_attempt_at, s.id
+                             LIMIT least(greatest(0, $2 - coalesce(f.n, 0)),
+                                         (SELECT turns FROM room) * $3)) y) x) c
+             WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
              ORDER BY c.turn, c.id
              LIMIT (SELECT n FROM room))
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.id = p.id AND s.status = 'ready'
-         RETURNING s.id",
+         RETURNING s.id, s.run_id, s.attempts, p.turn",
     )
     .bind(limits.max_in_flight)
     .bind(limits.max_in_flight_per_company)
+    .bind(MAX_STEPS_PER_TASK as i64)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(ids)
+    let mut picked = picked;
+    picked.sort_by_key(|d| (d.turn, d.id));
+    Ok(picked)
+}
+
+/// A step the dispatcher moved to `queued`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Dispatched {
+    pub id: i64,
+    pub run_id: Uuid,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    /// Its company's turn in this pass (companies take turns).
+    pub turn: i64,
+}
+
+/// Steps one task carries at most.
+pub const MAX_STEPS_PER_TASK: usize = 16;
+
+/// Cuts dispatched steps into tasks, keeping their order: the steps of one run on their
+/// first attempt travel together (up to [`MAX_STEPS_PER_TASK`]) and run in one transaction;
+/// a step that has been attempted before travels alone, so a step that fails or kills its
+/// worker cannot take its neighbours down with it again.
+pub fn into_tasks(dispatched: &[Dispatched]) -> Vec<Vec<i64>> {
+    let mut tasks: Vec<Vec<i64>> = Vec::new();
+    let mut open: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    for step in dispatched {
+        if step.attempts > 0 {
+            tasks.push(vec![step.id]);
+            continue;
+        }
+        match open.get(&step.run_id) {
+            Some(&i) if tasks[i].len() < MAX_STEPS_PER_TASK => tasks[i].push(step.id),
+            _ => {
+                open.insert(step.run_id, tasks.len());
+                tasks.push(vec![step.id]);
+            }
+        }
+    }
+    tasks
 }
 
 /// Queued steps no worker has claimed within `after`: their Redis task was lost (flush,

@@ -2,7 +2,13 @@
 //! the state of the CRM store afterwards.
 
 use axum::http::StatusCode;
-use serde_json::json;
+use offboard::{
+    crm::seed::SeedOptions,
+    domain::ItemType,
+    executor::{Fault, Outcome},
+    steps::StepError,
+};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::TestApp;
@@ -191,18 +197,156 @@ async fn a_regular_user_takes_only_their_own_apps(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn steps_after_block_login_run_as_separate_tasks_and_finish_waits_for_them(pool: PgPool) {
+async fn the_steps_after_block_login_run_as_one_task_in_one_transaction(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.enqueue(&app.deactivation(
-        app.regular(0),
-        json!({"deals": {"mode": "single", "targets": [{"user_id": app.regular(1)}]}}),
-    ))
+    let id = app
+        .enqueue(&app.deactivation(
+            app.regular(0),
+            json!({"deals": {"mode": "single", "targets": [{"user_id": app.regular(1)}]}}),
+        ))
+        .await;
+    let tasks: Vec<Vec<String>> = app
+        .drain_tasks()
+        .await
+        .into_iter()
+        .map(|task| {
+            task.into_iter()
+                .map(|(name, outcome)| {
+                    assert_eq!(outcome, Outcome::Succeeded, "{name}");
+                    name
+                })
+                .collect()
+        })
+        .collect();
+    // Login blocked first; the six steps that only wait for it and the reassignment
+    // together; the deactivation finished last, once they all had.
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    assert_eq!(tasks[0], ["block_login"]);
+    assert_eq!(tasks[1].len(), 7, "{tasks:?}");
+    assert!(tasks[1].iter().any(|n| n == "reassign_deals"), "{tasks:?}");
+    assert_eq!(tasks[2], ["finish_deactivation"]);
+    // One transaction completed the seven: their rows carry its id.
+    let transactions = app
+        .count(&format!(
+            "SELECT count(DISTINCT xmin::text) FROM offboard.steps
+             WHERE run_id = '{id}' AND name NOT IN ('block_login', 'finish_deactivation')"
+        ))
+        .await;
+    assert_eq!(transactions, 1);
+    let run = app.run(id).await;
+    assert_eq!(run["status"], "succeeded");
+    assert!(run["steps"].as_array().unwrap().iter().all(|s| s["attempts"] == 1), "{run:#}");
+}
+
+#[sqlx::test]
+async fn a_step_that_fails_in_its_task_counts_its_attempt_and_the_others_run_without_it(
+    pool: PgPool,
+) {
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_BACKOFF_BASE", "10ms"), ("OFFBOARD_BACKOFF_CAP", "20ms")],
+        SeedOptions::default(),
+    )
     .await;
-    let order: Vec<String> = app.drain().await.into_iter().map(|(name, _)| name).collect();
-    assert_eq!(order.first().map(String::as_str), Some("block_login"));
-    assert_eq!(order.last().map(String::as_str), Some("finish_deactivation"));
-    // Every step ran once, as its own task.
-    assert_eq!(order.len(), 9, "{order:?}");
+    let leaver = app.regular(0);
+    app.workers
+        .executor
+        .faults
+        .inject("stop_syncs", Fault::Fail(StepError::retryable("timeout", "injected")));
+    let id = app.enqueue(&app.deactivation(leaver, json!({}))).await;
+    let tasks = app.drain_tasks().await;
+
+    let group = &tasks[1];
+    assert_eq!(group.len(), 6, "{tasks:?}");
+    for (name, outcome) in group {
+        let expected = if name == "stop_syncs" { Outcome::WillRetry } else { Outcome::Succeeded };
+        assert_eq!(*outcome, expected, "{name}");
+    }
+    // The retry travelled alone.
+    assert!(
+        tasks.iter().any(|t| t.as_slice() == [("stop_syncs".to_string(), Outcome::Succeeded)]),
+        "{tasks:?}"
+    );
+    let run = app.run(id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    for step in run["steps"].as_array().unwrap() {
+        let attempts = if step["name"] == "stop_syncs" { 2 } else { 1 };
+        assert_eq!(step["attempts"], attempts, "{step}");
+    }
+    let retries: Vec<&Value> = run["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "step_retry_scheduled")
+        .collect();
+    assert_eq!(retries.len(), 1, "{:#}", run["history"]);
+    assert_eq!(retries[0]["step"], "stop_syncs");
+    // What the rolled-back transaction had done of the others was done again, once.
+    assert_eq!(
+        app.count_for(
+            "SELECT count(*) FROM crm.account_syncs WHERE user_id = $1 AND NOT enabled",
+            leaver
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        app.count_for("SELECT count(*) FROM crm.webhooks WHERE created_by = $1 AND active", leaver)
+            .await,
+        0
+    );
+}
+
+#[sqlx::test]
+async fn reassignments_in_one_task_share_one_batch_of_rows_per_transaction(pool: PgPool) {
+    let batch = 25;
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_REASSIGN_BATCH", &batch.to_string())],
+        SeedOptions { users: 8, items_per_user: 200, seed: 7 },
+    )
+    .await;
+    let (leaver, heir) = (app.regular(0), app.regular(1));
+    let mut owned = Vec::new();
+    for item in ItemType::ALL {
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM {} WHERE owner_id = $1",
+            item.table()
+        )))
+        .bind(leaver)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        owned.push((item, ids));
+    }
+    let total: usize = owned.iter().map(|(_, ids)| ids.len()).sum();
+    assert!(total > 4 * batch, "the seed gives the user {total} items");
+
+    let plan =
+        json!({"default": {"mode": "single", "scope": "all", "targets": [{"user_id": heir}]}});
+    let id = app.enqueue(&app.deactivation(leaver, plan)).await;
+    app.drain().await;
+    assert_eq!(app.run(id).await["status"], "succeeded");
+
+    // Every row a transaction changes carries its id as xmin.
+    let mut per_transaction: std::collections::HashMap<String, usize> = Default::default();
+    for (item, ids) in &owned {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT xmin::text, owner_id FROM {} WHERE id = ANY ($1)",
+            item.table()
+        )))
+        .bind(ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert!(rows.iter().all(|(_, owner)| *owner == heir), "{item:?} moved");
+        for (xmin, _) in rows {
+            *per_transaction.entry(xmin).or_default() += 1;
+        }
+    }
+    let largest = per_transaction.values().copied().max().unwrap();
+    assert!(largest <= batch, "one transaction moved {largest} rows");
+    assert!(per_transaction.len() >= total.div_ceil(batch), "{per_transaction:?}");
 }
 
 #[sqlx::test]

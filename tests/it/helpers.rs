@@ -178,26 +178,35 @@ impl TestApp {
     }
 
     /// Runs every step that can run, in this task and without Redis (dispatch, then execute
-    /// each dispatched step), until nothing is ready, queued or running. Waits for retries
-    /// that are not yet due, up to the deadline. Returns the outcomes in order.
+    /// each dispatched task), until nothing is ready, queued or running. Waits for retries
+    /// that are not yet due, up to the deadline. Returns each step's outcome in order.
     pub async fn drain(&self) -> Vec<(String, Outcome)> {
+        self.drain_tasks().await.into_iter().flatten().collect()
+    }
+
+    /// [`TestApp::drain`], with the outcomes of each task apart.
+    pub async fn drain_tasks(&self) -> Vec<Vec<(String, Outcome)>> {
         let started = Instant::now();
         let limits = DispatchLimits { max_in_flight: 10_000, max_in_flight_per_company: 10_000 };
-        let mut outcomes = Vec::new();
+        let mut tasks = Vec::new();
         loop {
             assert!(started.elapsed() < DEADLINE, "drain did not finish within {DEADLINE:?}");
-            let ids = steps::dispatch_ready(&self.pool, limits).await.expect("dispatch");
-            for id in &ids {
-                let name: String =
-                    sqlx::query_scalar("SELECT name FROM offboard.steps WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&self.pool)
-                        .await
-                        .unwrap();
-                let outcome = self.workers.executor.run_step(*id).await.expect("run step");
-                outcomes.push((name, outcome));
+            let dispatched = steps::dispatch_ready(&self.pool, limits).await.expect("dispatch");
+            for task in steps::into_tasks(&dispatched) {
+                let outcomes = self.workers.executor.run_steps(&task).await.expect("run steps");
+                let mut named = Vec::new();
+                for (id, outcome) in outcomes {
+                    let name: String =
+                        sqlx::query_scalar("SELECT name FROM offboard.steps WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(&self.pool)
+                            .await
+                            .unwrap();
+                    named.push((name, outcome));
+                }
+                tasks.push(named);
             }
-            if !ids.is_empty() {
+            if !dispatched.is_empty() {
                 continue;
             }
             let waiting: i64 = sqlx::query_scalar(
@@ -207,7 +216,7 @@ impl TestApp {
             .await
             .unwrap();
             if waiting == 0 {
-                return outcomes;
+                return tasks;
             }
             // A retry is not due yet: poll.
             tokio::time::sleep(Duration::from_millis(10)).await;

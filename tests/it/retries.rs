@@ -29,7 +29,7 @@ async fn step_row(app: &TestApp, run: Uuid, name: &str) -> (String, i32, Option<
 /// Moves what may start to `queued`, as the dispatcher does, without pushing to Redis.
 async fn dispatch(app: &TestApp) -> Vec<i64> {
     let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
-    steps::dispatch_ready(&app.pool, limits).await.unwrap()
+    steps::dispatch_ready(&app.pool, limits).await.unwrap().into_iter().map(|d| d.id).collect()
 }
 
 /// Runs the sweeper until it takes back a step whose lease expired.
