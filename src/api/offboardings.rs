@@ -302,7 +302,7 @@ async fn write_run(
     key: Option<&str>,
     hash: Option<&str>,
 ) -> Result<(Uuid, bool), EnqueueError> {
-    let run_id = Uuid::new_v4();
+    let run_id = runs::new_run_id();
     let new_run = NewRun {
         id: run_id,
         company_id: request.company_id.get(),

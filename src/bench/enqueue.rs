@@ -13,16 +13,16 @@ use std::{
 };
 
 use anyhow::Context;
-use reqwest::StatusCode;
+use hyper::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 use super::{
-    ApiServer, BenchEnv, BenchOptions, Cpu, LoadResult, http_load, mib, peak_rss_of, verdict,
+    ApiServer, BenchEnv, BenchOptions, Cpu, LoadResult, get, http_load, mib, peak_rss_of,
+    post_json, verdict,
 };
 use crate::{
-    config::{DEV_TOKEN, Settings},
+    config::Settings,
     domain::{Action, TransferPlan},
     ledger::runs::{self, NewRun},
     steps::{self, RunParams},
@@ -69,16 +69,13 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let tenants = Arc::new(tenants);
 
     let api = ApiServer::start(env.settings.clone()).await?;
-    let healthz_url = api.url("/healthz");
-    let healthz = http_load(CONNECTIONS, warmup, window, StatusCode::OK, move |client, _| {
-        Some(client.get(&healthz_url))
-    })
-    .await?;
-    let enqueue_url = api.url("/v1/offboardings");
+    let healthz =
+        http_load(api.addr, CONNECTIONS, warmup, window, StatusCode::OK, |_| Some(get("/healthz")))
+            .await?;
     let cpu_before = Cpu::sample(env, &[]).await?;
     let enqueue = {
         let tenants = tenants.clone();
-        http_load(CONNECTIONS, warmup, window, StatusCode::ACCEPTED, move |client, i| {
+        http_load(api.addr, CONNECTIONS, warmup, window, StatusCode::ACCEPTED, move |i| {
             // Requests walk the companies in turn.
             let tenant = &tenants[i % COMPANIES];
             let user = *tenant.users.get(i / COMPANIES)?;
@@ -89,13 +86,8 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
                 "action": "deactivate",
                 "transfer": {"default": {"mode": "single", "targets": [{"user_id": tenant.target}]}},
             });
-            Some(
-                client
-                    .post(&enqueue_url)
-                    .bearer_auth(DEV_TOKEN)
-                    .header("Idempotency-Key", format!("bench-{user}"))
-                    .json(&body),
-            )
+            let key = format!("bench-{user}");
+            Some(post_json("/v1/offboardings", &body, &[("idempotency-key", &key)]))
         })
         .await?
     };
@@ -199,7 +191,7 @@ async fn raw_transactions(
                 // Users that exist nowhere else: the ledger has no foreign key to the CRM.
                 let user_id = 100_000_000 + connection as i64 * 10_000_000 + i;
                 i += 1;
-                let run_id = Uuid::new_v4();
+                let run_id = runs::new_run_id();
                 let key = format!("raw-{user_id}");
                 runs::insert(
                     &mut conn,

@@ -19,14 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::StatusCode;
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
 use super::{
     ApiServer, BenchEnv, BenchOptions, Cpu, WorkerProcess, http_client, http_load, median, mib,
-    verdict, wait_for_workers,
+    post_json, verdict, wait_for_workers,
 };
 use crate::{
     config::{DEV_TOKEN, Settings},
@@ -204,14 +204,14 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
 async fn layoff(env: &BenchEnv, api: &ApiServer, layoff: &Layoff) -> anyhow::Result<Duration> {
     let company_id = layoff.company.company_id;
     let started = Instant::now();
-    let url = api.url("/v1/offboardings");
     let requests: Vec<Value> = layoff.leaving.iter().map(|who| layoff.request(*who)).collect();
     let sent = http_load(
+        api.addr,
         ENQUEUE_CONNECTIONS,
         Duration::ZERO,
         Duration::from_secs(600),
         StatusCode::ACCEPTED,
-        move |client, i| Some(client.post(&url).bearer_auth(DEV_TOKEN).json(requests.get(i)?)),
+        move |i| Some(post_json("/v1/offboardings", requests.get(i)?, &[])),
     )
     .await?;
     anyhow::ensure!(
@@ -385,7 +385,7 @@ async fn offboard_directly(
         .and_then(|p| p.resolve(None))
         .map_err(|e| anyhow::anyhow!("bench plan: {e:?}"))?;
     let run = RunContext {
-        id: Uuid::new_v4(),
+        id: crate::ledger::runs::new_run_id(),
         company_id: CompanyId::new(company_id).ok_or_else(|| bad("company"))?,
         user_id: UserId::new(user).ok_or_else(|| bad("user"))?,
         action: Action::Deactivate,

@@ -27,6 +27,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use sqlx::{Connection, Executor, PgPool, postgres::PgConnectOptions};
 use tokio::sync::Notify;
 
@@ -538,7 +540,7 @@ impl ApiServer {
     }
 }
 
-/// An HTTP client for load: one keep-alive connection per concurrent request.
+/// An HTTP client for the layoff's status polling and single requests.
 pub(crate) fn http_client(connections: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .no_proxy()
@@ -546,6 +548,33 @@ pub(crate) fn http_client(connections: usize) -> anyhow::Result<reqwest::Client>
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .build()?)
+}
+
+/// One request of a load, built afresh for each send.
+pub(crate) type LoadRequest = hyper::Request<Full<Bytes>>;
+
+/// `GET path`, without a token.
+pub(crate) fn get(path: &str) -> LoadRequest {
+    hyper::Request::get(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+/// `POST path` with a JSON body, the development token and `headers`.
+pub(crate) fn post_json(
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> LoadRequest {
+    let mut request = hyper::Request::post(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", crate::config::DEV_TOKEN))
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::new(Bytes::from(body.to_string()))).expect("a valid request")
 }
 
 /// What a load run saw within its measuring window.
@@ -580,21 +609,24 @@ pub(crate) fn percentile(sorted_or_not: &[Duration], p: f64) -> Duration {
     v[rank.min(v.len() - 1)]
 }
 
-/// `connections` concurrent loops, each sending the next request from `next` (given a
-/// sequence number; `None` ends the load) and expecting `expect`. Requests that complete
-/// within `[warmup, warmup + measure)` are counted; the load stops after that window or
-/// when `next` runs out (the window then ends at the last completion).
+/// `connections` concurrent loops against `addr`, each on one keep-alive HTTP/1.1
+/// connection of its own (bare hyper: no pool, no redirects, no per-request set-up, so
+/// the generator takes as little as it can of the CPU it shares with the service), each
+/// sending the next request from `next` (given a sequence number; `None` ends the load)
+/// and expecting `expect`. Requests that complete within `[warmup, warmup + measure)` are
+/// counted; the load stops after that window or when `next` runs out (the window then
+/// ends at the last completion).
 pub(crate) async fn http_load<F>(
+    addr: SocketAddr,
     connections: usize,
     warmup: Duration,
     measure: Duration,
-    expect: reqwest::StatusCode,
+    expect: hyper::StatusCode,
     next: F,
 ) -> anyhow::Result<LoadResult>
 where
-    F: Fn(&reqwest::Client, usize) -> Option<reqwest::RequestBuilder> + Send + Sync + 'static,
+    F: Fn(usize) -> Option<LoadRequest> + Send + Sync + 'static,
 {
-    let client = http_client(connections)?;
     let next = Arc::new(next);
     let sequence = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -602,46 +634,61 @@ where
     let window_end = window_start + measure;
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (client, next, sequence) = (client.clone(), next.clone(), sequence.clone());
+        let (next, sequence) = (next.clone(), sequence.clone());
         tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            let driver = tokio::spawn(connection);
             let mut seen = LoadResult::default();
             let mut last_done = start;
             while Instant::now() < window_end {
                 let i = sequence.fetch_add(1, Ordering::Relaxed);
-                let Some(request) = next(&client, i) else { break };
+                let Some(request) = next(i) else { break };
                 let sent = Instant::now();
-                let outcome = request.send().await;
+                let outcome = match sender.ready().await {
+                    Ok(()) => sender.send_request(request).await,
+                    Err(e) => Err(e),
+                };
+                let outcome = match outcome {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.into_body().collect().await.map(|b| (status, b.to_bytes()))
+                    }
+                    Err(e) => Err(e),
+                };
                 let done = Instant::now();
-                let in_window = done >= window_start && done < window_end;
                 match outcome {
-                    Ok(response) if response.status() == expect => {
-                        // Read the body so the connection is reused.
-                        let _ = response.bytes().await;
-                        if in_window {
+                    Ok((status, _)) if status == expect => {
+                        if done >= window_start && done < window_end {
                             seen.ok += 1;
                             seen.latencies.push(done - sent);
                             last_done = last_done.max(done);
                         }
                     }
-                    Ok(response) => {
-                        let status = response.status();
-                        let body = response.text().await.unwrap_or_default();
+                    Ok((status, body)) => {
                         seen.failed += 1;
-                        seen.first_failure.get_or_insert_with(|| format!("{status}: {body}"));
+                        seen.first_failure.get_or_insert_with(|| {
+                            format!("{status}: {}", String::from_utf8_lossy(&body))
+                        });
                     }
                     Err(e) => {
                         seen.failed += 1;
                         seen.first_failure.get_or_insert_with(|| e.to_string());
+                        break;
                     }
                 }
             }
-            (seen, last_done)
+            drop(sender);
+            driver.abort();
+            anyhow::Ok((seen, last_done))
         }));
     }
     let mut total = LoadResult::default();
     let mut last_done = window_start;
     for task in tasks {
-        let (seen, done) = task.await?;
+        let (seen, done) = task.await??;
         total.ok += seen.ok;
         total.failed += seen.failed;
         total.latencies.extend(seen.latencies);

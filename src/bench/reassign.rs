@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{BenchEnv, BenchOptions, WorkerProcess, median, mib, verdict, wait_for_workers};
 use crate::{
@@ -182,7 +181,7 @@ async fn reassign_through_offboard(
     let plan = TransferPlan::parse(plan)
         .and_then(|p| p.resolve(None))
         .map_err(|e| anyhow::anyhow!("bench plan: {e:?}"))?;
-    let run_id = Uuid::new_v4();
+    let run_id = runs::new_run_id();
     let mut tx = env.pool.begin().await?;
     runs::insert(
         &mut tx,

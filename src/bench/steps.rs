@@ -16,7 +16,6 @@ use apalis::prelude::{
     BackendExt, BoxDynError, Data, ParallelizeExt, WorkerBuilder, WorkerBuilderExt,
 };
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{
     BenchEnv, BenchOptions, Cpu, WorkerProcess, mib, verdict, wait_for_workers, wait_until,
@@ -91,7 +90,7 @@ async fn through_offboard(
         runs::insert(
             &mut tx,
             &NewRun {
-                id: Uuid::new_v4(),
+                id: runs::new_run_id(),
                 company_id: 1 + (i % COMPANIES) as i64,
                 user_id: 1 + i as i64,
                 action: "deactivate",
