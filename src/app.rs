@@ -39,7 +39,12 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
 /// PostgreSQL (migrated, created if missing) and Redis.
 #[derive(Clone)]
 pub struct Services {
+    /// The API's and the command line's connections (`OFFBOARD_DB_POOL`).
     pub pool: PgPool,
+    /// The workers' own (`OFFBOARD_WORKER_DB_POOL`), opened when first used: a step's
+    /// transaction never waits for a connection behind the API's requests, nor they
+    /// behind it.
+    pub worker_pool: PgPool,
     pub queues: Queues,
     pub settings: Settings,
 }
@@ -48,8 +53,10 @@ impl Services {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             ledger::connect_and_migrate(&settings.database_url, settings.db_pool_size).await?;
+        let worker_pool =
+            ledger::connect_lazy(&settings.database_url, settings.worker.db_pool_size)?;
         let queues = Queues::connect(&settings.redis_url, &settings.queue_prefix).await?;
-        Ok(Self { pool, queues, settings })
+        Ok(Self { pool, worker_pool, queues, settings })
     }
 
     /// Connects, retrying with a growing pause while PostgreSQL or Redis is not up yet (a
@@ -75,7 +82,7 @@ impl Services {
     }
 
     pub fn workers(&self, nudge: Arc<Notify>) -> Workers {
-        Workers::new(self.pool.clone(), self.queues.clone(), &self.settings, nudge)
+        Workers::new(self.worker_pool.clone(), self.queues.clone(), &self.settings, nudge)
     }
 
     pub fn app_state(&self, nudge: Arc<Notify>) -> AppState {

@@ -62,6 +62,8 @@ pub struct WorkerSettings {
     pub dispatch_interval: Duration,
     /// Running steps get this long to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// PostgreSQL connections of a process's workers (their own pool, beside the API's).
+    pub db_pool_size: u32,
 }
 
 /// What steps need to know beyond the run.
@@ -87,6 +89,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(50),
             dispatch_interval: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(20),
+            db_pool_size: 16 + 8,
         }
     }
 }
@@ -146,12 +149,13 @@ impl Settings {
             }
         };
 
+        let concurrency =
+            number("OFFBOARD_WORKER_CONCURRENCY", worker_defaults.concurrency as i64, 1)? as usize;
         let worker = WorkerSettings {
-            concurrency: number(
-                "OFFBOARD_WORKER_CONCURRENCY",
-                worker_defaults.concurrency as i64,
-                1,
-            )? as usize,
+            concurrency,
+            // A connection per task running at once, and a few for the dispatcher, the
+            // sweeper and lease renewal.
+            db_pool_size: number("OFFBOARD_WORKER_DB_POOL", concurrency as i64 + 8, 2)? as u32,
             max_in_flight: number("OFFBOARD_MAX_IN_FLIGHT", worker_defaults.max_in_flight, 1)?,
             max_in_flight_per_company: number(
                 "OFFBOARD_MAX_IN_FLIGHT_PER_COMPANY",
@@ -191,7 +195,7 @@ impl Settings {
             redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             queue_prefix: var("OFFBOARD_QUEUE_PREFIX").unwrap_or_else(|| "offboard".into()),
             bind,
-            db_pool_size: number("OFFBOARD_DB_POOL", 40, 2)? as u32,
+            db_pool_size: number("OFFBOARD_DB_POOL", 16, 2)? as u32,
             api_tokens,
             log_format,
             faults: match var("OFFBOARD_FAULTS") {

@@ -135,13 +135,52 @@ impl<E: Into<ApiError>> From<E> for EnqueueError {
 /// Checks every rule and writes the run. Returns the run id and whether it was an
 /// idempotent replay.
 ///
-/// Everything the rules read comes in one statement. A request that puts no company-wide
-/// rule at stake (the common case: a regular user's deactivation or deletion) then writes
-/// its run in one more statement, with no transaction around the two: the unique index on
-/// active runs is what keeps two runs off one user, and the key's primary key what keeps
-/// one key to one run. Admin counts and seats are company-wide, so those requests lock the
-/// company row and re-read them in a transaction that writes the run.
+/// A request that puts no company-wide rule at stake (the common case: a regular user's
+/// deactivation or deletion) is first tried as one statement that writes the run only if
+/// every rule clears ([`runs::insert_if_clear`]). Otherwise, or when that statement
+/// writes nothing, [`enqueue_checked`] reads everything the rules read and says which
+/// one refuses, or writes the run where a company-wide rule needs a transaction.
 async fn enqueue(
+    app: &AppState,
+    request: &OffboardingRequest,
+    key: Option<&str>,
+    hash: Option<&str>,
+) -> Result<(Uuid, bool), EnqueueError> {
+    let named = named_targets(&request.transfer);
+    let one_statement = request.actor_user_id != request.user_id
+        && request.action != Action::Reactivate
+        && request.replacement.is_none()
+        && named.len() <= 4;
+    if one_statement && let Ok(plan) = request.transfer.clone().resolve(None) {
+        let mut params = RunParams::default();
+        if let Some(redaction) = &request.redaction {
+            params.display_name = redaction.display_name.clone();
+            params.remove_picture = redaction.remove_picture;
+        }
+        let run = new_run(app, request, &plan, &params, key);
+        let targets: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
+        let clearance = runs::Clearance {
+            user_status: request.action.required_status(),
+            deactivates: request.action.deactivates(),
+            targets: &targets,
+        };
+        let mut conn = app.pool.acquire().await?;
+        let written = runs::insert_if_clear(&mut conn, &run, key.zip(hash), &clearance).await;
+        if written.map_err(|e| insert_error(e, request, key))? {
+            return Ok((run.id, false));
+        }
+    }
+    enqueue_checked(app, request, key, hash).await
+}
+
+/// Everything the rules read, in one statement; then, if they clear it, the run is written
+/// — in one more statement, or in a transaction that locks the company when admin counts
+/// or seats are at stake.
+///
+/// No transaction holds the two statements together: two requests about one user that
+/// both read "no active run" cannot both write one, because the unique index on active
+/// runs refuses the second, and the key's primary key keeps one key to one run.
+async fn enqueue_checked(
     app: &AppState,
     request: &OffboardingRequest,
     key: Option<&str>,
@@ -292,6 +331,28 @@ async fn enqueue(
     }
 }
 
+/// The run a request asks for, with its steps.
+fn new_run<'a>(
+    app: &AppState,
+    request: &'a OffboardingRequest,
+    plan: &TransferPlan,
+    params: &RunParams,
+    key: Option<&'a str>,
+) -> NewRun<'a> {
+    NewRun {
+        id: runs::new_run_id(),
+        company_id: request.company_id.get(),
+        user_id: request.user_id.get(),
+        action: request.action.as_str(),
+        plan: plan.to_json(),
+        params: serde_json::to_value(params).expect("params serialize"),
+        actor_user_id: request.actor_user_id.get(),
+        idempotency_key: key,
+        steps: steps::plan(request.action, plan),
+        max_attempts: app.settings.worker.max_attempts,
+    }
+}
+
 /// Writes the run with its steps, history and idempotency key (one statement).
 async fn write_run(
     conn: &mut sqlx::PgConnection,
@@ -302,32 +363,25 @@ async fn write_run(
     key: Option<&str>,
     hash: Option<&str>,
 ) -> Result<(Uuid, bool), EnqueueError> {
-    let run_id = runs::new_run_id();
-    let new_run = NewRun {
-        id: run_id,
-        company_id: request.company_id.get(),
-        user_id: request.user_id.get(),
-        action: request.action.as_str(),
-        plan: plan.to_json(),
-        params: serde_json::to_value(&params).expect("params serialize"),
-        actor_user_id: request.actor_user_id.get(),
-        idempotency_key: key,
-        steps: steps::plan(request.action, &plan),
-        max_attempts: app.settings.worker.max_attempts,
-    };
-    match runs::insert(conn, &new_run, key.zip(hash)).await {
-        Ok(()) => Ok((run_id, false)),
+    let run = new_run(app, request, &plan, &params, key);
+    runs::insert(conn, &run, key.zip(hash)).await.map_err(|e| insert_error(e, request, key))?;
+    Ok((run.id, false))
+}
+
+/// What a failed insert of a run means for the request.
+fn insert_error(e: sqlx::Error, request: &OffboardingRequest, key: Option<&str>) -> EnqueueError {
+    if is_unique_violation(&e, "runs_one_active_per_user") {
         // A concurrent request with the same key may have written its run first (and so
         // hit the user's active-run index before the key): the next pass finds its key.
-        Err(e) if is_unique_violation(&e, "runs_one_active_per_user") && key.is_some() => {
-            Err(EnqueueError::KeyRace)
-        }
-        Err(e) if is_unique_violation(&e, "runs_one_active_per_user") => {
-            Err(active_run_exists(request.user_id.get(), None).into())
-        }
-        Err(e) if is_unique_violation(&e, "idempotency_keys_pkey") => Err(EnqueueError::KeyRace),
-        Err(e) => Err(e.into()),
+        return match key {
+            Some(_) => EnqueueError::KeyRace,
+            None => active_run_exists(request.user_id.get(), None).into(),
+        };
     }
+    if is_unique_violation(&e, "idempotency_keys_pkey") {
+        return EnqueueError::KeyRace;
+    }
+    e.into()
 }
 
 fn active_run_exists(user_id: i64, run_id: Option<Uuid>) -> ApiError {

@@ -306,11 +306,6 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true);
-        // A worker needs a connection per concurrent step and a few more; the default 40
-        // would let two bench workers crowd a shared server.
-        if std::env::var_os("OFFBOARD_DB_POOL").is_none() {
-            command.env("OFFBOARD_DB_POOL", (env.settings.worker.concurrency + 8).to_string());
-        }
         let child = command.spawn().context("cannot start offboard worker")?;
         let pid = child.id().context("worker exited at once")?;
         Ok(Self { child, pid, log })

@@ -726,7 +726,7 @@ fn worker_env(
         ("OFFBOARD_BACKOFF_BASE", "200ms".into()),
         ("OFFBOARD_BACKOFF_CAP", "5s".into()),
         ("OFFBOARD_WORKER_CONCURRENCY", "8".into()),
-        ("OFFBOARD_DB_POOL", "6".into()),
+        ("OFFBOARD_WORKER_DB_POOL", "6".into()),
         ("OFFBOARD_DISPATCH_INTERVAL", "50ms".into()),
         ("OFFBOARD_POLL_INTERVAL", "20ms".into()),
         ("OFFBOARD_SHUTDOWN_TIMEOUT", "2s".into()),

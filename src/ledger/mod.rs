@@ -37,6 +37,14 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         })
 }
 
+/// A pool on a database that exists and is migrated; it connects when first used.
+pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(database_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
 /// Connects, creating the database when it does not exist yet, and applies pending
 /// migrations.
 pub async fn connect_and_migrate(

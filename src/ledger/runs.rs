@@ -32,61 +32,164 @@ pub struct NewRun<'a> {
     pub max_attempts: i32,
 }
 
-/// Writes the run, its steps (those without dependencies ready at once), the first
-/// history entry and the idempotency key, in one statement. Fails with a unique violation
-/// on `runs_one_active_per_user` when the user already has an active run, or on
-/// `idempotency_keys_pkey` when a concurrent request took the key.
+/// The statement that writes a run, its steps (those without dependencies ready at once),
+/// its first history entry and its idempotency key; `$gate` are CTEs ending in a
+/// comma, and `$from` the clause the run's row is selected from (nothing is written
+/// when it yields no row).
+macro_rules! insert_run_sql {
+    ($gate:literal, $from:literal) => {
+        concat!(
+            "WITH ",
+            $gate,
+            "
+             run AS (
+                 INSERT INTO offboard.runs
+                     (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
+                      steps_total, steps_remaining)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 ",
+            $from,
+            "
+                 RETURNING id),
+             planned AS (
+                 SELECT name, position,
+                        CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
+                 FROM unnest($10::text[], $11::text[]) WITH ORDINALITY AS x(name, deps, position)),
+             steps AS (
+                 INSERT INTO offboard.steps
+                     (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
+                 SELECT run.id, $2, name, position, depends_on, cardinality(depends_on),
+                        CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $12
+                 FROM planned, run),
+             history AS (
+                 INSERT INTO offboard.run_events (run_id, kind, actor, detail)
+                 SELECT id, 'enqueued', 'user:' || $7, '{}' FROM run),
+             key AS (
+                 INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
+                 SELECT $2, $13, $14, id FROM run WHERE $13::text IS NOT NULL)
+             SELECT EXISTS (SELECT 1 FROM run)"
+        )
+    };
+}
+
+/// Binds a [`NewRun`] to the parameters of [`insert_run_sql`].
+fn bind_new_run<'q>(
+    sql: &'q str,
+    run: &'q NewRun<'q>,
+    names: &'q [&'q str],
+    deps: &'q [String],
+    idempotency: Option<(&'q str, &'q str)>,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments> {
+    let (key, hash) = idempotency.unzip();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(run.id)
+        .bind(run.company_id)
+        .bind(run.user_id)
+        .bind(run.action)
+        .bind(&run.plan)
+        .bind(&run.params)
+        .bind(run.actor_user_id)
+        .bind(run.idempotency_key)
+        .bind(run.steps.len() as i32)
+        .bind(names)
+        .bind(deps)
+        .bind(run.max_attempts)
+        .bind(key)
+        .bind(hash)
+}
+
+/// Step names and dependency lists as [`insert_run_sql`] takes them. Step names never
+/// contain commas, so each dependency list travels as one string.
+fn step_columns<'a>(run: &'a NewRun<'_>) -> (Vec<&'a str>, Vec<String>) {
+    let names = run.steps.iter().map(|s| s.name.as_str()).collect();
+    let deps = run.steps.iter().map(|s| s.depends_on.join(",")).collect();
+    (names, deps)
+}
+
+/// Writes the run, its steps, the first history entry and the idempotency key, in one
+/// statement. Fails with a unique violation on `runs_one_active_per_user` when the user
+/// already has an active run, or on `idempotency_keys_pkey` when a concurrent request took
+/// the key.
 pub async fn insert(
     tx: &mut PgConnection,
     run: &NewRun<'_>,
     idempotency: Option<(&str, &str)>,
 ) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
-    // Step names never contain commas, so each dependency list travels as one string.
-    let deps: Vec<String> = run.steps.iter().map(|s| s.depends_on.join(",")).collect();
-    let (key, hash) = idempotency.unzip();
-    sqlx::query(
-        "WITH run AS (
-             INSERT INTO offboard.runs
-                 (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
-                  steps_total, steps_remaining)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             RETURNING id),
-         planned AS (
-             SELECT name, position,
-                    CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
-             FROM unnest($10::text[], $11::text[]) WITH ORDINALITY AS x(name, deps, position)),
-         steps AS (
-             INSERT INTO offboard.steps
-                 (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
-             SELECT run.id, $2, name, position, depends_on, cardinality(depends_on),
-                    CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $12
-             FROM planned, run),
-         history AS (
-             INSERT INTO offboard.run_events (run_id, kind, actor, detail)
-             SELECT id, 'enqueued', 'user:' || $7, '{}' FROM run),
-         key AS (
-             INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
-             SELECT $2, $13, $14, id FROM run WHERE $13::text IS NOT NULL)
-         SELECT 1",
-    )
-    .bind(run.id)
-    .bind(run.company_id)
-    .bind(run.user_id)
-    .bind(run.action)
-    .bind(&run.plan)
-    .bind(&run.params)
-    .bind(run.actor_user_id)
-    .bind(run.idempotency_key)
-    .bind(run.steps.len() as i32)
-    .bind(&names)
-    .bind(&deps)
-    .bind(run.max_attempts)
-    .bind(key)
-    .bind(hash)
-    .execute(&mut *tx)
-    .await?;
+    let (names, deps) = step_columns(run);
+    bind_new_run(insert_run_sql!("", ""), run, &names, &deps, idempotency)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(())
+}
+
+/// What [`insert_if_clear`] checks before it writes.
+#[derive(Debug, Clone)]
+pub struct Clearance<'a> {
+    /// The status the action needs the user in (`active`, `deactivated`).
+    pub user_status: &'a str,
+    /// The action deactivates the user: an admin's would put the last-admin rule at stake.
+    pub deactivates: bool,
+    /// The users named as targets; at most four.
+    pub targets: &'a [i64],
+}
+
+/// [`insert`], in the same one statement as the reads of the rules a request for a
+/// regular user must pass — no run under its idempotency key yet; an actor who is an
+/// active user of the company with account-settings access; a user of the company in the
+/// status the action needs, not an admin being deactivated, with no active run; every
+/// target an active user of the company, not the user, that no active run is
+/// deactivating. Writes nothing and returns `false` when any of them does not hold (the
+/// caller then finds out which, and whether a rule this does not decide applies): these
+/// reads only clear a request, they never refuse one. An enqueue is so one statement, the
+/// same write as [`insert`] plus its index probes.
+pub async fn insert_if_clear(
+    conn: &mut PgConnection,
+    run: &NewRun<'_>,
+    idempotency: Option<(&str, &str)>,
+    clearance: &Clearance<'_>,
+) -> Result<bool, sqlx::Error> {
+    assert!(clearance.targets.len() <= 4, "at most four targets are checked here");
+    let (names, deps) = step_columns(run);
+    let target = |i: usize| clearance.targets.get(i);
+    bind_new_run(
+        insert_run_sql!(
+            "clear AS (
+                 SELECT 1 WHERE
+                     NOT EXISTS (SELECT 1 FROM offboard.idempotency_keys
+                                 WHERE company_id = $2 AND key = $13)
+                     AND EXISTS (SELECT 1 FROM crm.users a
+                                 WHERE a.id = $7 AND a.company_id = $2 AND a.status = 'active'
+                                   AND a.account_settings_access)
+                     AND EXISTS (SELECT 1 FROM crm.users u
+                                 WHERE u.id = $3 AND u.company_id = $2 AND u.status = $15
+                                   AND NOT ($16 AND u.role = 'admin'))
+                     AND NOT EXISTS (SELECT 1 FROM offboard.runs r
+                                     WHERE r.company_id = $2 AND r.user_id = $3
+                                       AND r.status IN ('queued', 'running', 'failed'))
+                     AND (SELECT count(*)
+                          FROM unnest(ARRAY[$17, $18, $19, $20]::bigint[]) AS t(id)
+                          JOIN crm.users u ON u.id = t.id AND u.company_id = $2
+                          WHERE u.status = 'active' AND u.id <> $3
+                            AND NOT EXISTS (
+                                SELECT 1 FROM offboard.runs r
+                                WHERE r.company_id = u.company_id AND r.user_id = u.id
+                                  AND r.status IN ('queued', 'running', 'failed')
+                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $21),",
+            "FROM clear"
+        ),
+        run,
+        &names,
+        &deps,
+        idempotency,
+    )
+    .bind(clearance.user_status)
+    .bind(clearance.deactivates)
+    .bind(target(0))
+    .bind(target(1))
+    .bind(target(2))
+    .bind(target(3))
+    .bind(clearance.targets.len() as i64)
+    .fetch_one(&mut *conn)
+    .await
 }
 
 pub async fn record_event<'e>(

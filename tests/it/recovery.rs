@@ -22,7 +22,7 @@ pub fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Child {
         .env("OFFBOARD_REDELIVER_AFTER", "1s")
         .env("OFFBOARD_DISPATCH_INTERVAL", "20ms")
         .env("OFFBOARD_POLL_INTERVAL", "20ms")
-        .env("OFFBOARD_DB_POOL", "8")
+        .env("OFFBOARD_WORKER_DB_POOL", "8")
         .env(
             "RUST_LOG",
             std::env::var("OFFBOARD_TEST_WORKER_LOG").unwrap_or_else(|_| "error".into()),
