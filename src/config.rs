@@ -42,7 +42,7 @@ pub enum LogFormat {
 /// How workers take and run steps.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
-    /// Steps one worker process runs at once.
+    /// Tasks one worker process runs at once (a task: one step, or a run's ready steps).
     pub concurrency: usize,
     /// Steps handed to Redis (queued) or running, across all companies.
     pub max_in_flight: i64,

@@ -1,7 +1,8 @@
-//! Runs one step task: claim the step (a lease), apply it in transactions that also record
-//! its progress, complete it together with its last effect, or record the failure with
-//! the next attempt's time. Redis delivers at least once; the claim makes that exactly
-//! once in effect.
+//! Runs a step task. One step: claim it (a lease), apply it in transactions that also
+//! record its progress, complete it together with its last effect, or record the failure
+//! with the next attempt's time. A run's steps on their first attempt: lock them, apply
+//! them all and complete them in one transaction. Redis delivers at least once; the claim,
+//! or the lock on a queued step, makes that exactly once in effect.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -44,10 +45,13 @@ pub enum Outcome {
     LeaseLost,
 }
 
-/// Lease tokens of the steps this process is running, renewed in the background.
+/// Lease tokens of the steps this process is running, renewed in the background, and the
+/// group transactions it has open (their steps are locked, not leased): what a graceful
+/// shutdown waits for.
 #[derive(Debug, Default)]
 pub struct Leases {
     tokens: Mutex<HashSet<Uuid>>,
+    groups: std::sync::atomic::AtomicUsize,
 }
 
 impl Leases {
@@ -55,20 +59,43 @@ impl Leases {
         self.tokens.lock().expect("leases lock").iter().copied().collect()
     }
 
+    /// Steps leased plus group transactions open.
+    pub fn running(&self) -> usize {
+        self.tokens.lock().expect("leases lock").len()
+            + self.groups.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn hold(self: &Arc<Self>, token: Uuid) -> LeaseGuard {
         self.tokens.lock().expect("leases lock").insert(token);
-        LeaseGuard { leases: self.clone(), token }
+        LeaseGuard { leases: self.clone(), held: Held::Token(token) }
     }
+
+    fn hold_group(self: &Arc<Self>) -> LeaseGuard {
+        self.groups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LeaseGuard { leases: self.clone(), held: Held::Group }
+    }
+}
+
+enum Held {
+    Token(Uuid),
+    Group,
 }
 
 struct LeaseGuard {
     leases: Arc<Leases>,
-    token: Uuid,
+    held: Held,
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.leases.tokens.lock().expect("leases lock").remove(&self.token);
+        match self.held {
+            Held::Token(token) => {
+                self.leases.tokens.lock().expect("leases lock").remove(&token);
+            }
+            Held::Group => {
+                self.leases.groups.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -224,6 +251,7 @@ impl Executor {
     /// after it. If a step fails, the transaction is rolled back: that step is claimed
     /// and its failure recorded as its attempt, and the others run alone.
     async fn run_group(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        let _group = self.leases.hold_group();
         let started = Instant::now();
         let mut outcomes = Vec::with_capacity(step_ids.len());
         let mut continuing = Vec::new();

@@ -7,7 +7,8 @@
 //! - [`domain`]: ids, actions, transfer plans and their arithmetic (no I/O).
 //! - [`ledger`]: runs, steps and purges in PostgreSQL; every state transition.
 //! - [`steps`]: one module per step, and the registry of which steps an action takes.
-//! - [`executor`]: runs one step task under a lease.
+//! - [`executor`]: runs a step task: one step under a lease, or a run's ready steps in one
+//!   transaction.
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
 //! - [`worker`]: the apalis worker runtime.

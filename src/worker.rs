@@ -107,7 +107,7 @@ impl Workers {
         let all = async {
             tokio::join!(steps, purges, sweeper);
             // The queues stopped taking tasks; steps already running finish.
-            while !self.executor.leases.snapshot().is_empty() {
+            while self.executor.leases.running() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -119,7 +119,7 @@ impl Workers {
                 tokio::time::sleep(settings.shutdown_timeout).await;
             } => {
                 tracing::warn!(
-                    running = self.executor.leases.snapshot().len(),
+                    running = self.executor.leases.running(),
                     "shutdown timeout passed; leaving running steps to lease expiry"
                 );
             }
@@ -214,7 +214,7 @@ async fn renew_leases(executor: Arc<Executor>, shutdown: Shutdown) {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait() => {
                 // Keep renewing while running steps finish after the signal.
-                if executor.leases.snapshot().is_empty() { return; }
+                if executor.leases.running() == 0 { return; }
                 tokio::time::sleep(every).await;
             }
         }

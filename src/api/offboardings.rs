@@ -1,5 +1,6 @@
-//! `/v1/offboardings`: enqueue a run (every rule of the spec checked in the same
-//! transaction that writes it), read one, list them, retry and cancel.
+//! `/v1/offboardings`: enqueue a run (every rule of the spec checked before it is written;
+//! for a regular user, by the statement that writes it), read one, list them, retry and
+//! cancel.
 
 use std::collections::HashMap;
 

@@ -43,57 +43,45 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Takes a queued step: `queued -> running`, counting an attempt and issuing a fresh lease
-/// token, and returns the step's progress. `None` when the step is not queued (already
-/// taken, done, or canceled): a duplicate delivery. See [`claim_many`].
+/// token, and returns the step's progress. Commits on its own, so the attempt counts even
+/// if the worker then dies (that is how a step that kills its worker is eventually
+/// quarantined). `None` when the step is not queued (already taken, done, or canceled): a
+/// duplicate delivery.
+///
+/// The commit does not wait for the WAL flush (`synchronous_commit` off for this statement's
+/// own transaction): the claim is visible at once and reaches disk within the WAL writer's
+/// delay, or sooner with the next synchronous commit — the step's own transaction flushes
+/// it with its effects. A worker that dies still leaves its attempt counted; only a crash
+/// of PostgreSQL itself in that window can forget a claim, and the step is then queued
+/// again, its interrupted attempt uncounted. Saves a flush per step.
 pub async fn claim(
     pool: &PgPool,
     step_id: i64,
     worker: &str,
     lease: Duration,
 ) -> Result<Option<Claim>, sqlx::Error> {
-    Ok(claim_many(pool, &[step_id], worker, lease).await?.pop())
-}
-
-/// Takes the queued steps among `step_ids` in one statement, each as [`claim`] does, in id
-/// order. Steps that are not queued are left out. Commits on its own, so the attempts count
-/// even if the worker then dies (that is how a step that kills its worker is eventually
-/// quarantined).
-///
-/// The commit does not wait for the WAL flush (`synchronous_commit` off for this statement's
-/// own transaction): the claim is visible at once and reaches disk within the WAL writer's
-/// delay, or sooner with the next synchronous commit — the steps' own transaction flushes
-/// it with their effects. A worker that dies still leaves its attempts counted; only a
-/// crash of PostgreSQL itself in that window can forget a claim, and the steps are then
-/// queued again, their interrupted attempt uncounted. Saves a flush per task.
-pub async fn claim_many(
-    pool: &PgPool,
-    step_ids: &[i64],
-    worker: &str,
-    lease: Duration,
-) -> Result<Vec<Claim>, sqlx::Error> {
     sqlx::query_as(
         "WITH claimed AS (
              UPDATE offboard.steps
              SET status = 'running', attempts = attempts + 1, lease_token = gen_random_uuid(),
                  lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), queued_at = NULL, done_at_claim = done
-             WHERE id = ANY ($1) AND status = 'queued'
+             WHERE id = $1 AND status = 'queued'
              RETURNING id, run_id, name, attempts, max_attempts, lease_token, done, total, cursor),
          started AS (
              UPDATE offboard.runs r SET status = 'running', started_at = coalesce(r.started_at, now())
-             WHERE r.id IN (SELECT run_id FROM claimed) AND r.status = 'queued'
+             FROM claimed c WHERE r.id = c.run_id AND r.status = 'queued'
              RETURNING r.id),
          no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true))
          SELECT c.id AS step_id, c.run_id, c.name, c.attempts, c.max_attempts, c.lease_token,
                 r.company_id, r.user_id, r.action, r.plan, r.params, r.actor_user_id,
                 c.done, c.total, c.cursor
-         FROM claimed c JOIN offboard.runs r ON r.id = c.run_id CROSS JOIN no_flush_wait
-         ORDER BY c.id",
+         FROM claimed c JOIN offboard.runs r ON r.id = c.run_id CROSS JOIN no_flush_wait",
     )
-    .bind(step_ids)
+    .bind(step_id)
     .bind(worker)
     .bind(secs(lease))
-    .fetch_all(pool)
+    .fetch_optional(pool)
     .await
 }
 
