@@ -397,14 +397,11 @@ impl Executor {
                 steps::claim_locked(&mut tx, &goes_on, &self.worker_name, self.worker.lease)
                     .await?;
             anyhow::ensure!(leases.len() == goes_on.len(), "a locked step was not queued");
+            // Their next transaction reads their progress back through the fence.
             for (step_id, token) in leases {
                 if let Some(p) = group.iter_mut().find(|p| p.claim.step_id == step_id) {
                     p.claim.lease_token = token;
                 }
-            }
-            for (i, done, total, cursor) in &continuing {
-                let claim = &mut group[*i].claim;
-                (claim.done, claim.total, claim.cursor) = (*done, *total, cursor.clone());
             }
         }
         for run_id in &completions.finished_runs {
@@ -420,16 +417,15 @@ impl Executor {
                 tracing::info!(%run_id, user_id = p.run.user_id.get(), action = %p.run.action, "run succeeded");
             }
         }
-        let goes_on: Vec<usize> = continuing.iter().map(|(i, ..)| *i).collect();
         let mut finished_claims = Vec::with_capacity(finished.len());
-        let mut continuing_steps = Vec::with_capacity(goes_on.len());
+        let mut continuing_steps = Vec::with_capacity(continuing.len());
         let mut after: HashMap<usize, Vec<AfterCommit>> =
             finished.into_iter().map(|(i, f)| (i, f.after_commit)).collect();
         for (i, p) in group.into_iter().enumerate() {
             match after.remove(&i) {
                 Some(after_commit) => finished_claims.push((p.claim, after_commit)),
-                None if goes_on.contains(&i) => continuing_steps.push(p),
-                None => {}
+                // Every step that did not finish was claimed above and goes on alone.
+                None => continuing_steps.push(p),
             }
         }
         Ok(GroupEnd::Committed { finished: finished_claims, continuing: continuing_steps })

@@ -153,12 +153,7 @@ async fn enqueue(
         && request.replacement.is_none()
         && named.len() <= 4;
     if one_statement && let Ok(plan) = request.transfer.clone().resolve(None) {
-        let mut params = RunParams::default();
-        if let Some(redaction) = &request.redaction {
-            params.display_name = redaction.display_name.clone();
-            params.remove_picture = redaction.remove_picture;
-        }
-        let run = new_run(app, request, &plan, &params, key);
+        let run = new_run(app, request, &plan, &run_params(request), key);
         let targets: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
         let clearance = runs::Clearance {
             user_status: request.action.required_status(),
@@ -171,7 +166,17 @@ async fn enqueue(
             return Ok((run.id, false));
         }
     }
-    enqueue_checked(app, request, key, hash).await
+    enqueue_checked(app, request, &named, key, hash).await
+}
+
+/// The run's parameters the request gives (a replacement's id is added once it exists).
+fn run_params(request: &OffboardingRequest) -> RunParams {
+    let mut params = RunParams::default();
+    if let Some(redaction) = &request.redaction {
+        params.display_name = redaction.display_name.clone();
+        params.remove_picture = redaction.remove_picture;
+    }
+    params
 }
 
 /// Everything the rules read, in one statement; then, if they clear it, the run is written
@@ -184,13 +189,13 @@ async fn enqueue(
 async fn enqueue_checked(
     app: &AppState,
     request: &OffboardingRequest,
+    named: &[(i64, String)],
     key: Option<&str>,
     hash: Option<&str>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let company_id = request.company_id.get();
     let user_id = request.user_id.get();
     let action = request.action;
-    let named = named_targets(&request.transfer);
     let target_ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
     let mut conn = app.pool.acquire().await?;
     let subject = users::request_subject(
@@ -261,17 +266,13 @@ async fn enqueue_checked(
         return Err(active_run_exists(user_id, Some(run_id)).into());
     }
 
-    let mut params = RunParams::default();
-    if let Some(redaction) = &request.redaction {
-        params.display_name = redaction.display_name.clone();
-        params.remove_picture = redaction.remove_picture;
-    }
+    let mut params = run_params(request);
     let last_admin_at_stake = action.deactivates() && user.is_admin();
     let counts_company =
         last_admin_at_stake || action == Action::Reactivate || request.replacement.is_some();
     if !counts_company {
         let plan = request.transfer.clone().resolve(None).map_err(ApiError::invalid_request)?;
-        check_targets(&named, &subject.targets, company_id, user_id)?;
+        check_targets(named, &subject.targets, company_id, user_id)?;
         return write_run(&mut conn, app, request, plan, params, key, hash).await;
     }
 
@@ -323,7 +324,7 @@ async fn enqueue_checked(
         .clone()
         .resolve(params.replacement_user_id)
         .map_err(ApiError::invalid_request)?;
-    check_targets(&named, &subject.targets, company_id, user_id)?;
+    check_targets(named, &subject.targets, company_id, user_id)?;
     let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
     match tx.commit().await {
         Ok(()) => Ok(written),
