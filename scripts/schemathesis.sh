@@ -6,16 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCHEMATHESIS_VERSION=4.32.5
-if ! st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-  pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+venv=$(scripts/pyenv.sh)
 
 cargo build --quiet --bin offboard
 bin=target/debug/offboard
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 db="offboard_schemathesis_$$"
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+# The server of DATABASE_URL (default: the local one), a database of our own on it.
+server_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export DATABASE_URL="${server_url%/*}/$db"
 export OFFBOARD_QUEUE_PREFIX="schemathesis-$$"
 export OFFBOARD_BIND="127.0.0.1:$port"
 export RUST_LOG=error
@@ -23,8 +22,9 @@ export RUST_LOG=error
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  redis-cli --scan --pattern "$OFFBOARD_QUEUE_PREFIX:*" | xargs -r redis-cli del >/dev/null || true
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
+  redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$OFFBOARD_QUEUE_PREFIX:*" \
+    | xargs -r redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" del >/dev/null || true
+  psql "$server_url" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
 }
 trap cleanup EXIT
 
@@ -36,7 +36,7 @@ for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 
 
 # The checks: no 5xx; documented status codes, content types, headers and body schemas;
 # refusing requests the schema calls invalid; honouring authentication.
-st run "http://127.0.0.1:$port/openapi.json" \
+"$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer offboard-dev-token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,ignored_auth \
   --phases examples,coverage,fuzzing,stateful \
