@@ -86,6 +86,88 @@ pub async fn list(client: &ApiClient, query: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads `key=value` pairs into a bulk action's filter (ids as numbers).
+pub fn parse_filter_args(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut filter = serde_json::Map::new();
+    for pair in pairs.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let (key, value) =
+            pair.split_once('=').with_context(|| format!("--filter {pair}: expected key=value"))?;
+        let value = match key {
+            "company_id" | "user_id" => Value::from(
+                value.parse::<i64>().with_context(|| format!("--filter {key}: not a number"))?,
+            ),
+            _ => Value::from(value),
+        };
+        filter.insert(key.to_string(), value);
+    }
+    Ok(filter)
+}
+
+/// `offboard runs retry|cancel --filter …`: the dry run's count, a confirmation, then the
+/// operation's progress as a bar until the workers have worked through it.
+pub async fn bulk(
+    client: &ApiClient,
+    kind: &str,
+    pairs: &[String],
+    dry_run: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let filter = Value::Object(parse_filter_args(pairs)?);
+    let path = format!("/v1/offboardings/bulk-{kind}");
+    let dry =
+        client.post(&path, &serde_json::json!({"filter": filter, "dry_run": true}), None).await?;
+    let matched = dry["matched"].as_i64().unwrap_or(0);
+    println!("{kind}: {matched} runs match {}", dry["filter"]);
+    if dry_run || matched == 0 {
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("not a terminal: pass --yes to {kind} {matched} runs");
+        }
+        print!("{kind} {matched} runs? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing done");
+            return Ok(());
+        }
+    }
+    let mut op = client.post(&path, &serde_json::json!({"filter": filter}), None).await?;
+    let id = op["id"].as_str().unwrap_or_default().to_string();
+    let live = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let touched = op["touched"].as_i64().unwrap_or(0);
+        let of = op["matched"].as_i64().unwrap_or(0).max(1);
+        let line = format!(
+            "{} {touched}/{} runs, {} chunks, {}",
+            bar(touched as f64 / of as f64, 30),
+            op["matched"],
+            op["chunks"],
+            op["status"].as_str().unwrap_or("?"),
+        );
+        if live {
+            print!("\r\x1b[2K{line}");
+            std::io::stdout().flush()?;
+        } else if line != last {
+            println!("{line}");
+        }
+        last = line;
+        if op["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        op = client.get(&format!("/v1/bulk-operations/{id}")).await?;
+    }
+    if live {
+        println!();
+    }
+    println!("bulk {kind} {id}: {} runs", op["touched"]);
+    Ok(())
+}
+
 fn is_finished(run: &Value) -> bool {
     matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled"))
 }
@@ -173,6 +255,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn filter_arguments_become_a_filter_with_numeric_ids() {
+        let pairs =
+            ["company_id=7".to_string(), "status=failed".into(), " step=uninstall_apps".into()];
+        let filter = parse_filter_args(&pairs).unwrap();
+        assert_eq!(
+            Value::Object(filter),
+            json!({"company_id": 7, "status": "failed", "step": "uninstall_apps"})
+        );
+        assert!(parse_filter_args(&["company_id=x".into()]).is_err());
+        assert!(parse_filter_args(&["status".into()]).is_err());
+    }
 
     #[test]
     fn renders_a_bar_per_step() {

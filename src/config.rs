@@ -64,6 +64,10 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     /// PostgreSQL connections of a process's workers (their own pool, beside the API's).
     pub db_pool_size: u32,
+    /// Runs one transaction of a bulk retry or cancel acts on.
+    pub bulk_chunk: i64,
+    /// The pause between two chunks of a bulk action, so steps keep running beside it.
+    pub bulk_pause: Duration,
 }
 
 /// What steps need to know beyond the run.
@@ -90,6 +94,8 @@ impl Default for WorkerSettings {
             dispatch_interval: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(20),
             db_pool_size: 16 + 8,
+            bulk_chunk: 100,
+            bulk_pause: Duration::from_millis(20),
         }
     }
 }
@@ -177,6 +183,8 @@ impl Settings {
                 "OFFBOARD_SHUTDOWN_TIMEOUT",
                 worker_defaults.shutdown_timeout,
             )?,
+            bulk_chunk: number("OFFBOARD_BULK_CHUNK", worker_defaults.bulk_chunk, 1)?,
+            bulk_pause: duration("OFFBOARD_BULK_PAUSE", worker_defaults.bulk_pause)?,
         };
         if worker.lease < Duration::from_millis(500) {
             bail!("OFFBOARD_LEASE: must be at least 500ms");

@@ -7,7 +7,9 @@
 //!
 //! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
 //! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), fires
-//! private-email purges whose delayed Redis task was lost, and trims finished tasks from Redis.
+//! private-email purges whose delayed Redis task was lost, takes up unfinished bulk
+//! operations ([`crate::bulk`]), writes the second's metric sample ([`crate::samples`]) and
+//! trims finished tasks from Redis.
 
 use std::{sync::Arc, time::Duration};
 
@@ -37,6 +39,8 @@ pub struct Dispatcher {
     pub queues: Queues,
     pub settings: WorkerSettings,
     pub nudge: Arc<Notify>,
+    /// Step attempts this process's workers ended since the last sample.
+    pub samples: Arc<crate::samples::Counters>,
 }
 
 impl Dispatcher {
@@ -119,6 +123,13 @@ impl Dispatcher {
             }
             Err(e) => tracing::warn!(error = %e, "looking for overdue purges failed"),
         }
+        match crate::bulk::take_one(&self.pool, &self.settings, &self.nudge).await {
+            Ok(taken) => report.bulk_taken = taken,
+            Err(e) => tracing::warn!(error = %e, "looking for unfinished bulk operations failed"),
+        }
+        if let Err(e) = crate::samples::write(&self.pool, &self.queues, &self.samples).await {
+            tracing::debug!(error = %format!("{e:#}"), "writing the metric sample failed");
+        }
         if let Err(e) = self.queues.trim_finished(2_000).await {
             tracing::debug!(error = %e, "trimming finished Redis tasks failed");
         }
@@ -152,4 +163,6 @@ pub struct SweepReport {
     pub leases_expired: usize,
     pub redelivered: usize,
     pub purges_fired: usize,
+    /// An unfinished bulk operation was taken up.
+    pub bulk_taken: bool,
 }

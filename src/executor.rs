@@ -27,6 +27,7 @@ use crate::{
     },
     metrics::METRICS,
     queue::Queues,
+    samples::Ended,
     steps::{
         AfterCommit, Progress, RunContext, RunParams, StepContext, StepError, StepKind, StepState,
     },
@@ -171,6 +172,8 @@ pub struct Executor {
     /// Wakes the dispatcher when a completion made steps ready.
     pub nudge: Arc<Notify>,
     pub faults: Faults,
+    /// Ended attempts, for the second's metric sample the sweeper writes.
+    pub samples: Arc<crate::samples::Counters>,
 }
 
 enum Attempt {
@@ -459,6 +462,15 @@ impl Executor {
             Outcome::LeaseLost | Outcome::NotQueued => "lease_lost",
         };
         METRICS.step_attempt(&claim.name, label, started.elapsed());
+        self.samples.attempt_ended(
+            match outcome {
+                Outcome::Succeeded => Ended::Succeeded,
+                Outcome::WillRetry => Ended::Retry,
+                Outcome::Dead => Ended::Dead,
+                Outcome::LeaseLost | Outcome::NotQueued => Ended::Lost,
+            },
+            started.elapsed(),
+        );
         Ok(outcome)
     }
 

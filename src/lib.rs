@@ -11,6 +11,8 @@
 //!   transaction.
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
+//! - [`bulk`]: works through bulk retries and cancels, chunk by chunk.
+//! - [`samples`]: per-second samples of the workers' rates for the dashboard's charts.
 //! - [`worker`]: the apalis worker runtime.
 //! - [`chaos`]: the fault suite (`offboard chaos`).
 //! - [`bench`]: `offboard bench`, throughput figures against baselines.
@@ -19,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod bench;
+pub mod bulk;
 pub mod chaos;
 pub mod cli;
 pub mod config;
@@ -30,6 +33,7 @@ pub mod executor;
 pub mod ledger;
 pub mod metrics;
 pub mod queue;
+pub mod samples;
 pub mod shutdown;
 pub mod steps;
 pub mod worker;

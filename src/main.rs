@@ -124,6 +124,20 @@ struct ApiArgs {
     token: String,
 }
 
+#[derive(clap::Args)]
+struct BulkArgs {
+    /// Which runs: `key=value`, repeated or comma-separated (company_id, user_id, status,
+    /// action, step, step_status, created_after, created_before, id_prefix, id_suffix).
+    #[arg(long, conflicts_with = "id", value_delimiter = ',')]
+    filter: Vec<String>,
+    /// Only count the runs it would touch.
+    #[arg(long, requires = "filter")]
+    dry_run: bool,
+    /// Do not ask before acting.
+    #[arg(long, short = 'y', requires = "filter")]
+    yes: bool,
+}
+
 #[derive(Subcommand)]
 enum RunsCommand {
     /// Newest runs first.
@@ -141,10 +155,27 @@ enum RunsCommand {
     },
     /// Live progress bars per step until the run finishes.
     Watch { id: String },
-    /// Put the run's dead steps back in line.
-    Retry { id: String },
-    /// Start no new step of the run.
-    Cancel { id: String },
+    /// Put the run's dead steps back in line; or, with --filter, those of every run the
+    /// filter matches (a bulk operation, drawn as a progress bar).
+    Retry {
+        #[arg(required_unless_present = "filter")]
+        id: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
+    },
+    /// Start no new step of the run; or, with --filter, of every active run it matches.
+    Cancel {
+        #[arg(required_unless_present = "filter")]
+        id: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
+    },
+    /// Put a failed or canceled run back in line from a step (it and what waits on it).
+    Restart {
+        id: String,
+        #[arg(long)]
+        step: String,
+    },
     /// The whole run as JSON.
     Show { id: String },
 }
@@ -242,11 +273,26 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                RunsCommand::Retry { id } => print(
+                RunsCommand::Retry { id: Some(id), .. } => print(
                     client.post(&format!("/v1/offboardings/{id}/retry"), &json!({}), None).await?,
                 ),
-                RunsCommand::Cancel { id } => print(
+                RunsCommand::Cancel { id: Some(id), .. } => print(
                     client.post(&format!("/v1/offboardings/{id}/cancel"), &json!({}), None).await?,
+                ),
+                RunsCommand::Retry { id: None, bulk } => {
+                    cli::bulk(&client, "retry", &bulk.filter, bulk.dry_run, bulk.yes).await
+                }
+                RunsCommand::Cancel { id: None, bulk } => {
+                    cli::bulk(&client, "cancel", &bulk.filter, bulk.dry_run, bulk.yes).await
+                }
+                RunsCommand::Restart { id, step } => print(
+                    client
+                        .post(
+                            &format!("/v1/offboardings/{id}/restart"),
+                            &json!({"step": step}),
+                            None,
+                        )
+                        .await?,
                 ),
                 RunsCommand::Show { id } => {
                     print(client.get(&format!("/v1/offboardings/{id}")).await?)

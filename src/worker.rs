@@ -40,6 +40,7 @@ impl Workers {
         if settings.faults.is_some() {
             tracing::warn!(faults = ?settings.faults, "fault injection is on");
         }
+        let samples = Arc::new(crate::samples::Counters::default());
         let executor = Arc::new(Executor {
             pool: pool.clone(),
             queues: queues.clone(),
@@ -49,8 +50,10 @@ impl Workers {
             leases: Arc::new(Leases::default()),
             nudge: nudge.clone(),
             faults,
+            samples: samples.clone(),
         });
-        let dispatcher = Dispatcher { pool, queues, settings: settings.worker.clone(), nudge };
+        let dispatcher =
+            Dispatcher { pool, queues, settings: settings.worker.clone(), nudge, samples };
         Self { executor, dispatcher }
     }
 

@@ -21,6 +21,8 @@ use super::{AppState, auth::Caller, error::ApiError};
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
+/// Bulk actions, the run's graph and the charts (kept apart from app.js).
+const OPERATORS_JS: &str = include_str!("dashboard/operators.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 
 /// Only this origin's own script and style run; the page calls only this origin. A bearer
@@ -41,6 +43,10 @@ pub async fn index() -> Response {
 
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub async fn operators_script() -> Response {
+    asset("text/javascript; charset=utf-8", OPERATORS_JS)
 }
 
 pub async fn stylesheet() -> Response {

@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 mod offboardings;
 mod openapi;
+mod operators;
 mod preview;
 pub mod views;
 
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/operators.js", get(dashboard::operators_script))
         .route("/dashboard/style.css", get(dashboard::stylesheet))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
@@ -59,7 +61,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}", get(offboardings::get))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
+        .route("/v1/offboardings/{id}/restart", post(operators::restart))
+        .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
+        .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))
+        .route("/v1/bulk-operations", get(operators::bulk_operations))
+        .route("/v1/bulk-operations/{id}", get(operators::bulk_operation))
         .route("/v1/stats", get(dashboard::stats))
+        .route("/v1/stats/series", get(operators::series))
         .route(
             "/v1/companies/{company_id}/users/{user_id}/preview",
             get(preview::show).post(preview::dry_run),

@@ -26,7 +26,7 @@ use crate::{
     domain::{Action, FieldError, OffboardingRequest, TransferPlan, UserId, transfer::Recipient},
     ledger::{
         idempotency,
-        runs::{self, NewRun, OperatorRefusal, RunFilter},
+        runs::{self, NewRun, OperatorRefusal},
     },
     steps::{self, RunParams},
 };
@@ -475,8 +475,14 @@ fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
     params(
         ("company_id" = Option<i64>, Query, minimum = 1),
         ("user_id" = Option<i64>, Query, minimum = 1),
-        ("status" = Option<String>, Query, description = "queued, running, succeeded, failed or canceled"),
+        ("status" = Option<String>, Query, description = "A run status: scheduled, awaiting_approval, queued, running, canceling, succeeded, failed, canceled, expired or rejected"),
         ("action" = Option<String>, Query, description = "deactivate, delete, deactivate_and_delete, redact or reactivate"),
+        ("step" = Option<String>, Query, description = "Runs with this step (with step_status: in that state), e.g. uninstall_apps"),
+        ("step_status" = Option<String>, Query, description = "Runs with a step (or `step`) in this state: pending, ready, queued, running, succeeded, skipped, dead or canceled"),
+        ("created_after" = Option<DateTime<Utc>>, Query, description = "Created at or after (RFC 3339)"),
+        ("created_before" = Option<DateTime<Utc>>, Query, description = "Created before (RFC 3339)"),
+        ("id_prefix" = Option<String>, Query, description = "The run id starts with these hex digits (dashes ignored)"),
+        ("id_suffix" = Option<String>, Query, description = "The run id ends with these hex digits (dashes ignored)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 50"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
@@ -493,56 +499,16 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<RunList>, ApiError> {
-    let number = |name: &str| -> Result<Option<i64>, ApiError> {
-        query
-            .get(name)
-            .map(|v| {
-                v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        format!("{name} must be a positive whole number"),
-                    )
-                })
-            })
-            .transpose()
+    let mut filter = super::operators::filter_from_query(&query)?;
+    super::operators::scope_filter(&caller, &mut filter)?;
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(v) => v.parse::<i64>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "limit must be a whole number from 1 to 500")
+        })?,
     };
-    let one_of = |name: &str, allowed: &[&str]| -> Result<Option<String>, ApiError> {
-        query
-            .get(name)
-            .map(|v| {
-                if allowed.contains(&v.as_str()) {
-                    Ok(v.clone())
-                } else {
-                    Err(ApiError::bad_request(
-                        "invalid_query",
-                        format!("{name} must be one of {}", allowed.join(", ")),
-                    ))
-                }
-            })
-            .transpose()
-    };
-    let mut company_id = number("company_id")?;
-    if let Some(scope) = caller.company_scope {
-        if company_id.is_some_and(|c| c != scope) {
-            return Err(ApiError::not_found("company"));
-        }
-        company_id = Some(scope);
-    }
-    let limit = number("limit")?.unwrap_or(50);
-    if limit > 500 {
-        return Err(ApiError::bad_request("invalid_query", "limit must be at most 500"));
-    }
-    let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
     let before = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
-    let filter = RunFilter {
-        company_id,
-        user_id: number("user_id")?,
-        status: one_of("status", &["queued", "running", "succeeded", "failed", "canceled"])?,
-        action: one_of("action", &actions)?,
-        before,
-        limit,
-    };
-    let runs = runs::list(&app.pool, &filter).await?;
+    let runs = runs::list(&app.pool, &filter, before, limit).await?;
     let next_cursor = (runs.len() as i64 == limit)
         .then(|| runs.last().map(|r| encode_cursor(r.created_at, r.id)))
         .flatten();
@@ -561,13 +527,7 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
-/// Who an operator action is recorded as.
-fn operator(caller: &Caller) -> String {
-    match caller.company_scope {
-        Some(company) => format!("token:company-{company}"),
-        None => "token:operator".into(),
-    }
-}
+use super::operators::operator;
 
 /// Put the run's dead steps back in line with fresh attempts; the run resumes.
 #[utoipa::path(

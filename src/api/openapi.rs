@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, preview, views};
+use super::{dashboard, health, offboardings, operators, preview, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,12 @@ use super::{dashboard, health, offboardings, preview, views};
         preview::show,
         preview::dry_run,
         dashboard::stats,
+        operators::bulk_retry,
+        operators::bulk_cancel,
+        operators::bulk_operation,
+        operators::bulk_operations,
+        operators::restart,
+        operators::series,
     ),
     components(schemas(
         views::ErrorBody,
@@ -40,13 +46,22 @@ use super::{dashboard, health, offboardings, preview, views};
         views::Canceled,
         views::Health,
         views::DryRunBody,
+        operators::BulkRequest,
+        operators::FilterBody,
+        operators::BulkDryRun,
+        operators::BulkOperationView,
+        operators::BulkOperationList,
+        operators::RestartRequest,
+        operators::Restarted,
+        operators::Series,
+        operators::SeriesPoint,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
     tags(
         (name = "offboardings", description = "Enqueue and follow runs"),
         (name = "preview", description = "What a user owns; dry runs of transfer plans"),
-        (name = "operators", description = "Retry, cancel, stats"),
+        (name = "operators", description = "Retry, cancel, restart from a step, bulk actions by filter, stats and their series"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -2,8 +2,12 @@
 //! purges. PostgreSQL is the record of every run and step; Redis only carries work, so
 //! anything Redis loses is found here again.
 
+pub mod bulk;
+pub mod filter;
 pub mod idempotency;
+pub mod restart;
 pub mod runs;
+pub mod samples;
 pub mod steps;
 
 use std::time::Duration;

@@ -4,10 +4,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-// Dynamic SQL here only splices the fixed RUN_COLUMNS list.
+// Dynamic SQL here only splices the fixed RUN_COLUMNS list and FILTER_SQL.
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::filter::FILTER_SQL;
+pub use super::filter::RunFilter;
 use crate::steps::StepSpec;
 
 /// A new run's id: time-ordered (UUIDv7), so the indexes keyed by run id (the runs' primary
@@ -327,17 +329,6 @@ async fn steps_of<'e>(db: impl PgExecutor<'e>, run_id: Uuid) -> Result<Vec<StepR
     .await
 }
 
-/// Filters for listing runs, newest first, paged by a (created_at, id) cursor.
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub company_id: Option<i64>,
-    pub user_id: Option<i64>,
-    pub status: Option<String>,
-    pub action: Option<String>,
-    pub before: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
-
 /// A run in a list, with step progress summed up.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunSummary {
@@ -354,9 +345,17 @@ pub struct RunSummary {
     pub error_code: Option<String>,
 }
 
-pub async fn list(db: &PgPool, filter: &RunFilter) -> Result<Vec<RunSummary>, sqlx::Error> {
-    let (before_at, before_id) = filter.before.unzip();
-    sqlx::query_as(
+/// Runs the filter matches, newest first, after the keyset cursor `before` (the
+/// `(created_at, id)` of the last run of the previous page): a page never shifts when runs
+/// are added meanwhile.
+pub async fn list(
+    db: &PgPool,
+    filter: &RunFilter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<RunSummary>, sqlx::Error> {
+    let (before_at, before_id) = before.unzip();
+    let sql = format!(
         "SELECT r.id, r.company_id, r.user_id, r.action, r.status, r.created_at, r.finished_at,
                 r.steps_total,
                 (SELECT count(*) FROM offboard.steps s
@@ -365,23 +364,17 @@ pub async fn list(db: &PgPool, filter: &RunFilter) -> Result<Vec<RunSummary>, sq
                  WHERE s.run_id = r.id AND s.status = 'dead') AS steps_dead,
                 r.error_code
          FROM offboard.runs r
-         WHERE ($1::bigint IS NULL OR r.company_id = $1)
-           AND ($2::text IS NULL OR r.status = $2)
-           AND ($3::text IS NULL OR r.action = $3)
-           AND ($4::bigint IS NULL OR r.user_id = $4)
-           AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < ($5, $6))
+         WHERE {FILTER_SQL}
+           AND ($11::timestamptz IS NULL OR (r.created_at, r.id) < ($11, $12))
          ORDER BY r.created_at DESC, r.id DESC
-         LIMIT $7",
-    )
-    .bind(filter.company_id)
-    .bind(filter.status.as_deref())
-    .bind(filter.action.as_deref())
-    .bind(filter.user_id)
-    .bind(before_at)
-    .bind(before_id)
-    .bind(filter.limit)
-    .fetch_all(db)
-    .await
+         LIMIT $13"
+    );
+    crate::bind_filter!(sqlx::query_as(AssertSqlSafe(sql)), filter)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 /// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
@@ -497,6 +490,24 @@ pub async fn retry(
     if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
         return Ok(Err(refusal));
     }
+    let revived = retry_locked(&mut tx, run_id, actor, json!({})).await?;
+    if revived == 0 {
+        return Ok(Err(OperatorRefusal::WrongState));
+    }
+    tx.commit().await?;
+    Ok(Ok(revived))
+}
+
+/// [`retry`] of a run whose row the caller's transaction has locked: its dead steps go
+/// back in line and the run resumes, recorded in its history as `retried` with `actor`
+/// and `detail` (a bulk operation adds its id and filter). Returns the steps put back; 0
+/// (and nothing written) when none was dead.
+pub async fn retry_locked(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    actor: &str,
+    detail: Value,
+) -> Result<i64, sqlx::Error> {
     let revived: Vec<String> = sqlx::query_scalar(
         "UPDATE offboard.steps
          SET status = CASE WHEN deps_remaining = 0 THEN 'ready' ELSE 'pending' END,
@@ -508,7 +519,7 @@ pub async fn retry(
     .fetch_all(&mut *tx)
     .await?;
     if revived.is_empty() {
-        return Ok(Err(OperatorRefusal::WrongState));
+        return Ok(0);
     }
     sqlx::query(
         "UPDATE offboard.runs SET status = 'running', error_code = NULL, error_message = NULL, finished_at = NULL
@@ -517,9 +528,12 @@ pub async fn retry(
     .bind(run_id)
     .execute(&mut *tx)
     .await?;
-    record_event(&mut *tx, run_id, "retried", None, actor, json!({"steps": revived})).await?;
-    tx.commit().await?;
-    Ok(Ok(revived.len() as i64))
+    let mut detail = detail;
+    if let Value::Object(map) = &mut detail {
+        map.insert("steps".into(), json!(revived));
+    }
+    record_event(&mut *tx, run_id, "retried", None, actor, detail).await?;
+    Ok(revived.len() as i64)
 }
 
 /// No new step of the run starts; steps already running finish; finished steps stay.
@@ -533,6 +547,19 @@ pub async fn cancel(
     if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
         return Ok(Err(refusal));
     }
+    let canceled = cancel_locked(&mut tx, run_id, actor, json!({})).await?;
+    tx.commit().await?;
+    Ok(Ok(canceled))
+}
+
+/// [`cancel`] of an active run whose row the caller's transaction has locked, recorded as
+/// `canceled` with `actor` and `detail`. Returns the steps that will not run.
+pub async fn cancel_locked(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    actor: &str,
+    detail: Value,
+) -> Result<i64, sqlx::Error> {
     let canceled = sqlx::query(
         "UPDATE offboard.steps SET status = 'canceled', finished_at = now()
          WHERE run_id = $1 AND status IN ('pending', 'ready', 'queued', 'dead')",
@@ -562,8 +589,10 @@ pub async fn cancel(
         .bind(&receipt)
         .execute(&mut *tx)
         .await?;
-    record_event(&mut *tx, run_id, "canceled", None, actor, json!({"steps_canceled": canceled}))
-        .await?;
-    tx.commit().await?;
-    Ok(Ok(canceled as i64))
+    let mut detail = detail;
+    if let Value::Object(map) = &mut detail {
+        map.insert("steps_canceled".into(), json!(canceled));
+    }
+    record_event(&mut *tx, run_id, "canceled", None, actor, detail).await?;
+    Ok(canceled as i64)
 }

@@ -105,6 +105,31 @@ impl StepKind {
         fixed.into_iter().find(|k| k.name() == name)
     }
 
+    /// Whether the step may run again after it succeeded, when an operator restarts a run
+    /// from it or from a step before it: its effect, applied a second time, changes
+    /// nothing that the first did not (a second revocation, uninstall or hand-over finds
+    /// nothing left; a reassignment moves only what the user still owns). Not so for the
+    /// steps that count or hand out something once: the deactivation's seat and purge,
+    /// the erasure recorded in the receipt, a reactivation's seat, a redaction whose name
+    /// the ledger no longer holds.
+    pub fn safe_to_repeat(self) -> bool {
+        match self {
+            StepKind::BlockLogin
+            | StepKind::StopSyncs
+            | StepKind::UninstallApps
+            | StepKind::DisableWebhooks
+            | StepKind::TransferDashboards
+            | StepKind::ReviewAutomations
+            | StepKind::HandOverLeadbooster
+            | StepKind::Reassign(_)
+            | StepKind::Noop(_) => true,
+            StepKind::FinishDeactivation
+            | StepKind::ErasePersonalData
+            | StepKind::RedactProfile
+            | StepKind::ReactivateUser => false,
+        }
+    }
+
     /// Applies the step's effect (or the next batch of it) inside `tx`.
     pub async fn apply(
         self,

@@ -8,6 +8,7 @@ mod deactivation;
 mod erasure;
 mod helpers;
 mod openapi;
+mod operators;
 mod purge;
 mod recovery;
 mod refusals;

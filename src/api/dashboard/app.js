@@ -14,8 +14,14 @@
 
   const $ = (selector) => document.querySelector(selector);
 
+  // The runs list's filter fields, in the URL and in the form (operators.js adds the
+  // fields of a step in a state, a time range and a run id fragment).
+  const FILTER_FIELDS = ['company_id', 'status', 'action', 'step', 'step_status',
+    'created_after', 'created_before', 'id_prefix', 'id_suffix'];
+  const emptyFilters = () => Object.fromEntries(FILTER_FIELDS.map((f) => [f, '']));
+
   const state = {
-    filters: { company_id: '', status: '', action: '' },
+    filters: emptyFilters(),
     limit: PAGE,
     run: null, // the run shown on the run page, as last read
   };
@@ -115,8 +121,10 @@
     return `${Math.round(ms / 60_000)} min`;
   }
 
+  // Run ids are UUIDv7: the first digits are the creation time, the same for every run of
+  // one second. The tail (the random part) tells two runs apart at a glance.
   function shortId(id) {
-    return id.slice(0, 8);
+    return `…${id.replace(/-/g, '').slice(-12)}`;
   }
 
   function compact(value) {
@@ -164,14 +172,9 @@
     const match = hash.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
     if (match) return { view: 'run', id: match[1] };
     const query = new URLSearchParams(hash.split('?')[1] || '');
-    return {
-      view: 'list',
-      filters: {
-        company_id: query.get('company_id') || '',
-        status: query.get('status') || '',
-        action: query.get('action') || '',
-      },
-    };
+    const filters = emptyFilters();
+    for (const f of FILTER_FIELDS) filters[f] = query.get(f) || '';
+    return { view: 'list', filters };
   }
 
   function listHash(filters) {
@@ -221,6 +224,7 @@
     const form = $('#filters');
     for (const [name, value] of Object.entries(filters)) {
       const input = form.elements[name];
+      if (!input) continue;
       if (document.activeElement !== input && input.value !== value) input.value = value;
     }
   }
@@ -237,7 +241,7 @@
         el('span', { text: `${run.steps_succeeded}/${run.steps_total}` }),
         run.steps_dead ? el('span', { class: 'dead-count', text: `${run.steps_dead} dead` }) : null);
       const link = el('a', { href: `#/runs/${run.id}`, title: run.id }, el('code', { text: shortId(run.id) }));
-      return el('tr', { 'data-run-id': run.id, 'data-status': run.status },
+      const row = el('tr', { 'data-run-id': run.id, 'data-status': run.status },
         el('td', {}, link),
         el('td', { text: run.company_id }),
         el('td', { text: run.user_id }),
@@ -246,6 +250,8 @@
         steps,
         el('td', { text: when(run.created_at) }),
         el('td', { text: when(run.finished_at) }));
+      if (window.offboardOperators) window.offboardOperators.decorateRunRow(row, run);
+      return row;
     });
     $('#runs tbody').replaceChildren(...rows);
     $('#runs-empty').hidden = rows.length > 0;
@@ -335,6 +341,8 @@
         (purge.fired_at ? `, fired ${when(purge.fired_at)} by ${purge.fired_by}, ${purge.emails_deleted} emails deleted` : '')
       : 'none scheduled');
 
+    if (window.offboardOperators) window.offboardOperators.runShown(run);
+
     $('#history tbody').replaceChildren(...(run.history || []).map((event) => el('tr', {},
       el('td', { text: when(event.at) }),
       el('td', { text: event.kind }),
@@ -380,7 +388,8 @@
       if (current.view === 'list') {
         state.filters = current.filters;
         syncFilterForm(current.filters);
-        await Promise.all([refreshList(current.filters, stillCurrent), refreshStats(stillCurrent)]);
+        const charts = window.offboardOperators ? window.offboardOperators.refreshCharts() : null;
+        await Promise.all([refreshList(current.filters, stillCurrent), refreshStats(stillCurrent), charts]);
       } else {
         await Promise.all([refreshRun(current.id, stillCurrent), refreshStats(stillCurrent)]);
       }
@@ -426,11 +435,11 @@
 
     const filters = $('#filters');
     const applyFilters = () => {
-      const next = {
-        company_id: filters.elements.company_id.value.trim(),
-        status: filters.elements.status.value,
-        action: filters.elements.action.value,
-      };
+      const next = emptyFilters();
+      for (const f of FILTER_FIELDS) {
+        const input = filters.elements[f];
+        if (input) next[f] = input.value.trim();
+      }
       const hash = listHash(next);
       if (location.hash !== hash) location.hash = hash;
     };
@@ -454,6 +463,9 @@
     });
 
     window.addEventListener('hashchange', onRoute);
+    // Shared with operators.js (bulk actions, the run's graph, the charts).
+    window.offboard = { api, el, badge, bar, when, compact, shortId, poll, state, ApiError };
+    if (window.offboardOperators) window.offboardOperators.start();
     onRoute();
   }
 
