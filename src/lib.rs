@@ -14,15 +14,12 @@
 //! - [`bulk`]: works through bulk retries and cancels, chunk by chunk.
 //! - [`samples`]: per-second samples of the workers' rates for the dashboard's charts.
 //! - [`worker`]: the apalis worker runtime.
-//! - [`chaos`]: the fault suite (`offboard chaos`).
-//! - [`bench`]: `offboard bench`, throughput figures against baselines.
+//! - [`faults`]: fault injection into steps (drills and tests).
 
 pub mod api;
 pub mod app;
 pub mod backoff;
-pub mod bench;
 pub mod bulk;
-pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod crm;
@@ -30,6 +27,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod executor;
+pub mod faults;
 pub mod ledger;
 pub mod metrics;
 pub mod queue;

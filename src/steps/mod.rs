@@ -49,7 +49,7 @@ pub enum StepKind {
     ErasePersonalData,
     RedactProfile,
     ReactivateUser,
-    /// Does nothing; numbered so a run can hold many. Only `offboard bench steps` uses it.
+    /// Does nothing; numbered so a run can hold many. Only `offboard-lab bench steps` uses it.
     Noop(u32),
 }
 

@@ -1,4 +1,4 @@
-//! A step that does nothing and succeeds at once. No action plans it: `offboard bench
+//! A step that does nothing and succeeds at once. No action plans it: `offboard-lab bench
 //! steps` inserts runs of them directly, to measure the path every step takes (ledger,
 //! dispatcher, Redis, worker, ledger) without any CRM work.
 
