@@ -1,8 +1,10 @@
 // The operators' dashboard in Debian's headless Chromium (driven by playwright-core; no
 // browser is downloaded). Builds `offboard`, serves it on a fresh database and Redis prefix
-// with the first stop_syncs attempt failing permanently, then, in the browser: watches a
-// run progress to succeeded, opens the run that failed, clicks Retry and sees it recover.
-// Saves target/browser/dashboard.png (the finished run). Every wait polls with a deadline.
+// with the first four stop_syncs attempts failing permanently, then, in the browser: watches
+// a run progress to succeeded, opens a run that failed, clicks Retry and sees it recover;
+// filters the list to runs with a dead stop_syncs, bulk-retries them after the dry-run
+// count, opens a run's graph and a node's details, and checks the charts drew. Saves
+// target/browser/*.png. Every wait polls with a deadline.
 //
 //   cd tests/browser && npm ci && npm test
 //
@@ -149,19 +151,20 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
   const bin = await buildOffboard();
 
   log(`seeding a company in database ${database}`);
-  const { stdout: seeded } = await run(bin, ['seed', '--users', '8'], { env });
+  const { stdout: seeded } = await run(bin, ['seed', '--users', '12'], { env });
   const company = JSON.parse(seeded);
   const regulars = company.users.filter((u) => !u.is_admin).map((u) => u.id);
-  assert.ok(regulars.length >= 3, 'the seed has at least three regular users');
+  assert.ok(regulars.length >= 6, 'the seed has at least six regular users');
   const actor = company.admin_ids[0];
-  const [failingUser, succeedingUser, heir] = regulars;
+  const [failingUser, succeedingUser, heir, ...others] = regulars;
+  const bulkUsers = others.slice(0, 3);
 
-  log(`starting offboard serve on ${base} (the first stop_syncs attempt fails permanently)`);
+  log(`starting offboard serve on ${base} (the first four stop_syncs attempts fail permanently)`);
   const serverLog = createWriteStream(path.join(OUT, 'server.log'));
   const server = spawn(bin, ['serve'], {
     env: {
       ...env,
-      OFFBOARD_FAULTS: 'stop_syncs=permanent',
+      OFFBOARD_FAULTS: 'stop_syncs=permanent*4',
       // One step of the company at a time, picked up on a slower poll: a run then takes a
       // few seconds, so the page has progress to show while the test watches.
       OFFBOARD_MAX_IN_FLIGHT_PER_COMPANY: '1',
@@ -241,11 +244,18 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
     await page.click('#token-form button[type="submit"]');
     await page.waitForSelector('#error', { state: 'hidden', timeout: WAIT_MS });
 
-    // The first run takes the injected fault: stop_syncs dies and the run fails.
+    // The first four runs take the injected faults: stop_syncs dies and each run fails.
     const failing = await enqueue(failingUser);
     log(`run ${failing} enqueued (user ${failingUser}); it will fail`);
     await page.waitForSelector(`#runs tr[data-run-id="${failing}"][data-status="failed"]`, { timeout: WAIT_MS });
     log('the runs list shows it failed');
+    const bulkRuns = [];
+    for (const user of bulkUsers) {
+      const id = await enqueue(user);
+      bulkRuns.push(id);
+      await page.waitForSelector(`#runs tr[data-run-id="${id}"][data-status="failed"]`, { timeout: WAIT_MS });
+    }
+    log(`${bulkRuns.length} more runs failed with a dead stop_syncs`);
 
     // The second one succeeds; follow it on its page from the list.
     const succeeding = await enqueue(succeedingUser);
@@ -288,7 +298,61 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
     await page.screenshot({ path: path.join(OUT, 'dashboard.png'), fullPage: true });
     log(`saved ${path.relative(ROOT, path.join(OUT, 'dashboard.png'))}`);
 
+    // Bulk retry by filter: the runs with a dead stop_syncs, confirmed with the count.
+    await page.click('text=← all runs');
+    await page.fill('#filter-step', 'stop_syncs');
+    await page.selectOption('#filter-step-status', 'dead');
+    await page.press('#filter-step', 'Enter');
+    await waitFor('the list to show the three runs with a dead stop_syncs', async () =>
+      (await page.$$('#runs tbody tr')).length === 3 &&
+      (await Promise.all(bulkRuns.map((id) => page.$(`#runs tr[data-run-id="${id}"]`)))).every(Boolean));
+    const tail = await page.textContent(`#runs tr[data-run-id="${bulkRuns[0]}"] code`);
+    assert.equal(tail, `…${bulkRuns[0].replace(/-/g, '').slice(-12)}`, 'the id column shows the tail');
+    await page.click('#bulk-retry-filter');
+    const confirmText = await (await page.waitForSelector('#bulk-confirm', { state: 'visible', timeout: WAIT_MS })).textContent();
+    assert.match(confirmText, /Retry the dead steps of 3 runs matching .*step=stop_syncs/, confirmText);
+    await page.screenshot({ path: path.join(OUT, 'bulk-confirm.png'), fullPage: true });
+    log(`confirming: ${confirmText.trim().split('\n')[0]}`);
+    await page.click('#bulk-confirm-yes');
+    await page.waitForSelector('#bulk-progress[data-status="succeeded"]', { timeout: WAIT_MS });
+    log(`bulk operation: ${(await page.textContent('#bulk-progress-text')).trim()}`);
+    await waitFor('the bulk-retried runs to succeed', async () => {
+      const statuses = await Promise.all(bulkRuns.map(async (id) => {
+        const response = await fetch(`${base}/v1/offboardings/${id}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+        return (await response.json()).status;
+      }));
+      return statuses.every((s) => s === 'succeeded');
+    });
+    await page.screenshot({ path: path.join(OUT, 'bulk.png'), fullPage: true });
+    log('the three bulk-retried runs succeeded');
+
+    // A run's shape: the graph, and a node's details.
+    await page.goto(`${base}/#/runs/${bulkRuns[0]}`);
+    await page.waitForSelector('#run-graph g.node[data-step="block_login"][data-status="succeeded"]', { timeout: WAIT_MS });
+    const nodes = await page.$$eval('#run-graph g.node', (gs) => gs.map((g) => g.dataset.step));
+    assert.ok(nodes.includes('finish_deactivation') && nodes.includes('stop_syncs'), nodes.join(','));
+    assert.ok((await page.$$('#run-graph path.edge')).length >= nodes.length - 1, 'edges join the steps');
+    await page.click('#run-graph g.node[data-step="stop_syncs"]');
+    const detail = await page.waitForSelector('#step-detail[data-step="stop_syncs"]', { state: 'visible', timeout: WAIT_MS });
+    const detailText = await detail.textContent();
+    assert.match(detailText, /Attempts\s*1 of/, detailText);
+    assert.match(detailText, /retried/, 'the step shows the bulk retry in its events');
+    await page.screenshot({ path: path.join(OUT, 'graph.png'), fullPage: true });
+    log('the run graph and the step detail are shown');
+
+    // The charts drew the last minutes' work.
+    await page.goto(`${base}/#/`);
+    await page.selectOption('#chart-window', '300');
+    await page.waitForSelector('#charts[data-state="ok"]', { timeout: WAIT_MS });
+    await page.waitForFunction(() => Number(document.querySelector('#chart-finished').dataset.max) > 0 &&
+      document.querySelector('#chart-finished path.line') !== null, null, { timeout: WAIT_MS });
+    await page.waitForFunction(() => Number(document.querySelector('#chart-failures').dataset.max) > 0, null, { timeout: WAIT_MS });
+    await (await page.$('#charts')).screenshot({ path: path.join(OUT, 'charts.png') });
+    log(`charts: ${(await page.textContent('#charts-note')).trim()}`);
+
     // The list, unfiltered: both runs succeeded.
+    await page.goto(`${base}/#/runs/${failing}`);
+    await page.waitForSelector('#run-view[data-status="succeeded"]', { timeout: WAIT_MS });
     await page.click('text=← all runs');
     await page.selectOption('#filter-status', '');
     await page.waitForSelector(`#runs tr[data-run-id="${failing}"][data-status="succeeded"]`, { timeout: WAIT_MS });

@@ -119,6 +119,12 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("get", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("post", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("get", "/v1/stats"),
+        ("get", "/v1/stats/series"),
+        ("post", "/v1/offboardings/{id}/restart"),
+        ("post", "/v1/offboardings/bulk-retry"),
+        ("post", "/v1/offboardings/bulk-cancel"),
+        ("get", "/v1/bulk-operations"),
+        ("get", "/v1/bulk-operations/{id}"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
