@@ -279,7 +279,7 @@ impl Executor {
         let mut continuing: Vec<(usize, i64, Option<i64>, Option<serde_json::Value>)> = Vec::new();
         for (i, p) in group.iter().enumerate() {
             let claim = &p.claim;
-            let reassigns = matches!(p.kind, StepKind::Reassign(_));
+            let reassigns = p.kind.moves_items();
             if reassigns && moved >= self.steps.reassign_batch {
                 continuing.push((i, claim.done, claim.total, claim.cursor.clone()));
                 continue;
@@ -466,7 +466,7 @@ impl Executor {
                     return Ok(Attempt::LeaseLost);
                 }
                 tx.commit().await?;
-                if matches!(kind, StepKind::Reassign(_)) {
+                if kind.moves_items() {
                     METRICS.items_reassigned((done - done_before).max(0) as u64);
                 }
                 Ok(Attempt::More)
@@ -488,7 +488,7 @@ impl Executor {
                     runs::finish(&mut tx, run.id).await?;
                 }
                 tx.commit().await?;
-                if matches!(kind, StepKind::Reassign(_)) {
+                if kind.moves_items() {
                     METRICS.items_reassigned((finished.done - done_before).max(0) as u64);
                 }
                 if completion.unblocked > 0 {

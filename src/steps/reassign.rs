@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 // Dynamic SQL here only splices fixed table names and conditions from `ItemType`.
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::{Finished, Progress, StepContext, StepError};
+use super::{Finished, Progress, Stage, Step, StepArg, StepContext, StepError};
 use crate::{
     crm::items::count_in_scope,
     domain::{Distribution, ItemType, Scope, UserId},
@@ -46,6 +46,24 @@ impl Cursor {
         json!({"created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), "id": self.id})
     }
 }
+
+/// Registered in [`super::REGISTRY`]; planned once per item type of the transfer plan
+/// (`reassign_deals`, …).
+pub(super) const STEP: Step = Step {
+    name: "reassign",
+    stage: Stage::PerItemType,
+    apply: |cx, tx, arg| {
+        Box::pin(async move {
+            let StepArg::Item(item) = arg else {
+                return Err(StepError::permanent(
+                    "unknown_step",
+                    "a reassignment needs an item type",
+                ));
+            };
+            apply(cx, tx, item).await
+        })
+    },
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,
