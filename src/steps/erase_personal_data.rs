@@ -13,6 +13,7 @@ pub const ERASED_FIELDS: [&str; 4] = ["name", "email", "phone", "picture_url"];
 pub(super) const STEP: Step = Step {
     name: "erase_personal_data",
     stage: Stage::Fixed,
+    safe_to_repeat: false,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 

@@ -12,6 +12,7 @@ use super::{AfterCommit, Finished, Progress, Stage, Step, StepContext, StepError
 pub(super) const STEP: Step = Step {
     name: "finish_deactivation",
     stage: Stage::Fixed,
+    safe_to_repeat: false,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 

@@ -11,6 +11,7 @@ use super::{Finished, Progress, Stage, Step, StepContext, StepError, first_admin
 pub(super) const STEP: Step = Step {
     name: "hand_over_leadbooster",
     stage: Stage::WhileDeactivating,
+    safe_to_repeat: true,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 

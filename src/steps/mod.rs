@@ -19,6 +19,8 @@
 //!     name: "archive_notes",
 //!     // Runs in every deactivation once login is blocked, beside the others.
 //!     stage: Stage::WhileDeactivating,
+//!     // May run again when an operator restarts a run from it or an earlier step.
+//!     safe_to_repeat: true,
 //!     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 //! };
 //!
@@ -89,6 +91,14 @@ pub struct Step {
     /// The ledger's name (for per-item and numbered steps, the prefix before `_<arg>`).
     pub name: &'static str,
     pub stage: Stage,
+    /// Whether the step may run again after it succeeded, when an operator restarts a run
+    /// from it or from a step before it (`POST /v1/offboardings/{id}/restart`): its
+    /// effect, applied a second time, changes nothing the first did not (a second
+    /// revocation, uninstall or hand-over finds nothing left; a reassignment moves only
+    /// what the user still owns). Not so for steps that count or hand out something once
+    /// (a seat, a purge, an erasure recorded in the receipt, a redaction whose name the
+    /// ledger no longer holds).
+    pub safe_to_repeat: bool,
     pub apply: Apply,
 }
 
@@ -159,29 +169,9 @@ impl StepKind {
         self.step.stage == Stage::PerItemType
     }
 
-    /// Whether the step may run again after it succeeded, when an operator restarts a run
-    /// from it or from a step before it: its effect, applied a second time, changes
-    /// nothing that the first did not (a second revocation, uninstall or hand-over finds
-    /// nothing left; a reassignment moves only what the user still owns). Not so for the
-    /// steps that count or hand out something once: the deactivation's seat and purge,
-    /// the erasure recorded in the receipt, a reactivation's seat, a redaction whose name
-    /// the ledger no longer holds.
+    /// See [`Step::safe_to_repeat`].
     pub fn safe_to_repeat(self) -> bool {
-        match self {
-            StepKind::BlockLogin
-            | StepKind::StopSyncs
-            | StepKind::UninstallApps
-            | StepKind::DisableWebhooks
-            | StepKind::TransferDashboards
-            | StepKind::ReviewAutomations
-            | StepKind::HandOverLeadbooster
-            | StepKind::Reassign(_)
-            | StepKind::Noop(_) => true,
-            StepKind::FinishDeactivation
-            | StepKind::ErasePersonalData
-            | StepKind::RedactProfile
-            | StepKind::ReactivateUser => false,
-        }
+        self.step.safe_to_repeat
     }
 
     /// Applies the step's effect (or the next batch of it) inside `tx`.
@@ -506,6 +496,7 @@ mod tests {
         pub const STEP: Step = Step {
             name: "archive_notes",
             stage: Stage::WhileDeactivating,
+            safe_to_repeat: true,
             apply: |cx, tx, _| Box::pin(apply(cx, tx)),
         };
 

@@ -8,8 +8,12 @@ use sqlx::PgConnection;
 use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 
 /// Registered in [`super::REGISTRY`].
-pub(super) const STEP: Step =
-    Step { name: "noop", stage: Stage::Numbered, apply: |cx, tx, _| Box::pin(apply(cx, tx)) };
+pub(super) const STEP: Step = Step {
+    name: "noop",
+    stage: Stage::Numbered,
+    safe_to_repeat: true,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     _cx: &StepContext<'_>,

@@ -52,6 +52,7 @@ impl Cursor {
 pub(super) const STEP: Step = Step {
     name: "reassign",
     stage: Stage::PerItemType,
+    safe_to_repeat: true,
     apply: |cx, tx, arg| {
         Box::pin(async move {
             let StepArg::Item(item) = arg else {

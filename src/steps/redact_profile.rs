@@ -10,6 +10,7 @@ use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 pub(super) const STEP: Step = Step {
     name: "redact_profile",
     stage: Stage::Fixed,
+    safe_to_repeat: false,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 

@@ -10,6 +10,7 @@ use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 pub(super) const STEP: Step = Step {
     name: "review_automations",
     stage: Stage::WhileDeactivating,
+    safe_to_repeat: true,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 

@@ -10,6 +10,7 @@ use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 pub(super) const STEP: Step = Step {
     name: "stop_syncs",
     stage: Stage::WhileDeactivating,
+    safe_to_repeat: true,
     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
 };
 
