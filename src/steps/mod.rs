@@ -510,7 +510,12 @@ mod tests {
         std::sync::LazyLock::new(|| {
             let mut registry: Vec<Step> = REGISTRY
                 .iter()
-                .map(|s| Step { name: s.name, stage: s.stage, apply: s.apply })
+                .map(|s| Step {
+                    name: s.name,
+                    stage: s.stage,
+                    safe_to_repeat: s.safe_to_repeat,
+                    apply: s.apply,
+                })
                 .collect();
             registry.push(archive_notes::STEP);
             Vec::leak(registry)
