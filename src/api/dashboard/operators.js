@@ -276,7 +276,9 @@
     box.hidden = false;
     box.dataset.step = step.name;
     const row = (label, value) => o.el('div', {}, o.el('dt', { text: label }), o.el('dd', { text: value ?? '–' }));
-    const events = (run.history || []).filter((e) => e.step === step.name);
+    // The step's own events, and run events that name it (a retry, a restart).
+    const events = (run.history || []).filter((e) => e.step === step.name ||
+      (e.detail && Array.isArray(e.detail.steps) && e.detail.steps.includes(step.name)));
     const restartable = run.status === 'failed' || run.status === 'canceled';
     const restart = o.el('button', { type: 'button', id: 'restart-step', class: 'primary',
       text: `Restart from ${step.name}`, hidden: !restartable });
