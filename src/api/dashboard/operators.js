@@ -33,7 +33,7 @@
       updateTicked();
     });
     row.prepend(o.el('td', { class: 'tick' }, box));
-    const copy = o.el('button', { type: 'button', class: 'copy', title: `Copy ${run.id}`, text: '⧉' });
+    const copy = o.el('button', { type: 'button', class: 'copy', title: `Copy ${run.id}`, text: 'copy' });
     copy.addEventListener('click', () => copyText(run.id, copy));
     row.children[1].append(copy);
   }
@@ -41,11 +41,11 @@
   async function copyText(text, button) {
     try {
       await navigator.clipboard.writeText(text);
-      button.textContent = '✓';
+      button.textContent = 'copied';
     } catch {
       window.prompt('Copy the run id', text);
     }
-    setTimeout(() => { button.textContent = '⧉'; }, 1200);
+    setTimeout(() => { button.textContent = 'copy'; }, 1200);
   }
 
   function updateTicked() {
@@ -353,10 +353,17 @@
         open = true;
       });
       if (d) parts.push(svg('path', { d, class: `line ${line.class}`, 'vector-effect': 'non-scaling-stroke' }));
+      // Dots too, so a lone point (a short burst in a long window) shows.
+      points.forEach((p, i) => {
+        const v = p[line.key];
+        if (v === null || v === undefined || v === 0) return;
+        parts.push(svg('circle', { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 2.5, class: `dot ${line.class}` }));
+      });
     }
     chart.replaceChildren(...parts);
     const last = [...points].reverse().find((p) => lines.some((l) => p[l.key] !== null && p[l.key] !== undefined));
-    const now = last ? lines.map((l) => `${l.label ? `${l.label} ` : ''}${last[l.key] ?? '–'}`).join(' · ') : 'no samples';
+    const fmt = (v) => (v === null || v === undefined ? '–' : Number.isInteger(v) ? String(v) : v.toFixed(2));
+    const now = last ? lines.map((l) => `${l.label ? `${l.label} ` : ''}${fmt(last[l.key])}`).join(' · ') : 'no samples';
     figure.querySelector('.now').textContent = now;
     figure.dataset.points = String(values.length);
     figure.dataset.max = String(max);
