@@ -2,5 +2,6 @@
 //! preview a user's belongings, and the seed that fills it. Every query takes the company.
 
 pub mod preview;
+pub mod provisioning;
 pub mod seed;
 pub mod users;

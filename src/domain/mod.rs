@@ -3,10 +3,12 @@
 
 pub mod action;
 pub mod ids;
+pub mod policy;
 pub mod request;
 pub mod transfer;
 
 pub use action::Action;
 pub use ids::{CompanyId, UserId};
-pub use request::{FieldError, OffboardingRequest, Replacement};
+pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};
+pub use request::{FieldError, OffboardingRequest, Origin, Replacement};
 pub use transfer::{Distribution, ItemType, Scope, TransferPlan, TransferRule};

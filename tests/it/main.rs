@@ -12,4 +12,5 @@ mod purge;
 mod recovery;
 mod refusals;
 mod retries;
+mod scim;
 mod transfer;
