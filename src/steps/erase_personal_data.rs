@@ -6,7 +6,7 @@
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Finished, Progress, StepContext, StepError};
+use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 
 pub const ERASED_FIELDS: [&str; 8] = [
     "name",
@@ -18,6 +18,13 @@ pub const ERASED_FIELDS: [&str; 8] = [
     "given_name",
     "family_name",
 ];
+
+/// Registered in [`super::REGISTRY`].
+pub(super) const STEP: Step = Step {
+    name: "erase_personal_data",
+    stage: Stage::Fixed,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,
