@@ -7,6 +7,7 @@ use axum::http::{Method, StatusCode};
 use offboard::crm::seed::SeedOptions;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tower::ServiceExt;
 
 use crate::helpers::TestApp;
 
@@ -114,6 +115,24 @@ async fn repeated_okta_and_entra_deactivations_answer_at_once_and_make_one_run(p
     assert_eq!(user[EXTENSION]["runStatus"], "succeeded");
     let (_, user) = scim(&app, Method::GET, &path, None).await;
     assert_eq!(user["active"], false);
+    // Like any run: in /metrics (this test's database holds this one run) and the dashboard.
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .header("authorization", format!("Bearer {}", offboard::config::DEV_TOKEN))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("offboard_runs{status=\"succeeded\"} 1"), "{text}");
+    assert!(text.contains("route=\"/scim/v2/Users/{id}\""), "SCIM calls are counted by route");
+    let (_, stats) = app.get("/v1/stats").await;
+    assert_eq!(stats["runs"]["succeeded"], 1, "{stats}");
     assert_eq!(
         app.count_for(
             "SELECT count(*) FROM crm.users WHERE id = $1 AND status = 'deactivated'",
@@ -168,6 +187,11 @@ async fn entra_delete_runs_the_policy_delete_and_the_user_is_gone(pool: PgPool) 
     assert_eq!(runs_of(&app, leaver).await, 0);
 
     assert_eq!(scim(&app, Method::PATCH, &path, Some(entra("False"))).await.0, StatusCode::OK);
+    // While the deactivation runs, a DELETE is refused (and is no repetition of it).
+    let (status, err) = scim(&app, Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(err["detail"].as_str().unwrap().contains("deactivate run"), "{err}");
+    assert_eq!(runs_of(&app, leaver).await, 1);
     app.drain().await;
     let (status, _) = scim(&app, Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -183,6 +207,9 @@ async fn entra_delete_runs_the_policy_delete_and_the_user_is_gone(pool: PgPool) 
     .await
     .unwrap();
     assert_eq!((action.as_str(), status.as_str()), ("delete", "succeeded"));
+    // DELETE again: the user is gone.
+    assert_eq!(scim(&app, Method::DELETE, &path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(runs_of(&app, leaver).await, 2);
     assert_eq!(
         app.count_for(
             "SELECT count(*) FROM crm.users WHERE id = $1 AND status = 'deleted' AND user_name IS NULL AND email IS NULL",

@@ -248,7 +248,15 @@ async fn set_active(
         (true, "deactivated") => Action::Reactivate,
         _ => return Ok(()),
     };
-    start(app, company_id, user, action, want).await
+    start(app, company_id, user, action, Goal::Active(want)).await
+}
+
+/// What a SCIM call wants of the user: what a run another request started must achieve
+/// for this call to be that run's repetition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Goal {
+    Active(bool),
+    Gone,
 }
 
 /// Enqueues `action` for the user through the host's enqueue path.
@@ -257,7 +265,7 @@ async fn start(
     company_id: i64,
     user: &ProvisionedUser,
     action: Action,
-    active_after: bool,
+    goal: Goal,
 ) -> Result<(), ScimError> {
     let actor = service_actor(app, company_id).await?;
     let transfer: TransferPlan<Recipient> = if action.accepts_transfer() {
@@ -283,10 +291,13 @@ async fn start(
         Err(e) if e.code == "active_run_exists" => {
             // Another request for the same change got there first: that run is this one.
             let now = provisioning::find(&app.pool, company_id, user.id).await?;
-            match now {
-                Some(u) if u.is_active() == active_after => Ok(()),
-                None if action != Action::Deactivate && action != Action::Reactivate => Ok(()),
-                _ => Err(ScimError::conflict(None, e.message)),
+            match (goal, now) {
+                (Goal::Active(want), Some(u)) if u.is_active() == want => Ok(()),
+                (Goal::Gone, None) => Ok(()),
+                _ => Err(ScimError::conflict(
+                    None,
+                    format!("{}; send this again once it finished", e.message),
+                )),
             }
         }
         Err(e) => Err(refused(e)),
@@ -330,6 +341,17 @@ pub async fn remove(
             ),
         ));
     };
-    start(&app, caller.company_id, &user, action, false).await?;
+    if user.run_active {
+        let run = user.run_id.map(|id| id.to_string()).unwrap_or_default();
+        return Err(ScimError::conflict(
+            None,
+            format!(
+                "user {} has an active {} run ({run}); send the DELETE again once it finished",
+                user.id,
+                user.run_action.as_deref().unwrap_or("offboarding")
+            ),
+        ));
+    }
+    start(&app, caller.company_id, &user, action, Goal::Gone).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
