@@ -99,9 +99,12 @@ pub fn boolean(value: &Value, attribute: &str) -> Result<bool, ScimError> {
     }
 }
 
+/// An email's address, type and primary flag, each as the client said it (or not).
+pub type EmailParts = (Option<String>, Option<String>, Option<bool>);
+
 /// The email an `emails` value carries: the primary one, else the first; with its type and
 /// primary flag.
-pub fn email(value: &Value) -> Result<(Option<String>, Option<String>, Option<bool>), ScimError> {
+pub fn email(value: &Value) -> Result<EmailParts, ScimError> {
     let entries = match value {
         Value::Null => return Ok((None, None, None)),
         Value::Array(entries) => entries.clone(),
