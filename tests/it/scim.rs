@@ -190,7 +190,6 @@ async fn entra_delete_runs_the_policy_delete_and_the_user_is_gone(pool: PgPool) 
     // While the deactivation runs, a DELETE is refused (and is no repetition of it).
     let (status, err) = scim(&app, Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    assert!(err["detail"].as_str().unwrap().contains("deactivate run"), "{err}");
     assert_eq!(runs_of(&app, leaver).await, 1);
     app.drain().await;
     let (status, _) = scim(&app, Method::DELETE, &path, None).await;
