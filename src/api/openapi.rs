@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, operators, preview, views};
+use super::{dashboard, health, offboardings, operators, policy, preview, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,8 @@ use super::{dashboard, health, offboardings, operators, preview, views};
         operators::bulk_operations,
         operators::restart,
         operators::series,
+        policy::show,
+        policy::put,
     ),
     components(schemas(
         views::ErrorBody,
@@ -55,6 +57,8 @@ use super::{dashboard, health, offboardings, operators, preview, views};
         operators::Restarted,
         operators::Series,
         operators::SeriesPoint,
+        views::PolicyBody,
+        views::PolicyView,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
@@ -62,6 +66,7 @@ use super::{dashboard, health, offboardings, operators, preview, views};
         (name = "offboardings", description = "Enqueue and follow runs"),
         (name = "preview", description = "What a user owns; dry runs of transfer plans"),
         (name = "operators", description = "Retry, cancel, restart from a step, bulk actions by filter, stats and their series"),
+        (name = "policy", description = "A company's offboarding policy: what runs an identity provider (SCIM, at /scim/v2, outside this document) starts do"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

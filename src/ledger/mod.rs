@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod filter;
 pub mod idempotency;
 pub mod restart;
+pub mod policies;
 pub mod runs;
 pub mod samples;
 pub mod steps;

@@ -208,6 +208,8 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("post", "/v1/offboardings/bulk-cancel"),
         ("get", "/v1/bulk-operations"),
         ("get", "/v1/bulk-operations/{id}"),
+        ("get", "/v1/companies/{company_id}/offboarding-policy"),
+        ("put", "/v1/companies/{company_id}/offboarding-policy"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
