@@ -5,8 +5,8 @@
 pub mod bulk;
 pub mod filter;
 pub mod idempotency;
-pub mod restart;
 pub mod policies;
+pub mod restart;
 pub mod runs;
 pub mod samples;
 pub mod steps;
