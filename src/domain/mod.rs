@@ -4,6 +4,7 @@
 pub mod action;
 pub mod ids;
 pub mod request;
+pub mod run_status;
 pub mod transfer;
 
 pub use action::Action;
