@@ -12,14 +12,11 @@
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
 //! - [`worker`]: the apalis worker runtime.
-//! - [`chaos`]: the fault suite (`offboard chaos`).
-//! - [`bench`]: `offboard bench`, throughput figures against baselines.
+//! - [`faults`]: fault injection into steps (drills and tests).
 
 pub mod api;
 pub mod app;
 pub mod backoff;
-pub mod bench;
-pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod crm;
@@ -27,6 +24,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod executor;
+pub mod faults;
 pub mod ledger;
 pub mod metrics;
 pub mod queue;

@@ -1,12 +1,9 @@
 //! The `offboard` command: wiring only; the work lives in the library.
 
 use clap::{Parser, Subcommand};
-use std::time::Duration;
 
 use offboard::{
     app,
-    bench::{self, BenchOptions, Scenario},
-    chaos::{self, ChaosOptions},
     cli::{self, ApiClient},
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions},
@@ -35,40 +32,6 @@ enum Command {
     Seed(SeedArgs),
     /// Migrate, seed, serve in-process, deactivate a user over HTTP, show progress and the receipt.
     Demo(SeedArgs),
-    /// The fault suite: worker processes SIGKILLed, Redis flushed and restarted, PostgreSQL
-    /// restarted while runs go on; exits non-zero if anything was lost or doubled.
-    Chaos {
-        /// Runs to request, over every action.
-        #[arg(long, default_value_t = 240)]
-        runs: usize,
-        /// How long faults are injected (e.g. 90s, 2m).
-        #[arg(long, default_value = "90s", value_parser = duration_arg)]
-        duration: Duration,
-        /// After the faults, how long runs may take to finish before they count as lost.
-        #[arg(long, default_value = "3m", value_parser = duration_arg)]
-        settle: Duration,
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        #[arg(long, default_value_t = 120)]
-        users: usize,
-        #[arg(long, default_value_t = 4000)]
-        items_per_user: usize,
-        /// Rows per reassignment transaction in the workers (small, so kills land mid-step).
-        #[arg(long, default_value_t = 5)]
-        reassign_batch: i64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Leave shared services alone: flush only the suite's Redis keys, cut only its
-        /// PostgreSQL connections, never restart Redis or PostgreSQL.
-        #[arg(long)]
-        no_service_restarts: bool,
-        /// The suite's own database, dropped and recreated (its name must contain "chaos").
-        #[arg(long, default_value = "offboard_chaos")]
-        database: String,
-        /// Keep the database after a passing run too.
-        #[arg(long)]
-        keep_database: bool,
-    },
     /// Operate on runs through the HTTP API.
     Runs {
         #[command(flatten)]
@@ -87,14 +50,6 @@ enum Command {
         /// A transfer plan as JSON, e.g. '{"default":{"mode":"single","targets":[{"user_id":3}]}}'.
         #[arg(long)]
         transfer: Option<String>,
-    },
-    /// Measure throughput against baselines, in throwaway databases (use a release build).
-    Bench {
-        #[arg(value_enum)]
-        scenario: Scenario,
-        /// Shrink data sizes and durations for a quick look; figures compare only at 1.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
     },
 }
 
@@ -159,10 +114,6 @@ async fn main() -> anyhow::Result<()> {
         | Command::Runs { .. }
         | Command::Preview { .. }
         | Command::Seed { .. } => "warn",
-        // The suite's own API logs what the faults provoke; its report says what matters.
-        Command::Chaos { .. } => "error,sqlx=off",
-        // Bulk statements of a benchmark are slow on purpose.
-        Command::Bench { .. } => "warn,sqlx=error",
         _ => app::DEFAULT_LOG_FILTER,
     };
     app::init_tracing(settings.log_format, filter);
@@ -191,39 +142,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args.into()).await,
-        Command::Chaos {
-            runs,
-            duration,
-            settle,
-            workers,
-            users,
-            items_per_user,
-            reassign_batch,
-            seed,
-            no_service_restarts,
-            database,
-            keep_database,
-        } => {
-            let options = ChaosOptions {
-                runs,
-                duration,
-                settle,
-                workers,
-                users,
-                items_per_user,
-                reassign_batch,
-                seed,
-                service_restarts: !no_service_restarts,
-                database,
-                keep_database,
-            };
-            let report = chaos::run(settings, options).await?;
-            println!("{report}");
-            if !report.passed() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
         Command::Runs { api, command } => {
             let client = ApiClient::new(&api.api_url, &api.token);
             match command {
@@ -253,9 +171,6 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Bench { scenario, scale } => {
-            bench::run(&settings, scenario, BenchOptions { scale }).await
-        }
         Command::Preview { api, company, user, transfer } => {
             let client = ApiClient::new(&api.api_url, &api.token);
             let path = format!("/v1/companies/{company}/users/{user}/preview");
@@ -270,10 +185,6 @@ async fn main() -> anyhow::Result<()> {
             print(body)
         }
     }
-}
-
-fn duration_arg(raw: &str) -> Result<Duration, String> {
-    offboard::config::parse_duration(raw).map_err(|e| e.to_string())
 }
 
 fn print(value: serde_json::Value) -> anyhow::Result<()> {
