@@ -397,12 +397,12 @@ async fn many_concurrent_runs_never_deadlock(pool: PgPool) {
             ("OFFBOARD_REASSIGN_BATCH", "3"),
             ("OFFBOARD_FAULTS", "reassign_deals=retryable*6,stop_syncs=retryable*6,hand_over_leadbooster=retryable*4"),
         ],
-        SeedOptions { users: 40, items_per_user: 60, seed: 11 },
+        SeedOptions { users: 40, items_per_user: 24, seed: 11 },
     )
     .await;
     let target = app.regular(0);
     let mut ids = Vec::new();
-    for n in 1..25 {
+    for n in 1..13 {
         let plan = json!({"default": {"mode": "ratio", "scope": "all", "targets": [{"user_id": target, "weight": 2}, {"user_id": app.regular(25 + n % 5), "weight": 1}]}});
         ids.push(app.enqueue(&app.deactivation(app.regular(n), plan)).await);
     }
