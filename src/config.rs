@@ -374,18 +374,12 @@ fn check_token_secret(secret: &str) -> anyhow::Result<()> {
 /// `250ms`, `10s`, `5m`, `2h`, `30d`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().context("expected a number followed by ms, s, m, h or d")?;
-    let seconds = |k: u64| Duration::from_secs(n.saturating_mul(k));
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        "d" => seconds(86_400),
-        other => bail!("unknown unit {other:?}; use ms, s, m, h or d"),
-    })
+    // A bare number is seconds, as it always was; anything else is humantime's
+    // (`250ms`, `90s`, `2m`, `1h 30m`, `30d`).
+    if let Ok(seconds) = raw.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(raw).context("expected a duration such as 250ms, 90s, 2m, 1h or 30d")
 }
 
 /// Hides a password in a connection URL.
@@ -451,7 +445,8 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5_400));
     }
 
     #[test]

@@ -1,38 +1,35 @@
-//! A shutdown signal shared by the API, the dispatcher and the workers.
+//! A shutdown signal shared by the API, the dispatcher and the workers: a
+//! `tokio_util` [`CancellationToken`], with the process' signal handling.
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Cloneable; every clone sees the trigger.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    tx: std::sync::Arc<watch::Sender<bool>>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
+    token: CancellationToken,
 }
 
 impl Shutdown {
     pub fn new() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Self { rx, tx: std::sync::Arc::new(tx) }
+        Self::default()
     }
 
     pub fn trigger(&self) {
-        let _ = self.tx.send(true);
+        self.token.cancel();
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.token.is_cancelled()
     }
 
     /// Resolves once the shutdown has been triggered.
     pub async fn wait(&self) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
+        self.token.cancelled().await;
+    }
+
+    /// The token itself, for code that takes one.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
     }
 
     /// Triggers on the first SIGINT or SIGTERM; a second one exits the process at once

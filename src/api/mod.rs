@@ -7,9 +7,11 @@ mod body;
 mod dashboard;
 pub mod error;
 mod health;
-mod offboardings;
+pub(crate) mod offboardings;
 mod openapi;
+mod policy;
 mod preview;
+mod scim;
 pub mod views;
 
 use std::{sync::Arc, time::Instant};
@@ -73,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
         .route("/v1/stats", get(dashboard::stats))
+        .route("/v1/companies/{company_id}/offboarding-policy", get(policy::show).put(policy::put))
+        .nest("/scim/v2", scim::router())
         .route(
             "/v1/companies/{company_id}/users/{user_id}/preview",
             get(preview::show).post(preview::dry_run),

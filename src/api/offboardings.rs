@@ -23,7 +23,9 @@ use super::{
 };
 use crate::{
     crm::users,
-    domain::{Action, FieldError, OffboardingRequest, TransferPlan, UserId, transfer::Recipient},
+    domain::{
+        Action, FieldError, OffboardingRequest, Origin, TransferPlan, UserId, transfer::Recipient,
+    },
     ledger::{
         idempotency,
         runs::{self, NewRun, OperatorRefusal, RunFilter},
@@ -69,27 +71,7 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let hash =
         key.map(|_| idempotency::request_hash(&serde_json::to_vec(&body).unwrap_or_default()));
-
-    // A concurrent request with the same key loses the race on the key's primary key;
-    // the second pass then finds the winner's run.
-    let mut last = None;
-    for _ in 0..2 {
-        match enqueue(&app, &request, key, hash.as_deref()).await {
-            Err(EnqueueError::KeyRace) => continue,
-            Err(EnqueueError::Api(e)) => return Err(e),
-            Ok(outcome) => {
-                last = Some(outcome);
-                break;
-            }
-        }
-    }
-    let (run_id, replayed) =
-        last.ok_or_else(|| ApiError::conflict("idempotency_conflict", "retry the request"))?;
-    if !replayed {
-        app.nudge.notify_one();
-        tracing::info!(%run_id, company_id = request.company_id.get(), user_id = request.user_id.get(),
-                       action = %request.action, "run enqueued");
-    }
+    let (run_id, replayed) = submit(&app, &request, key, hash.as_deref()).await?;
     // A run this request created is queued (it was written so, just now); only a replay
     // has a status worth reading.
     let status: String = if replayed {
@@ -105,6 +87,38 @@ pub async fn create(
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
+}
+
+/// The enqueue path every run takes, whoever asks (the host's request, an identity
+/// provider's SCIM call): every rule checked, then the run written, the dispatcher woken.
+/// Returns the run id and whether it was an idempotent replay.
+pub(crate) async fn submit(
+    app: &AppState,
+    request: &OffboardingRequest,
+    key: Option<&str>,
+    hash: Option<&str>,
+) -> Result<(Uuid, bool), ApiError> {
+    // A concurrent request with the same key loses the race on the key's primary key;
+    // the second pass then finds the winner's run.
+    let mut last = None;
+    for _ in 0..2 {
+        match enqueue(app, request, key, hash).await {
+            Err(EnqueueError::KeyRace) => continue,
+            Err(EnqueueError::Api(e)) => return Err(e),
+            Ok(outcome) => {
+                last = Some(outcome);
+                break;
+            }
+        }
+    }
+    let (run_id, replayed) =
+        last.ok_or_else(|| ApiError::conflict("idempotency_conflict", "retry the request"))?;
+    if !replayed {
+        app.nudge.notify_one();
+        tracing::info!(%run_id, company_id = request.company_id.get(), user_id = request.user_id.get(),
+                       action = %request.action, origin = ?request.origin, "run enqueued");
+    }
+    Ok((run_id, replayed))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -187,6 +201,9 @@ fn run_params(request: &OffboardingRequest) -> RunParams {
     if let Some(redaction) = &request.redaction {
         params.display_name = redaction.display_name.clone();
         params.remove_picture = redaction.remove_picture;
+    }
+    if request.origin == Origin::IdentityProvider {
+        params.started_by = Some("scim".into());
     }
     params
 }

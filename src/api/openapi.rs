@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, preview, views};
+use super::{dashboard, health, offboardings, policy, preview, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,8 @@ use super::{dashboard, health, offboardings, preview, views};
         preview::show,
         preview::dry_run,
         dashboard::stats,
+        policy::show,
+        policy::put,
     ),
     components(schemas(
         views::ErrorBody,
@@ -40,6 +42,8 @@ use super::{dashboard, health, offboardings, preview, views};
         views::Canceled,
         views::Health,
         views::DryRunBody,
+        views::PolicyBody,
+        views::PolicyView,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
@@ -47,6 +51,7 @@ use super::{dashboard, health, offboardings, preview, views};
         (name = "offboardings", description = "Enqueue and follow runs"),
         (name = "preview", description = "What a user owns; dry runs of transfer plans"),
         (name = "operators", description = "Retry, cancel, stats"),
+        (name = "policy", description = "A company's offboarding policy: what runs an identity provider (SCIM, at /scim/v2, outside this document) starts do"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -154,6 +154,8 @@ pub struct RunView {
     /// awaiting_approval, expired, rejected).
     pub status: String,
     pub actor_user_id: i64,
+    /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started.
+    pub requested_by: String,
     /// The validated transfer plan (user ids only).
     #[schema(value_type = Object)]
     pub transfer: Value,
@@ -272,6 +274,7 @@ impl From<&RunDetail> for RunView {
             action: run.action.clone(),
             status: run.status.clone(),
             actor_user_id: run.actor_user_id,
+            requested_by: run.requested_by.clone(),
             transfer: run.plan.clone(),
             created_at: run.created_at,
             started_at: run.started_at,
@@ -287,4 +290,67 @@ impl From<&RunDetail> for RunView {
             history: detail.events.clone(),
         }
     }
+}
+
+/// The body of `PUT /v1/companies/{company_id}/offboarding-policy`; a field left out
+/// takes its default.
+#[derive(Debug, ToSchema)]
+#[schema(example = json!({
+    "transfer": {"default": {"mode": "single", "targets": [{"user_id": 1}]}},
+    "on_deactivate": "deactivate",
+    "on_delete": "deactivate_and_delete"
+}))]
+#[allow(dead_code)]
+pub struct PolicyBody {
+    /// The default transfer plan of runs an identity provider starts, in the shape of a
+    /// request's `transfer` (no replacement). Default: nothing is transferred.
+    pub transfer: Option<BTreeMap<String, TransferRuleBody>>,
+    /// What a SCIM deactivation (`active: false`) does: `deactivate` (the default).
+    pub on_deactivate: Option<OnDeactivateName>,
+    /// What a SCIM DELETE does: `delete` (only a user already deactivated) or
+    /// `deactivate_and_delete` (the default).
+    pub on_delete: Option<OnDeleteName>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum OnDeactivateName {
+    Deactivate,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum OnDeleteName {
+    Delete,
+    DeactivateAndDelete,
+}
+
+/// A company's offboarding policy and the service actor its runs are recorded under.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub company_id: i64,
+    /// The default transfer plan (user ids only).
+    #[schema(value_type = Object)]
+    pub transfer: Value,
+    pub on_deactivate: String,
+    pub on_delete: String,
+    pub actor: ServiceActorView,
+    /// When the policy was last set; null while the company has the defaults.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// `token:company-<id>` or `token:operator`; null while the company has the defaults.
+    pub updated_by: Option<String>,
+}
+
+/// The actor of the runs an identity provider starts: the company's service actor, a CRM
+/// user without a seat or a name of a person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceActorView {
+    /// Always `service`.
+    pub kind: String,
+    /// The service actor's user id: the runs' `actor_user_id`.
+    pub user_id: i64,
+    /// How runs and their history name it: `service:scim`.
+    pub requested_by: String,
 }

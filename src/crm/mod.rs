@@ -3,5 +3,6 @@
 
 pub mod items;
 pub mod preview;
+pub mod provisioning;
 pub mod seed;
 pub mod users;

@@ -4,6 +4,7 @@
 pub mod action;
 pub mod field_error;
 pub mod ids;
+pub mod policy;
 pub mod request;
 pub mod run_status;
 pub mod transfer;
@@ -11,5 +12,6 @@ pub mod transfer;
 pub use action::Action;
 pub use field_error::FieldError;
 pub use ids::{CompanyId, UserId};
-pub use request::{OffboardingRequest, Replacement};
+pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};
+pub use request::{OffboardingRequest, Origin, Replacement};
 pub use transfer::{Distribution, ItemType, Scope, TransferPlan, TransferRule};

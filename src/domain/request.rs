@@ -25,6 +25,16 @@ pub struct Redaction {
     pub remove_picture: bool,
 }
 
+/// Who started a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The host, through the API, as `actor_user_id`.
+    #[default]
+    Host,
+    /// An identity provider, through SCIM; the actor is the company's service actor.
+    IdentityProvider,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffboardingRequest {
     pub company_id: CompanyId,
@@ -34,6 +44,7 @@ pub struct OffboardingRequest {
     pub transfer: TransferPlan<Recipient>,
     pub replacement: Option<Replacement>,
     pub redaction: Option<Redaction>,
+    pub origin: Origin,
 }
 
 const FIELDS: &[&str] = &[
@@ -116,7 +127,16 @@ impl OffboardingRequest {
             None
         };
 
-        Ok(Self { company_id, user_id, actor_user_id, action, transfer, replacement, redaction })
+        Ok(Self {
+            company_id,
+            user_id,
+            actor_user_id,
+            action,
+            transfer,
+            replacement,
+            redaction,
+            origin: Origin::Host,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! anything Redis loses is found here again.
 
 pub mod idempotency;
+pub mod policies;
 pub mod runs;
 pub mod steps;
 

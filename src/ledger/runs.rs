@@ -62,7 +62,9 @@ macro_rules! insert_run_sql {
                  FROM planned, run),
              history AS (
                  INSERT INTO offboard.run_events (run_id, kind, actor, detail)
-                 SELECT id, 'enqueued', 'user:' || $7, '{}' FROM run),
+                 SELECT id, 'enqueued',
+                        coalesce('service:' || ($6::jsonb ->> 'started_by'), 'user:' || $7), '{}'
+                 FROM run),
              key AS (
                  INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
                  SELECT $2, $13, $14, id FROM run WHERE $13::text IS NOT NULL)
@@ -246,10 +248,14 @@ pub struct RunRow {
     pub receipt: Option<Value>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// Who asked, as the history names it: `user:<actor_user_id>`, or `service:scim` for a
+    /// run an identity provider started (its actor is the company's service actor).
+    pub requested_by: String,
 }
 
 const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, \
-     steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message";
+     steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, \
+     coalesce('service:' || (params ->> 'started_by'), 'user:' || actor_user_id) AS requested_by";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StepRow {
@@ -268,8 +274,9 @@ pub struct StepRow {
     pub last_error_message: Option<String>,
 }
 
-/// One entry of a run's history; `actor` is `user:<id>`, `token:operator`,
-/// `token:company-<id>` or `system`.
+/// One entry of a run's history; `actor` is `user:<id>`, `service:scim` (an identity
+/// provider, through the company's service actor), `token:operator`, `token:company-<id>`
+/// or `system`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub at: DateTime<Utc>,
@@ -459,6 +466,7 @@ pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>
         "user_id": run.user_id,
         "action": run.action,
         "actor_user_id": run.actor_user_id,
+        "requested_by": run.requested_by,
         "requested_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": finished_at,

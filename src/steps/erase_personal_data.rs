@@ -1,4 +1,5 @@
-//! Delete: erase the user's name, email, phone and profile picture. The user is shown as
+//! Delete: erase the user's name, email, phone and profile picture (and what an identity
+//! provider set: userName, externalId, given and family name). The user is shown as
 //! `deleted user, ID <id>` from then on and can no longer be chosen in filters. Items stay
 //! with the deleted user unless the plan moved them. Irreversible.
 
@@ -7,7 +8,16 @@ use sqlx::PgConnection;
 
 use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 
-pub const ERASED_FIELDS: [&str; 4] = ["name", "email", "phone", "picture_url"];
+pub const ERASED_FIELDS: [&str; 8] = [
+    "name",
+    "email",
+    "phone",
+    "picture_url",
+    "user_name",
+    "external_id",
+    "given_name",
+    "family_name",
+];
 
 /// Registered in [`super::REGISTRY`].
 pub(super) const STEP: Step = Step {
@@ -39,7 +49,8 @@ pub(super) async fn apply(
     }
     sqlx::query(
         "UPDATE crm.users
-         SET name = NULL, email = NULL, phone = NULL, picture_url = NULL,
+         SET name = NULL, email = NULL, phone = NULL, picture_url = NULL, user_name = NULL,
+             external_id = NULL, given_name = NULL, family_name = NULL,
              status = 'deleted', holds_seat = false, deleted_at = coalesce(deleted_at, now())
          WHERE id = $2 AND company_id = $1",
     )

@@ -256,6 +256,10 @@ pub struct RunParams {
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_picture: bool,
+    /// `scim` when an identity provider started the run (its actor is then the company's
+    /// service actor); absent for the host's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// The run a step belongs to.

@@ -13,4 +13,5 @@ mod purge;
 mod recovery;
 mod refusals;
 mod retries;
+mod scim;
 mod transfer;

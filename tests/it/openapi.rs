@@ -202,6 +202,8 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("get", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("post", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("get", "/v1/stats"),
+        ("get", "/v1/companies/{company_id}/offboarding-policy"),
+        ("put", "/v1/companies/{company_id}/offboarding-policy"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

@@ -1,0 +1,376 @@
+//! Users as an identity provider provisions them (SCIM): the attributes it keeps, reads
+//! with the user's current offboarding run, creation under the company's seat count, and
+//! updates. The company's service actor — the user recorded as the actor of the runs an
+//! identity provider starts — lives here too.
+//!
+//! Everything here but ids is personal data: it goes back to the identity provider that
+//! sent it and nowhere else (never into logs or errors).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// What an identity provider sets on a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserAttributes {
+    pub user_name: String,
+    pub external_id: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    /// The CRM's display name (`name`).
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    /// `work`, `home`, `other`, …; `work` when not said.
+    pub email_type: Option<String>,
+    /// Whether the identity provider marked the email primary; `None` when it did not say.
+    pub email_primary: Option<bool>,
+}
+
+/// A provisioned user with the run an identity provider sees on it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProvisionedUser {
+    pub id: i64,
+    /// `active` or `deactivated` (deleted users and users a run is deleting are gone).
+    pub status: String,
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub email_type: Option<String>,
+    pub email_primary: Option<bool>,
+    pub created_at: DateTime<Utc>,
+    pub last_modified: DateTime<Utc>,
+    /// The user's active run, else the latest one.
+    pub run_id: Option<Uuid>,
+    pub run_action: Option<String>,
+    pub run_status: Option<String>,
+    pub run_active: bool,
+}
+
+impl ProvisionedUser {
+    /// The attributes as they stand.
+    pub fn attributes(&self) -> UserAttributes {
+        UserAttributes {
+            user_name: self.user_name.clone().unwrap_or_default(),
+            external_id: self.external_id.clone(),
+            given_name: self.given_name.clone(),
+            family_name: self.family_name.clone(),
+            display_name: self.display_name.clone(),
+            email: self.email.clone(),
+            email_type: self.email_type.clone(),
+            email_primary: self.email_primary,
+        }
+    }
+
+    /// Whether the user is, or is becoming, active: an active user no run is deactivating,
+    /// or a deactivated user a run is reactivating.
+    pub fn is_active(&self) -> bool {
+        let running = |action: &str| self.run_active && self.run_action.as_deref() == Some(action);
+        match self.status.as_str() {
+            "active" => !running("deactivate"),
+            _ => running("reactivate"),
+        }
+    }
+}
+
+/// The run statuses that hold a user (the `runs_one_active_per_user` index's list).
+macro_rules! active_run_statuses {
+    () => {
+        "('scheduled', 'awaiting_approval', 'queued', 'running', 'canceling', 'failed')"
+    };
+}
+
+/// The provisioned users of `$1`: people, not deleted, no active run deleting them; each
+/// with its current run. `$extra` is a further condition on `u`.
+macro_rules! provisioned_sql {
+    ($extra:expr, $tail:literal) => {
+        concat!(
+            "SELECT u.id, u.status, coalesce(u.user_name, u.email) AS user_name, u.external_id,
+                    u.given_name, u.family_name, u.name AS display_name, u.email, u.email_type,
+                    u.email_primary,
+                    u.created_at,
+                    greatest(u.created_at, u.deactivated_at, r.created_at, r.finished_at) AS last_modified,
+                    r.id AS run_id, r.action AS run_action, r.status AS run_status,
+                    coalesce(r.status IN ",
+            active_run_statuses!(),
+            ", false) AS run_active
+             FROM crm.users u
+             LEFT JOIN LATERAL (
+                 SELECT id, action, status, created_at, finished_at FROM offboard.runs r
+                 WHERE r.company_id = u.company_id AND r.user_id = u.id
+                 ORDER BY (r.status IN ",
+            active_run_statuses!(),
+            ") DESC, r.created_at DESC
+                 LIMIT 1) r ON true
+             WHERE u.company_id = $1 AND u.kind = 'person' AND u.status <> 'deleted'
+               AND NOT (coalesce(r.status IN ",
+            active_run_statuses!(),
+            ", false) AND r.action IN ('delete', 'deactivate_and_delete'))
+               AND ",
+            $extra,
+            $tail
+        )
+    };
+}
+
+/// One provisioned user of the company.
+pub async fn find<'e>(
+    db: impl PgExecutor<'e>,
+    company_id: i64,
+    user_id: i64,
+) -> Result<Option<ProvisionedUser>, sqlx::Error> {
+    sqlx::query_as(provisioned_sql!("u.id = $2", ""))
+        .bind(company_id)
+        .bind(user_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Equality filters on a list (all must hold; `None` means any).
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub id: Option<i64>,
+    /// Compared case-insensitively.
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
+    /// Compared case-insensitively.
+    pub email: Option<String>,
+    /// The email's type the email filter asks for (`emails[type eq "work"]`).
+    pub email_type: Option<String>,
+}
+
+/// The conditions of a [`UserFilter`] on `u`, as `$2`-`$6`.
+macro_rules! filter_condition {
+    () => {
+        "($2::bigint IS NULL OR u.id = $2)
+         AND ($3::text IS NULL OR lower(coalesce(u.user_name, u.email)) = lower($3))
+         AND ($4::text IS NULL OR u.external_id = $4)
+         AND ($5::text IS NULL OR lower(u.email) = lower($5))
+         AND ($6::text IS NULL OR coalesce(u.email_type, 'work') = $6)"
+    };
+}
+
+/// A page of the provisioned users matching the filter, in id order (stable across pages),
+/// and how many match in all. `offset` counts from 0.
+pub async fn list(
+    conn: &mut PgConnection,
+    company_id: i64,
+    filter: &UserFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<ProvisionedUser>), sqlx::Error> {
+    let total: i64 = sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM (",
+        provisioned_sql!(filter_condition!(), ") AS matching")
+    ))
+    .bind(company_id)
+    .bind(filter.id)
+    .bind(filter.user_name.as_deref())
+    .bind(filter.external_id.as_deref())
+    .bind(filter.email.as_deref())
+    .bind(filter.email_type.as_deref())
+    .fetch_one(&mut *conn)
+    .await?;
+    if limit == 0 || offset >= total {
+        return Ok((total, Vec::new()));
+    }
+    let page =
+        sqlx::query_as(provisioned_sql!(filter_condition!(), " ORDER BY u.id OFFSET $7 LIMIT $8"))
+            .bind(company_id)
+            .bind(filter.id)
+            .bind(filter.user_name.as_deref())
+            .bind(filter.external_id.as_deref())
+            .bind(filter.email.as_deref())
+            .bind(filter.email_type.as_deref())
+            .bind(offset)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok((total, page))
+}
+
+/// Why a user could not be created or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another user of the company has this userName (or, without one, this email).
+    UserNameTaken,
+    /// Another user of the company has this email.
+    EmailTaken,
+    /// Every seat of the company is held; carries the seat count.
+    NoFreeSeat(i32),
+    CompanyNotFound,
+}
+
+/// Whether `attributes` would collide with another user of the company than `except`
+/// (a userName, or without one an email, equal case-insensitively; an email).
+pub async fn collision(
+    conn: &mut PgConnection,
+    company_id: i64,
+    attributes: &UserAttributes,
+    except: Option<i64>,
+) -> Result<Option<Refusal>, sqlx::Error> {
+    let (name_taken, email_taken): (bool, bool) = sqlx::query_as(
+        "SELECT
+             EXISTS (SELECT 1 FROM crm.users
+                     WHERE company_id = $1 AND id IS DISTINCT FROM $2 AND status <> 'deleted'
+                       AND lower(coalesce(user_name, email)) = lower($3)),
+             $4::text IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM crm.users
+                     WHERE company_id = $1 AND id IS DISTINCT FROM $2 AND lower(email) = lower($4))",
+    )
+    .bind(company_id)
+    .bind(except)
+    .bind(&attributes.user_name)
+    .bind(attributes.email.as_deref())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(if name_taken {
+        Some(Refusal::UserNameTaken)
+    } else if email_taken {
+        Some(Refusal::EmailTaken)
+    } else {
+        None
+    })
+}
+
+/// What a unique violation on write means.
+fn refusal_of(err: &sqlx::Error) -> Option<Refusal> {
+    let sqlx::Error::Database(db) = err else { return None };
+    if db.code().as_deref() != Some("23505") {
+        return None;
+    }
+    match db.constraint() {
+        Some("users_user_name_unique_per_company") => Some(Refusal::UserNameTaken),
+        Some("users_email_unique_per_company") => Some(Refusal::EmailTaken),
+        _ => None,
+    }
+}
+
+/// Creates a user of the company — a regular user without account-settings access. An
+/// active one takes a free seat (the company's row is locked while the seats are counted);
+/// one created inactive holds none.
+pub async fn create(
+    conn: &mut PgConnection,
+    company_id: i64,
+    attributes: &UserAttributes,
+    active: bool,
+) -> Result<Result<i64, Refusal>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let seats: Option<(i32, i64)> = sqlx::query_as(
+        "SELECT c.seats, (SELECT count(*) FROM crm.users u WHERE u.company_id = c.id AND u.holds_seat)
+         FROM crm.companies c WHERE c.id = $1 FOR UPDATE",
+    )
+    .bind(company_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((seats, held)) = seats else { return Ok(Err(Refusal::CompanyNotFound)) };
+    if let Some(refusal) = collision(&mut tx, company_id, attributes, None).await? {
+        return Ok(Err(refusal));
+    }
+    if active && held >= i64::from(seats) {
+        return Ok(Err(Refusal::NoFreeSeat(seats)));
+    }
+    let inserted = sqlx::query_scalar(
+        "INSERT INTO crm.users
+             (company_id, name, email, role, account_settings_access, status, holds_seat,
+              deactivated_at, user_name, external_id, given_name, family_name, email_type,
+              email_primary)
+         VALUES ($1, $2, $3, 'regular', false, CASE WHEN $4 THEN 'active' ELSE 'deactivated' END,
+                 $4, CASE WHEN $4 THEN NULL ELSE now() END, $5, $6, $7, $8, $9, $10)
+         RETURNING id",
+    )
+    .bind(company_id)
+    .bind(attributes.display_name.as_deref())
+    .bind(attributes.email.as_deref())
+    .bind(active)
+    .bind(&attributes.user_name)
+    .bind(attributes.external_id.as_deref())
+    .bind(attributes.given_name.as_deref())
+    .bind(attributes.family_name.as_deref())
+    .bind(attributes.email_type.as_deref())
+    .bind(attributes.email_primary)
+    .fetch_one(&mut *tx)
+    .await;
+    let id = match inserted {
+        Ok(id) => id,
+        Err(e) => return refusal_of(&e).map(Err).ok_or(e),
+    };
+    tx.commit().await?;
+    Ok(Ok(id))
+}
+
+/// Replaces the attributes of a user of the company (status is left to the runs).
+pub async fn update(
+    conn: &mut PgConnection,
+    company_id: i64,
+    user_id: i64,
+    attributes: &UserAttributes,
+) -> Result<Result<(), Refusal>, sqlx::Error> {
+    if let Some(refusal) = collision(&mut *conn, company_id, attributes, Some(user_id)).await? {
+        return Ok(Err(refusal));
+    }
+    let updated = sqlx::query(
+        "UPDATE crm.users
+         SET name = $3, email = $4, user_name = $5, external_id = $6, given_name = $7,
+             family_name = $8, email_type = $9, email_primary = $10
+         WHERE id = $2 AND company_id = $1 AND status <> 'deleted'",
+    )
+    .bind(company_id)
+    .bind(user_id)
+    .bind(attributes.display_name.as_deref())
+    .bind(attributes.email.as_deref())
+    .bind(&attributes.user_name)
+    .bind(attributes.external_id.as_deref())
+    .bind(attributes.given_name.as_deref())
+    .bind(attributes.family_name.as_deref())
+    .bind(attributes.email_type.as_deref())
+    .bind(attributes.email_primary)
+    .execute(&mut *conn)
+    .await;
+    match updated {
+        Ok(_) => Ok(Ok(())),
+        Err(e) => refusal_of(&e).map(Err).ok_or(e),
+    }
+}
+
+/// The company's service actor: an active user with account-settings access, no seat and
+/// no admin role, recorded as the actor of the runs an identity provider starts. Created
+/// the first time it is needed; `None` when the company does not exist.
+pub async fn service_actor(
+    conn: &mut PgConnection,
+    company_id: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    // Two first uses at once: the one that loses the insert may not see the winner's row
+    // in its statement's snapshot, so it reads again.
+    for _ in 0..2 {
+        let id: Option<i64> = sqlx::query_scalar(
+            "WITH created AS (
+                 INSERT INTO crm.users
+                     (company_id, name, role, account_settings_access, status, holds_seat, kind)
+                 SELECT id, 'Identity provider (SCIM)', 'regular', true, 'active', false, 'service'
+                 FROM crm.companies WHERE id = $1
+                 ON CONFLICT (company_id) WHERE kind = 'service' DO NOTHING
+                 RETURNING id)
+             SELECT id FROM created
+             UNION ALL
+             SELECT id FROM crm.users WHERE company_id = $1 AND kind = 'service'
+             LIMIT 1",
+        )
+        .bind(company_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if id.is_some() {
+            return Ok(id);
+        }
+        let company: Option<i64> = sqlx::query_scalar("SELECT id FROM crm.companies WHERE id = $1")
+            .bind(company_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if company.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
