@@ -51,10 +51,17 @@ pub struct Services {
 
 impl Services {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let pool =
-            ledger::connect_and_migrate(&settings.database_url, settings.db_pool_size).await?;
-        let worker_pool =
-            ledger::connect_lazy(&settings.database_url, settings.worker.db_pool_size)?;
+        let pool = ledger::connect_and_migrate_with(
+            &settings.database_url,
+            settings.db_pool_size,
+            &settings.db_timeouts,
+        )
+        .await?;
+        let worker_pool = ledger::connect_lazy_with(
+            &settings.database_url,
+            settings.worker.db_pool_size,
+            &settings.db_timeouts,
+        )?;
         let queues = Queues::connect(&settings.redis_url, &settings.queue_prefix).await?;
         Ok(Self { pool, worker_pool, queues, settings })
     }

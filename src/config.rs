@@ -18,6 +18,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// Connections in this process' PostgreSQL pool.
     pub db_pool_size: u32,
+    /// Time limits every PostgreSQL connection of the process gets.
+    pub db_timeouts: DbTimeouts,
     pub api_tokens: Vec<ApiToken>,
     pub log_format: LogFormat,
     /// Faults to inject into steps (`OFFBOARD_FAULTS`), for fault drills; empty normally.
@@ -71,6 +73,35 @@ pub struct WorkerSettings {
     pub bulk_chunk: i64,
     /// The pause between two chunks of a bulk action, so steps keep running beside it.
     pub bulk_pause: Duration,
+    /// The deadline of one attempt of a step (every batch of it): past it the attempt
+    /// fails with `timeout` and is retried with backoff, and its lease is no longer renewed.
+    pub step_timeout: Duration,
+}
+
+/// Time limits set on every PostgreSQL connection of both pools (sent with the connection's
+/// start-up, so they cost no statement): a statement, a lock wait, a transaction left idle
+/// never run past them; the server's TCP keepalive finds a peer that vanished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// `statement_timeout`.
+    pub statement: Duration,
+    /// `lock_timeout`.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction: Duration,
+    /// `tcp_keepalives_idle` (probes every tenth of it after, 3 of them).
+    pub keepalive_idle: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(60),
+            lock: Duration::from_secs(10),
+            idle_in_transaction: Duration::from_secs(60),
+            keepalive_idle: Duration::from_secs(30),
+        }
+    }
 }
 
 /// What steps need to know beyond the run.
@@ -142,6 +173,7 @@ impl Default for WorkerSettings {
             db_pool_size: 16 + 8,
             bulk_chunk: 100,
             bulk_pause: Duration::from_millis(20),
+            step_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -231,7 +263,31 @@ impl Settings {
             )?,
             bulk_chunk: number("OFFBOARD_BULK_CHUNK", worker_defaults.bulk_chunk, 1)?,
             bulk_pause: duration("OFFBOARD_BULK_PAUSE", worker_defaults.bulk_pause)?,
+            step_timeout: duration("OFFBOARD_STEP_TIMEOUT", worker_defaults.step_timeout)?,
         };
+        if worker.step_timeout < Duration::from_millis(100) {
+            bail!("OFFBOARD_STEP_TIMEOUT: must be at least 100ms");
+        }
+        let timeout_defaults = DbTimeouts::default();
+        let db_timeouts = DbTimeouts {
+            statement: duration("OFFBOARD_DB_STATEMENT_TIMEOUT", timeout_defaults.statement)?,
+            lock: duration("OFFBOARD_DB_LOCK_TIMEOUT", timeout_defaults.lock)?,
+            idle_in_transaction: duration(
+                "OFFBOARD_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                timeout_defaults.idle_in_transaction,
+            )?,
+            keepalive_idle: duration("OFFBOARD_DB_KEEPALIVE", timeout_defaults.keepalive_idle)?,
+        };
+        for (name, value) in [
+            ("OFFBOARD_DB_STATEMENT_TIMEOUT", db_timeouts.statement),
+            ("OFFBOARD_DB_LOCK_TIMEOUT", db_timeouts.lock),
+            ("OFFBOARD_DB_IDLE_IN_TRANSACTION_TIMEOUT", db_timeouts.idle_in_transaction),
+            ("OFFBOARD_DB_KEEPALIVE", db_timeouts.keepalive_idle),
+        ] {
+            if value < Duration::from_secs(1) {
+                bail!("{name}: must be at least 1s");
+            }
+        }
         if worker.lease < Duration::from_millis(500) {
             bail!("OFFBOARD_LEASE: must be at least 500ms");
         }
@@ -250,6 +306,7 @@ impl Settings {
             queue_prefix: var("OFFBOARD_QUEUE_PREFIX").unwrap_or_else(|| "offboard".into()),
             bind,
             db_pool_size: number("OFFBOARD_DB_POOL", 16, 2)? as u32,
+            db_timeouts,
             api_tokens,
             log_format,
             faults: match var("OFFBOARD_FAULTS") {
@@ -283,6 +340,7 @@ impl fmt::Debug for Settings {
             .field("queue_prefix", &self.queue_prefix)
             .field("bind", &self.bind)
             .field("db_pool_size", &self.db_pool_size)
+            .field("db_timeouts", &self.db_timeouts)
             .field("api_tokens", &format_args!("{} configured", self.api_tokens.len()))
             .field("log_format", &self.log_format)
             .field("faults", &self.faults)

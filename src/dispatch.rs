@@ -90,7 +90,13 @@ impl Dispatcher {
     /// One sweep. Errors are logged and the next sweep tries again.
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
-        match steps::reap_expired_leases(&self.pool).await {
+        match steps::reap_expired_leases(
+            &self.pool,
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+        )
+        .await
+        {
             Ok(reaped) => {
                 for (run_id, step, status) in &reaped {
                     tracing::warn!(%run_id, step = %step, new_status = %status, "lease expired; step taken back");

@@ -5,7 +5,7 @@
 //! or the lock on a queued step, makes that exactly once in effect.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::Instant,
@@ -43,22 +43,29 @@ pub enum Outcome {
     /// Failed; the next attempt is scheduled in the ledger.
     WillRetry,
     Dead,
-    /// Another worker took the step over (this lease expired) or the run was canceled.
+    /// Another worker took the step over (this lease expired).
     LeaseLost,
+    /// The run is canceling: the step stopped at a batch boundary and is canceled.
+    Canceled,
 }
 
-/// Lease tokens of the steps this process is running, renewed in the background, and the
-/// group transactions it has open (their steps are locked, not leased): what a graceful
-/// shutdown waits for.
+/// Lease tokens of the steps this process is running, each with its attempt's deadline,
+/// renewed in the background while inside it, and the group transactions it has open
+/// (their steps are locked, not leased): what a graceful shutdown waits for.
 #[derive(Debug, Default)]
 pub struct Leases {
-    tokens: Mutex<HashSet<Uuid>>,
+    tokens: Mutex<HashMap<Uuid, Instant>>,
     groups: std::sync::atomic::AtomicUsize,
 }
 
 impl Leases {
+    /// The leases to renew: those of attempts still inside their deadline. An attempt past
+    /// it (hung in a statement the server has not yet timed out, say) lets its lease
+    /// expire, and the sweeper takes the step back.
     pub fn snapshot(&self) -> Vec<Uuid> {
-        self.tokens.lock().expect("leases lock").iter().copied().collect()
+        let now = Instant::now();
+        let tokens = self.tokens.lock().expect("leases lock");
+        tokens.iter().filter(|(_, deadline)| **deadline > now).map(|(t, _)| *t).collect()
     }
 
     /// Steps leased plus group transactions open.
@@ -67,8 +74,8 @@ impl Leases {
             + self.groups.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn hold(self: &Arc<Self>, token: Uuid) -> LeaseGuard {
-        self.tokens.lock().expect("leases lock").insert(token);
+    fn hold(self: &Arc<Self>, token: Uuid, deadline: Instant) -> LeaseGuard {
+        self.tokens.lock().expect("leases lock").insert(token, deadline);
         LeaseGuard { leases: self.clone(), held: Held::Token(token) }
     }
 
@@ -177,13 +184,45 @@ impl Executor {
     }
 
     async fn run_claimed(&self, claim: Claim) -> anyhow::Result<Outcome> {
-        let _lease = self.leases.hold(claim.lease_token);
         let started = Instant::now();
+        let _lease = self.leases.hold(claim.lease_token, started + self.worker.step_timeout);
         let result = match prepare(&claim) {
-            Ok((run, kind)) => self.apply_until_done(&claim, &run, kind, true).await,
+            Ok((run, kind)) => self.apply_within_deadline(&claim, &run, kind, true, started).await,
             Err(e) => Err(e),
         };
         self.conclude(&claim, result, started).await
+    }
+
+    /// [`Executor::apply_until_done`] within the attempt's deadline (`OFFBOARD_STEP_TIMEOUT`
+    /// from `started`). Past it the attempt fails with `timeout`: its open transaction is
+    /// dropped (rolled back; a statement still running on the server ends at the pool's
+    /// `statement_timeout` or `lock_timeout` at the latest) and the failure is recorded for
+    /// a retry with backoff.
+    async fn apply_within_deadline(
+        &self,
+        claim: &Claim,
+        run: &RunContext,
+        kind: StepKind,
+        first: bool,
+        started: Instant,
+    ) -> Result<Option<Vec<AfterCommit>>, StepError> {
+        let deadline = tokio::time::Instant::from_std(started + self.worker.step_timeout);
+        match tokio::time::timeout_at(deadline, self.apply_until_done(claim, run, kind, first))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(self.attempt_timed_out()),
+        }
+    }
+
+    fn attempt_timed_out(&self) -> StepError {
+        StepError::retryable(
+            "timeout",
+            format!(
+                "the attempt passed its deadline of {} ms (OFFBOARD_STEP_TIMEOUT)",
+                self.worker.step_timeout.as_millis()
+            ),
+        )
     }
 
     /// Several steps of one run in one transaction: locked (not claimed: a claim commits on
@@ -199,7 +238,8 @@ impl Executor {
         let mut outcomes = Vec::with_capacity(step_ids.len());
         let mut continuing = Vec::new();
         let mut run_alone = Vec::new();
-        match self.apply_group(step_ids).await {
+        let deadline = tokio::time::Instant::from_std(started + self.worker.step_timeout);
+        match self.apply_group(step_ids, deadline).await {
             GroupEnd::Committed { finished, continuing: rest } => {
                 for (claim, after_commit) in finished {
                     let outcome = self.conclude(&claim, Ok(Some(after_commit)), started).await?;
@@ -212,7 +252,7 @@ impl Executor {
                 if let Some(claim) =
                     steps::claim(&self.pool, culprit, &self.worker_name, self.worker.lease).await?
                 {
-                    let _lease = self.leases.hold(claim.lease_token);
+                    let _lease = self.leases.hold(claim.lease_token, Instant::now());
                     let span = step_span(&claim);
                     let outcome =
                         self.conclude(&claim, Err(error), started).instrument(span).await?;
@@ -228,8 +268,12 @@ impl Executor {
         // Concurrently, as they would have run had they been tasks of their own.
         let continued = futures::future::join_all(continuing.iter().map(|p| {
             async move {
-                let _lease = self.leases.hold(p.claim.lease_token);
-                let result = self.apply_until_done(&p.claim, &p.run, p.kind, false).await;
+                // A fresh attempt: the group's transaction counted it when it committed.
+                let began = Instant::now();
+                let _lease =
+                    self.leases.hold(p.claim.lease_token, began + self.worker.step_timeout);
+                let result =
+                    self.apply_within_deadline(&p.claim, &p.run, p.kind, false, began).await;
                 let outcome = self.conclude(&p.claim, result, started).await;
                 outcome.map(|o| (p.claim.step_id, o))
             }
@@ -246,12 +290,20 @@ impl Executor {
         Ok(outcomes)
     }
 
-    /// The group's one transaction; see [`Executor::run_group`].
-    async fn apply_group(&self, step_ids: &[i64]) -> GroupEnd {
+    /// The group's one transaction, within the attempt's deadline; see
+    /// [`Executor::run_group`]. Past the deadline it is rolled back and its steps run
+    /// alone, each with a deadline of its own.
+    async fn apply_group(&self, step_ids: &[i64], deadline: tokio::time::Instant) -> GroupEnd {
         let mut locked = Vec::new();
-        match self.try_apply_group(step_ids, &mut locked).await {
-            Ok(end) => end,
-            Err(error) => GroupEnd::RolledBack { error, steps: locked },
+        let applied =
+            tokio::time::timeout_at(deadline, self.try_apply_group(step_ids, &mut locked)).await;
+        match applied {
+            Ok(Ok(end)) => end,
+            Ok(Err(error)) => GroupEnd::RolledBack { error, steps: locked },
+            Err(_) => GroupEnd::RolledBack {
+                error: anyhow::anyhow!(self.attempt_timed_out()),
+                steps: locked,
+            },
         }
     }
 
@@ -390,8 +442,13 @@ impl Executor {
                 Outcome::Succeeded
             }
             Ok(None) => {
-                tracing::info!("lease lost; another worker has the step or the run was canceled");
-                Outcome::LeaseLost
+                if steps::stop_canceled(&self.pool, claim.step_id, claim.lease_token).await? {
+                    tracing::info!("the run is canceling: step stopped at a batch boundary");
+                    Outcome::Canceled
+                } else {
+                    tracing::info!("lease lost; another worker has the step");
+                    Outcome::LeaseLost
+                }
             }
             Err(error) => self.record_failure(claim, &error).await?,
         };
@@ -399,6 +456,7 @@ impl Executor {
             Outcome::Succeeded => "succeeded",
             Outcome::WillRetry => "retry",
             Outcome::Dead => "dead",
+            Outcome::Canceled => "canceled",
             Outcome::LeaseLost | Outcome::NotQueued => "lease_lost",
         };
         METRICS.step_attempt(&claim.name, label, started.elapsed());
@@ -553,6 +611,7 @@ impl Executor {
         };
         let status = steps::fail(&self.pool, claim.step_id, claim.lease_token, &failure).await?;
         Ok(match status.as_deref() {
+            Some("canceled") => Outcome::Canceled,
             Some("dead") => {
                 tracing::warn!(code = error.code(), error = error.message(), "step is dead");
                 Outcome::Dead

@@ -35,7 +35,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
+const RUN_STATUSES: [&str; 6] =
+    ["queued", "running", "canceling", "succeeded", "failed", "canceled"];
 const STEP_STATUSES: [&str; 8] =
     ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
 /// Throughput is counted over this window.

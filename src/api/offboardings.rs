@@ -53,7 +53,7 @@ use crate::{
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 403, description = "The actor may not offboard users", body = ErrorBody),
         (status = 404, description = "Unknown company or user", body = ErrorBody),
-        (status = 409, description = "The user's state forbids it (deleted, not deactivated, last admin, active run, no free seat, email taken)", body = ErrorBody),
+        (status = 409, description = "The user's state forbids it (deleted, not deactivated, last admin, active run, receives items from an active run, no free seat, email taken)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `field` names it", body = ErrorBody),
@@ -173,14 +173,26 @@ async fn enqueue(
             user_status: request.action.required_status(),
             deactivates: request.action.deactivates(),
             targets: &targets,
+            leaves: leaves(request.action),
         };
         let mut conn = app.pool.acquire().await?;
-        let written = runs::insert_if_clear(&mut conn, &run, key.zip(hash), &clearance).await;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        users::lock_for_enqueue(&mut tx, request.user_id.get(), clearance.leaves, &targets).await?;
+        let written = runs::insert_if_clear(&mut tx, &run, key.zip(hash), &clearance).await;
         if written.map_err(|e| insert_error(e, request, key))? {
-            return Ok((run.id, false));
+            return match tx.commit().await {
+                Ok(()) => Ok((run.id, false)),
+                Err(e) => Err(insert_error(e, request, key)),
+            };
         }
     }
     enqueue_checked(app, request, &named, key, hash).await
+}
+
+/// The action deactivates or deletes the user, who then must not receive items from an
+/// active run.
+fn leaves(action: Action) -> bool {
+    matches!(action, Action::Deactivate | Action::DeactivateAndDelete | Action::Delete)
 }
 
 /// The run's parameters the request gives (a replacement's id is added once it exists).
@@ -200,9 +212,11 @@ fn run_params(request: &OffboardingRequest) -> RunParams {
 /// — in one more statement, or in a transaction that locks the company when admin counts
 /// or seats are at stake.
 ///
-/// No transaction holds the two statements together: two requests about one user that
-/// both read "no active run" cannot both write one, because the unique index on active
-/// runs refuses the second, and the key's primary key keeps one key to one run.
+/// One transaction holds them, after [`users::lock_for_enqueue`]: two requests that would
+/// make one user both leaving and a target of an active run serialize there. Two requests
+/// about one user that both read "no active run" cannot both write one, because the unique
+/// index on active runs refuses the second, and the key's primary key keeps one key to one
+/// run.
 async fn enqueue_checked(
     app: &AppState,
     request: &OffboardingRequest,
@@ -215,8 +229,10 @@ async fn enqueue_checked(
     let action = request.action;
     let target_ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
     let mut conn = app.pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    users::lock_for_enqueue(&mut tx, user_id, leaves(action), &target_ids).await?;
     let subject = users::request_subject(
-        &mut conn,
+        &mut tx,
         company_id,
         request.actor_user_id.get(),
         user_id,
@@ -282,6 +298,16 @@ async fn enqueue_checked(
     if let Some(run_id) = subject.active_run {
         return Err(active_run_exists(user_id, Some(run_id)).into());
     }
+    if let Some(run_id) = subject.transfer_target_of.filter(|_| leaves(action)) {
+        return Err(ApiError::conflict(
+            "user_is_transfer_target",
+            format!(
+                "user {user_id} receives items from an active offboarding run; it must finish or be canceled first"
+            ),
+        )
+        .with_details(json!({"run_id": run_id}))
+        .into());
+    }
 
     let mut params = run_params(request);
     let last_admin_at_stake = action.deactivates() && user.is_admin();
@@ -290,11 +316,14 @@ async fn enqueue_checked(
     if !counts_company {
         let plan = request.transfer.clone().resolve(None).map_err(ApiError::invalid_request)?;
         check_targets(named, &subject.targets, company_id, user_id)?;
-        return write_run(&mut conn, app, request, plan, params, key, hash).await;
+        let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
+        return match tx.commit().await {
+            Ok(()) => Ok(written),
+            Err(e) => Err(insert_error(e, request, key)),
+        };
     }
 
     // Admin counts and seats are company-wide: those requests serialize on the company row.
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     users::lock_company(&mut *tx, company_id).await?;
     if last_admin_at_stake && !users::has_remaining_admin(&mut *tx, company_id, user_id).await? {
         return Err(ApiError::conflict(
@@ -345,8 +374,7 @@ async fn enqueue_checked(
     let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
     match tx.commit().await {
         Ok(()) => Ok(written),
-        Err(e) if is_unique_violation(&e, "idempotency_keys_pkey") => Err(EnqueueError::KeyRace),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(insert_error(e, request, key)),
     }
 }
 
@@ -558,7 +586,7 @@ use super::operators::operator;
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "No dead step to retry", body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or a worker held the run past the operator's lock timeout (`run_busy`)", body = ErrorBody),
     )
 )]
 pub async fn retry(
@@ -577,10 +605,22 @@ pub async fn retry(
         Err(OperatorRefusal::WrongState) => {
             Err(ApiError::conflict("invalid_state", "the run has no dead steps to retry"))
         }
+        Err(OperatorRefusal::Busy) => Err(run_busy()),
     }
 }
 
-/// Start no new step of the run; running steps finish, finished ones stay.
+/// A worker held the run longer than the operator's lock timeout.
+fn run_busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "run_busy",
+        "a worker is changing the run right now; nothing changed, try again",
+    )
+}
+
+/// Stop the run: no new step starts, finished ones stay. With no step running the run is
+/// `canceled` at once; otherwise it is `canceling` (still the user's active run) until each
+/// running step stops at its next batch boundary.
 #[utoipa::path(
     post,
     path = "/v1/offboardings/{id}/cancel",
@@ -591,8 +631,8 @@ pub async fn retry(
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The run has already finished", body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 409, description = "The run has already finished or is canceling", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or a worker held the run past the operator's lock timeout (`run_busy`)", body = ErrorBody),
     )
 )]
 pub async fn cancel(
@@ -602,13 +642,21 @@ pub async fn cancel(
 ) -> Result<Json<Canceled>, ApiError> {
     let id = parse_run_id(&id)?;
     match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
-        Ok(canceled) => {
-            tracing::info!(run_id = %id, steps = canceled, "run canceled by an operator");
-            Ok(Json(Canceled { id, status: "canceled".into(), steps_canceled: canceled }))
+        Ok(done) => {
+            tracing::info!(run_id = %id, steps = done.steps_canceled, running = done.steps_running,
+                           status = done.status, "run canceled by an operator");
+            Ok(Json(Canceled {
+                id,
+                status: done.status.into(),
+                steps_canceled: done.steps_canceled,
+                steps_running: done.steps_running,
+            }))
         }
         Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
-        Err(OperatorRefusal::WrongState) => {
-            Err(ApiError::conflict("invalid_state", "the run has already finished"))
-        }
+        Err(OperatorRefusal::WrongState) => Err(ApiError::conflict(
+            "invalid_state",
+            "the run has already finished or is already canceling",
+        )),
+        Err(OperatorRefusal::Busy) => Err(run_busy()),
     }
 }

@@ -149,7 +149,9 @@ pub struct RunView {
     pub company_id: i64,
     pub user_id: i64,
     pub action: String,
-    /// queued, running, succeeded, failed or canceled.
+    /// queued, running, canceling (stopping: still the user's active run), succeeded,
+    /// failed or canceled (and, with scheduling and approval, scheduled,
+    /// awaiting_approval, expired, rejected).
     pub status: String,
     pub actor_user_id: i64,
     /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started.
@@ -219,8 +221,13 @@ pub struct Retried {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Canceled {
     pub id: Uuid,
+    /// `canceled` when no step was running; `canceling` while running steps stop at their
+    /// next batch boundary (the run then turns `canceled` by itself).
     pub status: String,
+    /// Steps that had not started (or were dead) and never will.
     pub steps_canceled: i64,
+    /// Steps still running when the cancel came; each stops at its next batch boundary.
+    pub steps_running: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

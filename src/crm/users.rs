@@ -61,7 +61,9 @@ macro_rules! target_states_sql {
              LEFT JOIN LATERAL (
                  SELECT 1 AS leaving FROM offboard.runs r
                  WHERE r.company_id = u.company_id AND r.user_id = u.id
-                   AND r.status IN ('queued', 'running', 'failed')
+                   AND r.status IN ",
+            crate::active_run_statuses_sql!(),
+            "
                    AND r.action IN ('deactivate', 'deactivate_and_delete')
                  LIMIT 1) l ON true"
         )
@@ -97,8 +99,11 @@ pub struct RequestSubject {
     pub actor_permitted: bool,
     /// The user; `None` if not in the company.
     pub user: Option<UserRecord>,
-    /// The user's active run (queued, running or failed), if any.
+    /// The user's active run (see [`crate::domain::run_status::ACTIVE_RUN_STATUSES`]), if any.
     pub active_run: Option<uuid::Uuid>,
+    /// An active run (the oldest) that names the user as a target or replacement: items
+    /// may still be moving to them.
+    pub transfer_target_of: Option<uuid::Uuid>,
     /// The named targets that are users of the company.
     pub targets: Vec<TargetState>,
 }
@@ -132,6 +137,7 @@ pub async fn request_subject(
         account_settings_access: Option<bool>,
         holds_seat: Option<bool>,
         active_run: Option<uuid::Uuid>,
+        transfer_target_of: Option<uuid::Uuid>,
         target_ids: Vec<i64>,
         target_statuses: Vec<String>,
         target_leaving: Vec<bool>,
@@ -149,7 +155,15 @@ pub async fn request_subject(
                 s.id, s.role, s.status, s.account_settings_access, s.holds_seat,
                 (SELECT r.id FROM offboard.runs r
                  WHERE r.company_id = $1 AND r.user_id = $3
-                   AND r.status IN ('queued', 'running', 'failed')) AS active_run,
+                   AND r.status IN ",
+        crate::active_run_statuses_sql!(),
+        ") AS active_run,
+                (SELECT r.id FROM offboard.runs r
+                 WHERE r.company_id = $1 AND r.status IN ",
+        crate::active_run_statuses_sql!(),
+        "
+                   AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id') @> jsonb_build_array($3::bigint)
+                 ORDER BY r.created_at LIMIT 1) AS transfer_target_of,
                 (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM targets) AS target_ids,
                 (SELECT coalesce(array_agg(status ORDER BY id), '{}') FROM targets) AS target_statuses,
                 (SELECT coalesce(array_agg(leaving ORDER BY id), '{}') FROM targets) AS target_leaving
@@ -193,6 +207,7 @@ pub async fn request_subject(
         actor_permitted: row.actor_permitted,
         user,
         active_run: row.active_run,
+        transfer_target_of: row.transfer_target_of,
         targets,
     })
 }
@@ -209,18 +224,20 @@ pub async fn has_remaining_admin<'e>(
     company_id: i64,
     excluding: i64,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "SELECT EXISTS (
              SELECT 1 FROM crm.users u
              LEFT JOIN LATERAL (
                  SELECT 1 AS leaving FROM offboard.runs r
                  WHERE r.company_id = u.company_id AND r.user_id = u.id
-                   AND r.status IN ('queued', 'running', 'failed')
+                   AND r.status IN ",
+        crate::active_run_statuses_sql!(),
+        "
                    AND r.action IN ('deactivate', 'deactivate_and_delete')
                  LIMIT 1) l ON true
              WHERE u.company_id = $1 AND u.role = 'admin' AND u.status = 'active' AND u.id <> $2
-               AND l.leaving IS NULL)",
-    )
+               AND l.leaving IS NULL)"
+    ))
     .bind(company_id)
     .bind(excluding)
     .fetch_one(db)
@@ -286,4 +303,36 @@ pub async fn create_replacement<'e>(
     .bind(holds_seat)
     .fetch_one(db)
     .await
+}
+
+/// Serializes the requests that could make a user both leaving and a transfer target:
+/// takes an advisory lock per user, exclusive on the user a request deactivates or deletes
+/// (`leaving`), shared on every user it names as a target, in the order of their ids (so
+/// two requests naming each other wait, never deadlock). Held to the end of the caller's
+/// transaction, whose next statement then sees every run committed before it — the rules'
+/// "is the user a target of an active run?" and "is a target leaving?" cannot both pass
+/// for two concurrent requests. The keys live in their own range (ids plus 2^56).
+pub async fn lock_for_enqueue(
+    tx: &mut PgConnection,
+    user_id: i64,
+    leaving: bool,
+    target_ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    if !leaving && target_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT count(CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
+                           ELSE pg_advisory_xact_lock_shared(key) END)
+         FROM (SELECT id + 72057594037927936 AS key, bool_or(exclusive) AS exclusive
+               FROM (SELECT $1::bigint AS id, $2::bool AS exclusive
+                     UNION ALL SELECT t, false FROM unnest($3::bigint[]) AS t) u
+               GROUP BY id ORDER BY id) k",
+    )
+    .bind(user_id)
+    .bind(leaving)
+    .bind(target_ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

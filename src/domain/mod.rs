@@ -6,6 +6,7 @@ pub mod field_error;
 pub mod ids;
 pub mod policy;
 pub mod request;
+pub mod run_status;
 pub mod transfer;
 
 pub use action::Action;

@@ -13,7 +13,13 @@ pub mod steps;
 
 use std::time::Duration;
 
-use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DbTimeouts;
 
 /// Migrations for both schemas (`crm`, the reference store, and `offboard`, the ledger).
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -42,22 +48,56 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         })
 }
 
+/// The time limits of [`DbTimeouts`] as run-time parameters of every connection, sent with
+/// its start-up (no statement per connection or transaction).
+pub fn with_timeouts(options: PgConnectOptions, timeouts: &DbTimeouts) -> PgConnectOptions {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let secs = |d: Duration| d.as_secs().max(1).to_string();
+    options.options([
+        ("statement_timeout", ms(timeouts.statement)),
+        ("lock_timeout", ms(timeouts.lock)),
+        ("idle_in_transaction_session_timeout", ms(timeouts.idle_in_transaction)),
+        ("tcp_keepalives_idle", secs(timeouts.keepalive_idle)),
+        ("tcp_keepalives_interval", secs(timeouts.keepalive_idle / 10)),
+        ("tcp_keepalives_count", "3".to_string()),
+    ])
+}
+
 /// A pool on a database that exists and is migrated; it connects when first used.
 pub fn connect_lazy(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_lazy_with(database_url, max_connections, &DbTimeouts::default())
+}
+
+/// [`connect_lazy`] with the given time limits.
+pub fn connect_lazy_with(
+    database_url: &str,
+    max_connections: u32,
+    timeouts: &DbTimeouts,
+) -> anyhow::Result<PgPool> {
     use anyhow::Context;
-    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(database_url)
+    let options = <PgConnectOptions as std::str::FromStr>::from_str(database_url)
         .context("DATABASE_URL is not a PostgreSQL URL")?;
-    Ok(pool_options(max_connections).connect_lazy_with(options))
+    Ok(pool_options(max_connections).connect_lazy_with(with_timeouts(options, timeouts)))
 }
 
 /// Connects, creating the database when it does not exist yet, and applies pending
-/// migrations.
+/// migrations; the pool's connections get the default [`DbTimeouts`].
 pub async fn connect_and_migrate(
     database_url: &str,
     max_connections: u32,
 ) -> anyhow::Result<PgPool> {
+    connect_and_migrate_with(database_url, max_connections, &DbTimeouts::default()).await
+}
+
+/// [`connect_and_migrate`] with the given time limits. Migrations run on a connection of
+/// their own, without them (building an index may take longer than a statement may).
+pub async fn connect_and_migrate_with(
+    database_url: &str,
+    max_connections: u32,
+    timeouts: &DbTimeouts,
+) -> anyhow::Result<PgPool> {
     use anyhow::Context;
-    use sqlx::{Connection, Executor, postgres::PgConnectOptions};
+    use sqlx::{Connection, Executor};
     use std::str::FromStr;
 
     let options =
@@ -87,10 +127,14 @@ pub async fn connect_and_migrate(
             Err(e) => return Err(e).context("CREATE DATABASE failed"),
         }
     }
+    let mut migrating = sqlx::PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to apply migrations")?;
+    MIGRATOR.run(&mut migrating).await.context("applying migrations")?;
+    migrating.close().await.ok();
     let pool = pool_options(max_connections)
-        .connect_with(options)
+        .connect_with(with_timeouts(options, timeouts))
         .await
         .context("cannot open the connection pool")?;
-    MIGRATOR.run(&pool).await.context("applying migrations")?;
     Ok(pool)
 }

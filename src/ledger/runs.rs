@@ -39,7 +39,7 @@ pub struct NewRun<'a> {
 /// comma, and `$from` the clause the run's row is selected from (nothing is written
 /// when it yields no row).
 macro_rules! insert_run_sql {
-    ($gate:literal, $from:literal) => {
+    ($gate:expr, $from:expr) => {
         concat!(
             "WITH ",
             $gate,
@@ -134,12 +134,16 @@ pub struct Clearance<'a> {
     pub deactivates: bool,
     /// The users named as targets; at most four.
     pub targets: &'a [i64],
+    /// The action deactivates or deletes the user: an active run must not name them as a
+    /// target.
+    pub leaves: bool,
 }
 
 /// [`insert`], in the same one statement as the reads of the rules a request for a
 /// regular user must pass — no run under its idempotency key yet; an actor who is an
 /// active user of the company with account-settings access; a user of the company in the
-/// status the action needs, not an admin being deactivated, with no active run; every
+/// status the action needs, not an admin being deactivated, with no active run, and (when
+/// the action deactivates or deletes them) no active run naming them as a target; every
 /// target an active user of the company, not the user, that no active run is
 /// deactivating. Writes nothing and returns `false` when any of them does not hold (the
 /// caller then finds out which, and whether a rule this does not decide applies): these
@@ -156,7 +160,8 @@ pub async fn insert_if_clear(
     let target = |i: usize| clearance.targets.get(i);
     bind_new_run(
         insert_run_sql!(
-            "clear AS (
+            concat!(
+                "clear AS (
                  SELECT 1 WHERE
                      NOT EXISTS (SELECT 1 FROM offboard.idempotency_keys
                                  WHERE company_id = $2 AND key = $13)
@@ -168,7 +173,16 @@ pub async fn insert_if_clear(
                                    AND NOT ($16 AND u.role = 'admin'))
                      AND NOT EXISTS (SELECT 1 FROM offboard.runs r
                                      WHERE r.company_id = $2 AND r.user_id = $3
-                                       AND r.status IN ('queued', 'running', 'failed'))
+                                       AND r.status IN ",
+                crate::active_run_statuses_sql!(),
+                ")
+                     AND NOT ($22 AND EXISTS (
+                         SELECT 1 FROM offboard.runs r
+                         WHERE r.company_id = $2 AND r.status IN ",
+                crate::active_run_statuses_sql!(),
+                "
+                           AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
+                               @> jsonb_build_array($3::bigint)))
                      AND (SELECT count(*)
                           FROM unnest(ARRAY[$17, $18, $19, $20]::bigint[]) AS t(id)
                           JOIN crm.users u ON u.id = t.id AND u.company_id = $2
@@ -176,8 +190,11 @@ pub async fn insert_if_clear(
                             AND NOT EXISTS (
                                 SELECT 1 FROM offboard.runs r
                                 WHERE r.company_id = u.company_id AND r.user_id = u.id
-                                  AND r.status IN ('queued', 'running', 'failed')
-                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $21),",
+                                  AND r.status IN ",
+                crate::active_run_statuses_sql!(),
+                "
+                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $21),"
+            ),
             "FROM clear"
         ),
         run,
@@ -192,6 +209,7 @@ pub async fn insert_if_clear(
     .bind(target(2))
     .bind(target(3))
     .bind(clearance.targets.len() as i64)
+    .bind(clearance.leaves)
     .fetch_one(&mut *conn)
     .await
 }
@@ -465,29 +483,48 @@ pub enum OperatorRefusal {
     NotFound,
     /// The run is not in a state the action applies to; carries its status.
     WrongState,
+    /// Another transaction held the run longer than the operator's lock timeout (a worker's
+    /// batch, say): nothing changed; try again.
+    Busy,
 }
 
-/// Locks a run for an operator action; only an active run (queued, running, failed) takes one.
-async fn lock_active(
+/// How long an operator's retry or cancel waits for a run's lock before it answers
+/// [`OperatorRefusal::Busy`] instead of waiting.
+pub const OPERATOR_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Locks a run for an operator action and returns its status, within
+/// [`OPERATOR_LOCK_TIMEOUT`]. `Ok(Err(Busy))` when the lock was not had in time.
+async fn lock_for_operator(
     tx: &mut PgConnection,
     run_id: Uuid,
     company: Option<i64>,
-) -> Result<Result<(), OperatorRefusal>, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar(
+) -> Result<Result<String, OperatorRefusal>, sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        OPERATOR_LOCK_TIMEOUT.as_millis()
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let status = sqlx::query_scalar(
         "SELECT status FROM offboard.runs WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
     )
     .bind(run_id)
     .bind(company)
     .fetch_optional(&mut *tx)
-    .await?;
-    Ok(match status.as_deref() {
-        None => Err(OperatorRefusal::NotFound),
-        Some("queued" | "running" | "failed") => Ok(()),
-        Some(_) => Err(OperatorRefusal::WrongState),
-    })
+    .await;
+    match status {
+        Ok(Some(status)) => Ok(Ok(status)),
+        Ok(None) => Ok(Err(OperatorRefusal::NotFound)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            Ok(Err(OperatorRefusal::Busy))
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Dead steps go back to ready with fresh attempts; the run resumes. Recorded with the actor.
+/// Dead steps go back to ready with fresh attempts; the run resumes. Recorded with the
+/// actor. Only a running or failed run has dead steps to retry (a canceling one is
+/// stopping).
 pub async fn retry(
     pool: &PgPool,
     run_id: Uuid,
@@ -495,8 +532,12 @@ pub async fn retry(
     actor: &str,
 ) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
-        return Ok(Err(refusal));
+    match lock_for_operator(&mut tx, run_id, company).await? {
+        Err(refusal) => return Ok(Err(refusal)),
+        Ok(status) if !matches!(status.as_str(), "queued" | "running" | "failed") => {
+            return Ok(Err(OperatorRefusal::WrongState));
+        }
+        Ok(_) => {}
     }
     let revived = retry_locked(&mut tx, run_id, actor, json!({})).await?;
     if revived == 0 {
@@ -544,63 +585,123 @@ pub async fn retry_locked(
     Ok(revived.len() as i64)
 }
 
-/// No new step of the run starts; steps already running finish; finished steps stay.
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancellation {
+    /// Steps that had not started (or were dead) and never will.
+    pub steps_canceled: i64,
+    /// Steps still running: each stops at its next batch boundary.
+    pub steps_running: i64,
+    /// `canceled` when no step was running, else `canceling`.
+    pub status: &'static str,
+}
+
+/// Stops a run: no new step starts (steps not running are canceled at once and never
+/// become ready again), finished steps stay. With no step running the run is `canceled`
+/// now, with its receipt; otherwise it is `canceling` — still the user's active run —
+/// until its last running step stops at a batch boundary ([`finish_canceled_if_idle`]).
 pub async fn cancel(
     pool: &PgPool,
     run_id: Uuid,
     company: Option<i64>,
     actor: &str,
-) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
+) -> Result<Result<Cancellation, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if let Err(refusal) = lock_active(&mut tx, run_id, company).await? {
-        return Ok(Err(refusal));
+    match lock_for_operator(&mut tx, run_id, company).await? {
+        Err(refusal) => return Ok(Err(refusal)),
+        Ok(status) if status == "canceling" || !crate::domain::run_status::is_active(&status) => {
+            return Ok(Err(OperatorRefusal::WrongState));
+        }
+        Ok(_) => {}
     }
-    let canceled = cancel_locked(&mut tx, run_id, actor, json!({})).await?;
+    let cancellation = cancel_locked(&mut tx, run_id, actor, json!({})).await?;
     tx.commit().await?;
-    Ok(Ok(canceled))
+    Ok(Ok(cancellation))
 }
 
-/// [`cancel`] of an active run whose row the caller's transaction has locked, recorded as
-/// `canceled` with `actor` and `detail`. Returns the steps that will not run.
+/// [`cancel`] of an active run whose row the caller's transaction has locked, recorded with
+/// `actor` and `detail` (a bulk operation adds its id and filter).
 pub async fn cancel_locked(
     tx: &mut PgConnection,
     run_id: Uuid,
     actor: &str,
     detail: Value,
-) -> Result<i64, sqlx::Error> {
-    let canceled = sqlx::query(
-        "UPDATE offboard.steps SET status = 'canceled', finished_at = now()
-         WHERE run_id = $1 AND status IN ('pending', 'ready', 'queued', 'dead')",
+) -> Result<Cancellation, sqlx::Error> {
+    let (canceled, running): (i64, i64) = sqlx::query_as(
+        "WITH canceled AS (
+             UPDATE offboard.steps SET status = 'canceled', finished_at = now()
+             WHERE run_id = $1 AND status IN ('pending', 'ready', 'queued', 'dead')
+             RETURNING id)
+         SELECT (SELECT count(*) FROM canceled),
+                (SELECT count(*) FROM offboard.steps WHERE run_id = $1 AND status = 'running')",
     )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "UPDATE offboard.runs SET status = 'canceled', finished_at = now(), params = params - 'display_name'
-         WHERE id = $1",
-    )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    // A canceled run is finished too: its receipt says what was done before the cancel.
-    let run: RunRow = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {RUN_COLUMNS} FROM offboard.runs WHERE id = $1"
-    )))
     .bind(run_id)
     .fetch_one(&mut *tx)
     .await?;
-    let steps = steps_of(&mut *tx, run_id).await?;
-    let receipt = build_receipt(&run, &steps, run.finished_at.unwrap_or(run.created_at));
-    sqlx::query("UPDATE offboard.runs SET receipt = $2 WHERE id = $1")
-        .bind(run_id)
-        .bind(&receipt)
-        .execute(&mut *tx)
-        .await?;
     let mut detail = detail;
     if let Value::Object(map) = &mut detail {
         map.insert("steps_canceled".into(), json!(canceled));
     }
+    sqlx::query("UPDATE offboard.runs SET status = 'canceling' WHERE id = $1")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    let status = if running == 0 {
+        finish_canceled_if_idle_as(&mut *tx, run_id, actor, detail).await?;
+        "canceled"
+    } else {
+        if let Value::Object(map) = &mut detail {
+            map.insert("steps_running".into(), json!(running));
+        }
+        record_event(&mut *tx, run_id, "canceling", None, actor, detail).await?;
+        "canceling"
+    };
+    Ok(Cancellation { steps_canceled: canceled, steps_running: running, status })
+}
+
+/// A canceling run whose steps have all stopped becomes `canceled`, with its receipt (what
+/// was done before the cancel). Called, with the run's row locked, by whatever ends a step
+/// of a canceling run; does nothing while a step of it still runs. Returns whether the run
+/// turned canceled.
+pub async fn finish_canceled_if_idle(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    finish_canceled_if_idle_as(tx, run_id, "system", json!({})).await
+}
+
+async fn finish_canceled_if_idle_as(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    actor: &str,
+    detail: Value,
+) -> Result<bool, sqlx::Error> {
+    let run: Option<RunRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE offboard.runs SET status = 'canceled', finished_at = now(), params = params - 'display_name'
+         WHERE id = $1 AND status = 'canceling'
+           AND NOT EXISTS (SELECT 1 FROM offboard.steps WHERE run_id = $1 AND status = 'running')
+         RETURNING {RUN_COLUMNS}"
+    )))
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(run) = run else { return Ok(false) };
+    let steps = steps_of(&mut *tx, run_id).await?;
+    let receipt = build_receipt(&run, &steps, run.finished_at.unwrap_or(run.created_at));
+    // A deactivation stopped before the user was deactivated lifts the login block it set:
+    // the user stays active. (Revoked sessions stay revoked.)
+    sqlx::query(
+        "WITH lifted AS (
+             UPDATE crm.users SET login_blocked = false
+             WHERE id = $2 AND company_id = $3 AND status = 'active' AND login_blocked)
+         UPDATE offboard.runs SET receipt = $4 WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(run.user_id)
+    .bind(run.company_id)
+    .bind(&receipt)
+    .execute(&mut *tx)
+    .await?;
     record_event(&mut *tx, run_id, "canceled", None, actor, detail).await?;
-    Ok(canceled as i64)
+    Ok(true)
 }

@@ -1,6 +1,12 @@
 //! Step state transitions. Each is one statement guarded by the status it expects (and,
 //! for a running step, by its lease token), so two workers racing for one step cannot both
 //! win, and a worker that lost its lease cannot record anything.
+//!
+//! Lock order: whatever writes a run's steps locks the run's row first, then the steps,
+//! then their dependents (a claim, a fence, a completion, a group transaction, a failure,
+//! the lease reaper, an operator's retry or cancel), so no two of them wait for each other
+//! in a circle. A step of a run that is `canceling` stops at its next transaction: the
+//! fence, the progress record and the completion refuse it, and [`stop_canceled`] ends it.
 
 use std::time::Duration;
 
@@ -46,7 +52,7 @@ fn secs(d: Duration) -> f64 {
 /// token, and returns the step's progress. Commits on its own, so the attempt counts even
 /// if the worker then dies (that is how a step that kills its worker is eventually
 /// quarantined). `None` when the step is not queued (already taken, done, or canceled): a
-/// duplicate delivery.
+/// duplicate delivery. The run's row is locked first, as everywhere (see the module doc).
 ///
 /// The commit does not wait for the WAL flush (`synchronous_commit` off for this statement's
 /// own transaction): the claim is visible at once and reaches disk within the WAL writer's
@@ -61,12 +67,17 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Option<Claim>, sqlx::Error> {
     sqlx::query_as(
-        "WITH claimed AS (
+        "WITH run AS (
+             SELECT r.id FROM offboard.runs r
+             WHERE r.id = (SELECT run_id FROM offboard.steps WHERE id = $1)
+               AND r.status NOT IN ('canceling', 'canceled')
+             FOR NO KEY UPDATE),
+         claimed AS (
              UPDATE offboard.steps
              SET status = 'running', attempts = attempts + 1, lease_token = gen_random_uuid(),
                  lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), queued_at = NULL, done_at_claim = done
-             WHERE id = $1 AND status = 'queued'
+             WHERE id = $1 AND status = 'queued' AND run_id = (SELECT id FROM run)
              RETURNING id, run_id, name, attempts, max_attempts, lease_token, done, total, cursor),
          started AS (
              UPDATE offboard.runs r SET status = 'running', started_at = coalesce(r.started_at, now())
@@ -88,7 +99,10 @@ pub async fn claim(
 /// The first statement of a transaction that continues a step after an earlier transaction
 /// of the same attempt (the next batch): renews the lease, locks the step row for the
 /// transaction, and returns fresh progress. `None` means the lease was lost (expired and
-/// taken over, or the run canceled): the caller must roll back. The first transaction
+/// taken over, or the run is canceling: see [`stop_canceled`]): the caller must roll back.
+/// The run's row is locked first (`FOR KEY SHARE`: concurrent steps of one run do not wait
+/// for each other; an operator's cancel waits for the batch), so the completion at the end
+/// of the transaction takes its locks in the order every writer does. The first transaction
 /// after the claim needs none: the claim has just issued the lease and read the progress,
 /// and what the transaction records is fenced by the lease token itself.
 pub async fn fence(
@@ -100,6 +114,10 @@ pub async fn fence(
     sqlx::query_as(
         "UPDATE offboard.steps SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
          WHERE id = $1 AND lease_token = $2 AND status = 'running'
+           AND run_id = (SELECT r.id FROM offboard.runs r
+                         WHERE r.id = (SELECT run_id FROM offboard.steps WHERE id = $1)
+                           AND r.status <> 'canceling'
+                         FOR KEY SHARE)
          RETURNING done, total, cursor",
     )
     .bind(step_id)
@@ -110,7 +128,8 @@ pub async fn fence(
 }
 
 /// Records a batch of a batched step in the transaction that moved it, if the lease is
-/// still `token`'s. `false` means it was lost: the caller must roll back the batch.
+/// still `token`'s and the run is not canceling. `false` means it was lost (or the run is
+/// stopping): the caller must roll back the batch.
 pub async fn record_progress(
     tx: &mut PgConnection,
     step_id: i64,
@@ -120,8 +139,10 @@ pub async fn record_progress(
     cursor: &Value,
 ) -> Result<bool, sqlx::Error> {
     let recorded = sqlx::query(
-        "UPDATE offboard.steps SET done = $3, total = $4, cursor = $5
-         WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        "UPDATE offboard.steps s SET done = $3, total = $4, cursor = $5
+         WHERE id = $1 AND lease_token = $2 AND status = 'running'
+           AND NOT EXISTS (SELECT 1 FROM offboard.runs r
+                           WHERE r.id = s.run_id AND r.status = 'canceling')",
     )
     .bind(step_id)
     .bind(token)
@@ -147,7 +168,9 @@ pub struct Completion {
 /// decrements the dependency counters of the steps waiting on it (making ready those that
 /// reach 0) and the run's remaining-steps counter, all in one statement. The counters are
 /// updated row by row under row locks, so concurrent completions of one run never miss
-/// each other.
+/// each other. The run's row is locked first, then the step, then its dependents — the
+/// order a group transaction, a cancel and a retry take too, so they cannot deadlock.
+/// `None` when the lease was lost or the run is canceling (the caller rolls back).
 pub async fn complete(
     tx: &mut PgConnection,
     step_id: i64,
@@ -157,12 +180,17 @@ pub async fn complete(
     total: i64,
 ) -> Result<Option<Completion>, sqlx::Error> {
     sqlx::query_as(
-        "WITH finished AS (
+        "WITH run_lock AS (
+             SELECT r.id, r.status FROM offboard.runs r
+             WHERE r.id = (SELECT run_id FROM offboard.steps WHERE id = $1)
+             FOR NO KEY UPDATE),
+         finished AS (
              UPDATE offboard.steps
              SET status = 'succeeded', finished_at = now(), result = $3, done = $4, total = $5,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                  last_error_code = NULL, last_error_message = NULL
              WHERE id = $1 AND lease_token = $2 AND status = 'running'
+               AND run_id = (SELECT id FROM run_lock WHERE status <> 'canceling')
              RETURNING run_id, name),
          unblocked AS (
              UPDATE offboard.steps d
@@ -213,6 +241,7 @@ pub async fn lock_queued(
          WHERE s.id = ANY ($1) AND s.status = 'queued'
            AND r.id = (SELECT l.id FROM offboard.runs l
                        WHERE l.id = (SELECT run_id FROM offboard.steps WHERE id = $1[1])
+                         AND l.status NOT IN ('canceling', 'canceled')
                        FOR NO KEY UPDATE)
          ORDER BY s.id
          FOR UPDATE OF s SKIP LOCKED",
@@ -369,19 +398,27 @@ pub struct Failure<'a> {
 }
 
 /// `running -> ready` (later) or `running -> dead`, with the run marked failed when the
-/// step is dead. Returns the step's new status, or `None` if the lease was already lost.
+/// step is dead; `running -> canceled` when the run is canceling (a canceled step never
+/// becomes ready again), and the run then `canceled` if no other step of it runs. The
+/// run's row is locked first. Returns the step's new status, or `None` if the lease was
+/// already lost.
 pub async fn fail(
     pool: &PgPool,
     step_id: i64,
     token: Uuid,
     failure: &Failure<'_>,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
+        return Ok(None);
+    };
+    let status: Option<String> = sqlx::query_scalar(
         "WITH failed AS (
              UPDATE offboard.steps
-             SET status = CASE WHEN $3 OR attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
+             SET status = CASE WHEN $8 THEN 'canceled'
+                               WHEN $3 OR attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
                  next_attempt_at = now() + make_interval(secs => $6),
-                 finished_at = CASE WHEN $3 OR attempts >= max_attempts THEN now() END,
+                 finished_at = CASE WHEN $8 OR $3 OR attempts >= max_attempts THEN now() END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                  last_error_code = $4, last_error_message = $5
              WHERE id = $1 AND lease_token = $2 AND status = 'running'
@@ -394,11 +431,13 @@ pub async fn fail(
              RETURNING r.id),
          history AS (
              INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
-             SELECT run_id, CASE WHEN status = 'dead' THEN 'step_dead' ELSE 'step_retry_scheduled' END,
+             SELECT run_id, CASE status WHEN 'dead' THEN 'step_dead'
+                                        WHEN 'canceled' THEN 'step_canceled'
+                                        ELSE 'step_retry_scheduled' END,
                     name, 'system',
                     jsonb_build_object('attempt', attempts, 'code', $4,
-                                       'delay_ms', CASE WHEN status = 'dead' THEN NULL
-                                                        ELSE round($6 * 1000)::bigint END,
+                                       'delay_ms', CASE WHEN status = 'ready'
+                                                        THEN round($6 * 1000)::bigint END,
                                        'ceiling_ms', round($7 * 1000)::bigint)
              FROM failed)
          SELECT status FROM failed",
@@ -410,8 +449,63 @@ pub async fn fail(
     .bind(failure.message)
     .bind(secs(failure.retry_in))
     .bind(secs(failure.ceiling))
-    .fetch_optional(pool)
+    .bind(canceling)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if status.as_deref() == Some("canceled") {
+        super::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
+    }
+    tx.commit().await?;
+    Ok(status)
+}
+
+/// Locks the run of a step (`FOR NO KEY UPDATE`, the first lock every writer of a run's
+/// steps takes) and says whether it is canceling. `None`: no such step.
+async fn lock_run_of(
+    tx: &mut PgConnection,
+    step_id: i64,
+) -> Result<Option<(Uuid, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.id, r.status = 'canceling' FROM offboard.runs r
+         WHERE r.id = (SELECT run_id FROM offboard.steps WHERE id = $1)
+         FOR NO KEY UPDATE",
+    )
+    .bind(step_id)
+    .fetch_optional(&mut *tx)
     .await
+}
+
+/// A running step whose run is canceling stops here, at a batch boundary: `running ->
+/// canceled` (fenced by its lease), and the run turns `canceled`, with its receipt, if no
+/// other step of it runs. `false`: the lease was lost or the run is not canceling.
+pub async fn stop_canceled(pool: &PgPool, step_id: i64, token: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some((run_id, true)) = lock_run_of(&mut tx, step_id).await? else {
+        return Ok(false);
+    };
+    let stopped = sqlx::query(
+        "WITH stopped AS (
+             UPDATE offboard.steps
+             SET status = 'canceled', finished_at = now(),
+                 lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'
+             RETURNING run_id, name, attempts, done)
+         INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
+         SELECT run_id, 'step_canceled', name, 'system',
+                jsonb_build_object('attempt', attempts, 'done', done)
+         FROM stopped",
+    )
+    .bind(step_id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if stopped {
+        super::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
+    }
+    tx.commit().await?;
+    Ok(stopped)
 }
 
 /// Renews the leases of steps this process is running. Rows locked by a transaction that
@@ -438,34 +532,54 @@ pub async fn renew_leases(
     Ok(renewed.rows_affected())
 }
 
-/// A step whose lease expired (its worker died or hung) goes back to ready. The attempt
-/// counts, unless the lost worker had committed progress (a batched step resumes from its
-/// cursor, so it is not poison); a step that used all its attempts without getting anywhere
-/// is quarantined as dead, so a step that kills its worker cannot loop forever.
+/// A step whose lease expired (its worker died or hung, or its attempt passed its
+/// deadline) goes back to ready, after a backoff delay like any failed attempt (full
+/// jitter under base·2^(attempt−1), capped). The attempt counts, unless the lost worker
+/// had committed progress (a batched step resumes from its cursor, so it is not poison); a
+/// step that used all its attempts without getting anywhere is quarantined as dead, so a
+/// step that kills its worker cannot loop forever. A step of a canceling run is canceled
+/// instead, and the run turns canceled if it was its last running step.
+///
+/// Runs are locked before their steps (skipping any locked by someone else: the next sweep
+/// takes them), the order every writer of a run's steps keeps.
 pub async fn reap_expired_leases(
     pool: &PgPool,
+    backoff_base: Duration,
+    backoff_cap: Duration,
 ) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH expired AS (
-             SELECT id, attempts - CASE WHEN done > done_at_claim THEN 1 ELSE 0 END AS counted
-             FROM offboard.steps
+    let mut tx = pool.begin().await?;
+    let reaped: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "WITH due AS (
+             SELECT DISTINCT run_id FROM offboard.steps
              WHERE status = 'running' AND lease_expires_at < clock_timestamp()
-             ORDER BY lease_expires_at LIMIT 1000
-             FOR UPDATE SKIP LOCKED),
+             LIMIT 1000),
+         runs AS (
+             SELECT r.id, r.status = 'canceling' AS canceling FROM offboard.runs r
+             WHERE r.id IN (SELECT run_id FROM due)
+             ORDER BY r.id
+             FOR NO KEY UPDATE SKIP LOCKED),
+         expired AS (
+             SELECT s.id, l.canceling,
+                    s.attempts - CASE WHEN s.done > s.done_at_claim THEN 1 ELSE 0 END AS counted
+             FROM offboard.steps s JOIN runs l ON l.id = s.run_id
+             WHERE s.status = 'running' AND s.lease_expires_at < clock_timestamp()
+             FOR UPDATE OF s SKIP LOCKED),
          reaped AS (
              UPDATE offboard.steps s
              SET attempts = e.counted,
-                 status = CASE WHEN e.counted >= s.max_attempts THEN 'dead' ELSE 'ready' END,
-                 finished_at = CASE WHEN e.counted >= s.max_attempts THEN now() END,
-                 next_attempt_at = now(),
-                 last_error_code = CASE WHEN e.counted >= s.max_attempts
+                 status = CASE WHEN e.canceling THEN 'canceled'
+                               WHEN e.counted >= s.max_attempts THEN 'dead' ELSE 'ready' END,
+                 finished_at = CASE WHEN e.canceling OR e.counted >= s.max_attempts THEN now() END,
+                 next_attempt_at = now() + make_interval(secs =>
+                     random() * least($2, $1 * power(2, greatest(e.counted, 1) - 1))),
+                 last_error_code = CASE WHEN e.counted >= s.max_attempts AND NOT e.canceling
                                         THEN 'quarantined' ELSE 'lease_expired' END,
-                 last_error_message = CASE WHEN e.counted >= s.max_attempts
+                 last_error_message = CASE WHEN e.counted >= s.max_attempts AND NOT e.canceling
                      THEN 'the worker was lost on every one of ' || e.counted || ' attempts'
-                     ELSE 'the worker running attempt ' || s.attempts || ' was lost' END,
+                     ELSE 'the worker running attempt ' || s.attempts || ' was lost or passed its deadline' END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
              FROM expired e WHERE s.id = e.id
-             RETURNING s.run_id, s.name, s.status, s.attempts, s.last_error_code),
+             RETURNING s.run_id, s.name, s.status, s.attempts, s.last_error_code, s.next_attempt_at),
          failed_runs AS (
              UPDATE offboard.runs r
              SET status = 'failed', error_code = 'quarantined',
@@ -474,13 +588,28 @@ pub async fn reap_expired_leases(
              RETURNING r.id),
          history AS (
              INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
-             SELECT run_id, CASE WHEN status = 'dead' THEN 'step_dead' ELSE 'lease_expired' END,
-                    name, 'system', jsonb_build_object('attempt', attempts, 'code', last_error_code)
+             SELECT run_id, CASE status WHEN 'dead' THEN 'step_dead'
+                                        WHEN 'canceled' THEN 'step_canceled'
+                                        ELSE 'lease_expired' END,
+                    name, 'system',
+                    jsonb_build_object('attempt', attempts, 'code', last_error_code,
+                                       'delay_ms', CASE WHEN status = 'ready' THEN
+                                           greatest(0, round(extract(epoch FROM next_attempt_at - now()) * 1000))::bigint END)
              FROM reaped)
          SELECT run_id, name, status FROM reaped",
     )
-    .fetch_all(pool)
-    .await
+    .bind(secs(backoff_base))
+    .bind(secs(backoff_cap))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut stopped: Vec<Uuid> =
+        reaped.iter().filter(|(_, _, status)| status == "canceled").map(|r| r.0).collect();
+    stopped.dedup();
+    for run_id in stopped {
+        super::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
+    }
+    tx.commit().await?;
+    Ok(reaped)
 }
 
 /// Limits that keep Redis small and tenants fair.
@@ -554,9 +683,17 @@ pub async fn dispatch_ready(
                                          (SELECT turns FROM room) * $3)) y) x) c
              WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
              ORDER BY c.turn, c.id
-             LIMIT (SELECT n FROM room))
+             LIMIT (SELECT n FROM room)),
+         -- Rows an operator's cancel or retry holds are left for the next pass (no lock
+         -- waits in the dispatcher), and a step of a run that is stopping is never queued.
+         free AS (
+             SELECT s.id FROM offboard.steps s JOIN picked p ON p.id = s.id
+             WHERE s.status = 'ready'
+               AND EXISTS (SELECT 1 FROM offboard.runs r
+                           WHERE r.id = s.run_id AND r.status NOT IN ('canceling', 'canceled'))
+             FOR UPDATE OF s SKIP LOCKED)
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
-         FROM picked p WHERE s.id = p.id AND s.status = 'ready'
+         FROM picked p WHERE s.id = p.id AND s.id IN (SELECT id FROM free)
          RETURNING s.id, s.run_id, s.attempts, p.turn",
     )
     .bind(limits.max_in_flight)

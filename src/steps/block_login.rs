@@ -1,5 +1,6 @@
-//! Block login: revoke every session and API token first, so no new data arrives while
-//! the rest of the offboarding runs.
+//! Block login: flag the user so the store refuses new sessions and API tokens
+//! (`crm.users.login_blocked`, honoured by a trigger), then revoke every session and API
+//! token, so no new data arrives while the rest of the offboarding runs.
 
 use serde_json::json;
 use sqlx::PgConnection;
@@ -19,7 +20,8 @@ pub(super) async fn apply(
     tx: &mut PgConnection,
 ) -> Result<Progress, StepError> {
     let (sessions, tokens): (i64, i64) = sqlx::query_as(
-        "WITH s AS (DELETE FROM crm.sessions WHERE company_id = $1 AND user_id = $2 RETURNING 1),
+        "WITH b AS (UPDATE crm.users SET login_blocked = true WHERE id = $2 AND company_id = $1),
+              s AS (DELETE FROM crm.sessions WHERE company_id = $1 AND user_id = $2 RETURNING 1),
               t AS (DELETE FROM crm.api_tokens WHERE company_id = $1 AND user_id = $2 RETURNING 1)
          SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM t)",
     )

@@ -1,6 +1,7 @@
 //! The last deactivation step: mark the user deactivated, release the seat (to the
-//! replacement user, if the request created one), and record the private-email purge due
-//! at deactivated_at + retention.
+//! replacement user, if the request created one), revoke any session or API token again
+//! (one created before login was blocked, by a host that does not honour the flag), and
+//! record the private-email purge due at deactivated_at + retention.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -39,6 +40,17 @@ pub(super) async fn apply(
             "the user no longer exists or was deleted",
         ));
     };
+
+    // The store refuses new ones from here on (the user is no longer active).
+    let (sessions, tokens): (i64, i64) = sqlx::query_as(
+        "WITH s AS (DELETE FROM crm.sessions WHERE company_id = $1 AND user_id = $2 RETURNING 1),
+              t AS (DELETE FROM crm.api_tokens WHERE company_id = $1 AND user_id = $2 RETURNING 1)
+         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM t)",
+    )
+    .bind(cx.company())
+    .bind(cx.user())
+    .fetch_one(&mut *tx)
+    .await?;
 
     let mut seat_to = None;
     if let Some(replacement) = cx.run.params.replacement_user_id {
@@ -95,6 +107,8 @@ pub(super) async fn apply(
             "private_email_purge_id": purge_id,
             "private_email_purge_due_at": due_at,
             "private_emails_to_purge": private_emails,
+            "late_sessions_revoked": sessions,
+            "late_api_tokens_revoked": tokens,
         }),
         done: 1,
         total: 1,

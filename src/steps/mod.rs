@@ -391,6 +391,15 @@ impl From<sqlx::Error> for StepError {
                 let state = db.code().map(|c| c.to_string()).unwrap_or_default();
                 let constraint = db.constraint().map(|c| format!(" ({c})")).unwrap_or_default();
                 let message = format!("database error {state}{constraint}");
+                // A statement or lock wait past the pool's statement_timeout or
+                // lock_timeout: worth another attempt, under its own code.
+                if matches!(state.as_str(), "57014" | "55P03") {
+                    let what = if state == "55P03" { "a lock wait" } else { "a statement" };
+                    return StepError::retryable(
+                        "timeout",
+                        format!("{what} passed its time limit ({message})"),
+                    );
+                }
                 match state.get(..2) {
                     // serialization failure, deadlock; connection exceptions; operator
                     // intervention (shutdown, cancel); insufficient resources.
@@ -411,24 +420,37 @@ impl From<sqlx::Error> for StepError {
     }
 }
 
-/// The first admin of the company other than `excluding`: who receives shared dashboards,
-/// chatbot playbooks and web forms.
+/// The first admin of the company other than `excluding` who is not leaving (no active
+/// run deactivates them): who receives shared dashboards, chatbot playbooks and web forms.
+/// The admin's row is locked `FOR SHARE` for the transaction, so their own deactivation
+/// cannot commit in between.
 pub(crate) async fn first_admin(
     tx: &mut PgConnection,
     company_id: i64,
     excluding: i64,
 ) -> Result<i64, StepError> {
-    let admin: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM crm.users
-         WHERE company_id = $1 AND role = 'admin' AND status = 'active' AND id <> $2
-         ORDER BY id LIMIT 1",
-    )
+    let admin: Option<i64> = sqlx::query_scalar(concat!(
+        "SELECT u.id FROM crm.users u
+         WHERE u.company_id = $1 AND u.role = 'admin' AND u.status = 'active' AND u.id <> $2
+           AND NOT EXISTS (
+               SELECT 1 FROM offboard.runs r
+               WHERE r.company_id = u.company_id AND r.user_id = u.id
+                 AND r.action IN ('deactivate', 'deactivate_and_delete')
+                 AND r.status IN ",
+        crate::active_run_statuses_sql!(),
+        ")
+         ORDER BY u.id LIMIT 1
+         FOR SHARE OF u",
+    ))
     .bind(company_id)
     .bind(excluding)
     .fetch_optional(&mut *tx)
     .await?;
     admin.ok_or_else(|| {
-        StepError::permanent("no_active_admin", "the company has no other active admin")
+        StepError::permanent(
+            "no_active_admin",
+            "the company has no other active admin who is not being offboarded",
+        )
     })
 }
 

@@ -30,7 +30,8 @@ pub(super) async fn apply(
         return Err(StepError::permanent("no_free_seat", format!("all {seats} seats are taken")));
     }
     let reactivated = sqlx::query(
-        "UPDATE crm.users SET status = 'active', holds_seat = true, deactivated_at = NULL
+        "UPDATE crm.users SET status = 'active', holds_seat = true, deactivated_at = NULL,
+                              login_blocked = false
          WHERE id = $2 AND company_id = $1 AND status = 'deactivated'",
     )
     .bind(cx.company())

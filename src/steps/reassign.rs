@@ -4,6 +4,13 @@
 //! `reassign_batch` rows in its own transaction, which also stores the keyset cursor and
 //! `done`, so a killed worker resumes exactly where the last commit left off and the n-th
 //! item in the order always goes where the plan's arithmetic says — what a dry run promised.
+//!
+//! Single and ratio plans move everything: they keep taking batches until one comes back
+//! short, so items the user created while the run went on move too. Hardcoded counts stop
+//! at their sum of the items in scope when the step began, exactly as the dry run said.
+//! Every batch first locks its targets (`FOR SHARE`, so none can be deactivated while it
+//! moves items to them) and fails for good with `target_inactive` if one is no longer
+//! active: never an item written to an inactive user.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -78,7 +85,11 @@ pub(super) async fn apply(
         Some(total) => total,
         None => count_in_scope(&mut *tx, cx.company(), cx.user(), item, rule.scope).await?,
     };
-    let limit = rule.distribution.moves_at_most(total as u64) as i64;
+    let open_ended = !matches!(rule.distribution, Distribution::Hardcoded(_));
+    let limit = match open_ended {
+        true => i64::MAX,
+        false => rule.distribution.moves_at_most(total as u64) as i64,
+    };
     let done = cx.step.done;
     let wanted = (limit - done).min(cx.settings.reassign_batch);
     let cursor = Cursor::from_json(cx.step.cursor.as_ref())?;
@@ -86,6 +97,7 @@ pub(super) async fn apply(
     let (moved, last) = if wanted <= 0 {
         (0, None)
     } else {
+        lock_active_targets(tx, cx.company(), &rule.distribution.targets()).await?;
         match &rule.distribution {
             Distribution::Single(target) => {
                 move_batch_to_one(tx, cx, item, rule.scope, cursor, wanted, *target).await?
@@ -97,6 +109,8 @@ pub(super) async fn apply(
         }
     };
     let done = done + moved;
+    // Items created during the run count as in scope once moved.
+    let total = total.max(done);
 
     match last {
         Some(last) if moved == wanted && done < limit => {
@@ -108,6 +122,35 @@ pub(super) async fn apply(
             total,
             after_commit: Vec::new(),
         })),
+    }
+}
+
+/// Locks the targets `FOR SHARE` for the transaction (in id order) and fails for good
+/// with `target_inactive` if one is not an active user of the company.
+async fn lock_active_targets(
+    tx: &mut PgConnection,
+    company_id: i64,
+    targets: &[UserId],
+) -> Result<(), StepError> {
+    let ids: Vec<i64> = targets.iter().map(|t| t.get()).collect();
+    let active: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM (SELECT id, status FROM crm.users
+                         WHERE company_id = $1 AND id = ANY ($2)
+                         ORDER BY id FOR SHARE) u
+         WHERE status = 'active'",
+    )
+    .bind(company_id)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    match ids.iter().find(|id| !active.contains(id)) {
+        None => Ok(()),
+        Some(id) => Err(StepError::permanent(
+            "target_inactive",
+            format!(
+                "target user {id} is no longer active; fix the plan (or the user), then retry the step"
+            ),
+        )),
     }
 }
 

@@ -94,7 +94,7 @@ async fn stats_count_runs_steps_throughput_and_due_purges(pool: PgPool) {
     assert_eq!(stats["company_id"], Value::Null);
     assert_eq!(
         stats["runs"],
-        json!({"queued": 1, "running": 0, "succeeded": 1, "failed": 0, "canceled": 0})
+        json!({"queued": 1, "running": 0, "canceling": 0, "succeeded": 1, "failed": 0, "canceled": 0})
     );
     assert_eq!(stats["steps"]["succeeded"], succeeded_steps);
     let steps_total: i64 =

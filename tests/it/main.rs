@@ -6,6 +6,7 @@ mod bad_input;
 mod dashboard;
 mod deactivation;
 mod erasure;
+mod hardening;
 mod helpers;
 mod openapi;
 mod operators;

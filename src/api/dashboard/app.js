@@ -10,7 +10,8 @@
   const DEV_TOKEN = 'offboard-dev-token';
   const POLL_MS = 1000;
   const PAGE = 50;
-  const ACTIVE = ['queued', 'running', 'failed'];
+  // Runs a cancel applies to (a canceling run is already stopping).
+  const CANCELABLE = ['queued', 'running', 'failed'];
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -294,7 +295,7 @@
     setText('#run-created', when(run.created_at));
     setText('#run-started', when(run.started_at));
     const took = run.started_at ? duration(run.started_at, run.finished_at) : '';
-    const going = run.status === 'queued' || run.status === 'running';
+    const going = ['queued', 'running', 'canceling'].includes(run.status);
     setText('#run-finished', run.finished_at
       ? `${when(run.finished_at)}${took ? ` (${took})` : ''}`
       : `–${going && took ? ` (${took} so far)` : ''}`);
@@ -312,7 +313,7 @@
     const dead = run.steps.filter((s) => s.status === 'dead').length;
     $('#retry').hidden = dead === 0;
     $('#retry').textContent = dead === 1 ? 'Retry dead step' : `Retry ${dead} dead steps`;
-    $('#cancel').hidden = !ACTIVE.includes(run.status);
+    $('#cancel').hidden = !CANCELABLE.includes(run.status);
 
     const rows = run.steps.map((step) => {
       const progress = stepProgress(step);
@@ -359,7 +360,10 @@
       const body = await api('POST', `/v1/offboardings/${encodeURIComponent(run.id)}/${action}`);
       showResult(action === 'retry'
         ? `Retried: ${body.steps_retried} dead step${body.steps_retried === 1 ? '' : 's'} back in line.`
-        : `Canceled: ${body.steps_canceled} step${body.steps_canceled === 1 ? '' : 's'} will not run.`);
+        : body.status === 'canceling'
+          ? `Canceling: ${body.steps_canceled} step${body.steps_canceled === 1 ? '' : 's'} will not run; ` +
+            `${body.steps_running} running step${body.steps_running === 1 ? '' : 's'} stop${body.steps_running === 1 ? 's' : ''} at the next batch.`
+          : `Canceled: ${body.steps_canceled} step${body.steps_canceled === 1 ? '' : 's'} will not run.`);
     } catch (e) {
       showResult(`${action} refused — ${e}`, true);
     } finally {
