@@ -465,7 +465,7 @@ impl Executor {
                 Outcome::Succeeded => Ended::Succeeded,
                 Outcome::WillRetry => Ended::Retry,
                 Outcome::Dead => Ended::Dead,
-                Outcome::LeaseLost | Outcome::NotQueued => Ended::Lost,
+                Outcome::Canceled | Outcome::LeaseLost | Outcome::NotQueued => Ended::Lost,
             },
             started.elapsed(),
         );
