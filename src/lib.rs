@@ -12,6 +12,8 @@
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
 //! - [`worker`]: the apalis worker runtime.
+//! - [`outbound`]: calls that leave offboard — host webhooks (signed, from the ledger's
+//!   outbox), through one guarded HTTP client.
 //! - [`chaos`]: the fault suite (`offboard chaos`).
 //! - [`bench`]: `offboard bench`, throughput figures against baselines.
 
@@ -29,6 +31,7 @@ pub mod domain;
 pub mod executor;
 pub mod ledger;
 pub mod metrics;
+pub mod outbound;
 pub mod queue;
 pub mod shutdown;
 pub mod steps;

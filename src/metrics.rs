@@ -28,6 +28,9 @@ struct Inner {
     items_reassigned: u64,
     purges_fired: BTreeMap<&'static str, u64>,
     http_requests: BTreeMap<(String, u16), u64>,
+    /// (endpoint id, outcome) -> webhook attempts that ended so.
+    webhook_attempts: BTreeMap<(String, &'static str), u64>,
+    webhook_seconds: BTreeMap<String, Histogram>,
 }
 
 #[derive(Default)]
@@ -37,20 +40,46 @@ pub struct Metrics {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+    }
+}
+
 impl Metrics {
     /// One attempt of a step ended: `succeeded`, `retry`, `dead` or `lease_lost`.
     pub fn step_attempt(&self, step: &str, outcome: &'static str, took: Duration) {
         let mut inner = self.inner.lock().expect("metrics lock");
         *inner.step_attempts.entry((step.to_string(), outcome)).or_default() += 1;
-        let h = inner.step_seconds.entry(step.to_string()).or_default();
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        inner.step_seconds.entry(step.to_string()).or_default().observe(took);
+    }
+
+    /// One attempt of a webhook delivery ended: `succeeded`, `retry`, `failed` (schedule
+    /// used up) or `gone` (410). Labelled by endpoint id, never by URL.
+    pub fn webhook_attempt(&self, endpoint_id: &str, outcome: &'static str, took: Duration) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        *inner.webhook_attempts.entry((endpoint_id.to_string(), outcome)).or_default() += 1;
+        inner.webhook_seconds.entry(endpoint_id.to_string()).or_default().observe(took);
     }
 
     pub fn items_reassigned(&self, n: u64) {
@@ -119,6 +148,19 @@ impl Metrics {
                 "offboard_purges_fired_total{{fired_by=\"{by}\"}} {}",
                 inner.purges_fired.get(by).copied().unwrap_or(0)
             );
+        }
+        out.push_str("# HELP offboard_webhook_attempts_total Webhook delivery attempts by endpoint and outcome.\n");
+        out.push_str("# TYPE offboard_webhook_attempts_total counter\n");
+        for ((endpoint, outcome), n) in &inner.webhook_attempts {
+            let _ = writeln!(
+                out,
+                "offboard_webhook_attempts_total{{endpoint_id=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP offboard_webhook_attempt_duration_seconds Time one webhook attempt took, by endpoint.\n");
+        out.push_str("# TYPE offboard_webhook_attempt_duration_seconds histogram\n");
+        for (endpoint, h) in &inner.webhook_seconds {
+            h.render(out, "offboard_webhook_attempt_duration_seconds", "endpoint_id", endpoint);
         }
         out.push_str("# HELP offboard_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE offboard_http_requests_total counter\n");

@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, preview, views};
+use super::{dashboard, health, offboardings, preview, views, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,15 @@ use super::{dashboard, health, offboardings, preview, views};
         preview::show,
         preview::dry_run,
         dashboard::stats,
+        webhooks::create_endpoint,
+        webhooks::list_endpoints,
+        webhooks::get_endpoint,
+        webhooks::update_endpoint,
+        webhooks::delete_endpoint,
+        webhooks::rotate_secret,
+        webhooks::replay_failed,
+        webhooks::list_deliveries,
+        webhooks::replay_delivery,
     ),
     components(schemas(
         views::ErrorBody,
@@ -40,6 +49,14 @@ use super::{dashboard, health, offboardings, preview, views};
         views::Canceled,
         views::Health,
         views::DryRunBody,
+        webhooks::CreateEndpoint,
+        webhooks::UpdateEndpoint,
+        webhooks::EndpointWithSecret,
+        webhooks::EndpointList,
+        webhooks::DeliveryList,
+        webhooks::Replayed,
+        crate::ledger::webhooks::EndpointRow,
+        crate::ledger::webhooks::DeliveryRow,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
@@ -48,6 +65,7 @@ use super::{dashboard, health, offboardings, preview, views};
         (name = "preview", description = "What a user owns; dry runs of transfer plans"),
         (name = "operators", description = "Retry, cancel, stats"),
         (name = "operations", description = "Health and metrics"),
+        (name = "webhooks", description = "Endpoints the host hears back on (Standard Webhooks), their deliveries and replays"),
     )
 )]
 pub struct ApiDoc;

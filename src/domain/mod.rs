@@ -5,6 +5,7 @@ pub mod action;
 pub mod ids;
 pub mod request;
 pub mod transfer;
+pub mod webhook;
 
 pub use action::Action;
 pub use ids::{CompanyId, UserId};

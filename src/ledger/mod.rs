@@ -1,10 +1,11 @@
-//! The ledger (schema `offboard`): runs, steps, history, idempotency keys and scheduled
-//! purges. PostgreSQL is the record of every run and step; Redis only carries work, so
-//! anything Redis loses is found here again.
+//! The ledger (schema `offboard`): runs, steps, history, idempotency keys, scheduled
+//! purges, and host webhooks (endpoints, events, deliveries). PostgreSQL is the record of
+//! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
 pub mod idempotency;
 pub mod runs;
 pub mod steps;
+pub mod webhooks;
 
 use std::time::Duration;
 

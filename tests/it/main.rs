@@ -13,3 +13,4 @@ mod recovery;
 mod refusals;
 mod retries;
 mod transfer;
+mod webhooks;
