@@ -1,4 +1,5 @@
-# Builds both binaries: `offboard` (API + workers, CLI) and `offboard-worker` (workers only).
+# Builds both binaries: `offboard` (API + workers, CLI) and `offboard-worker` (workers only);
+# never the lab (`offboard-lab`: bench and fault suite), which can flush Redis and drop databases.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -21,7 +21,7 @@ pub struct Settings {
     pub api_tokens: Vec<ApiToken>,
     pub log_format: LogFormat,
     /// Faults to inject into steps (`OFFBOARD_FAULTS`), for fault drills; empty normally.
-    pub faults: Option<String>,
+    pub faults: Vec<FaultSpec>,
     pub worker: WorkerSettings,
     pub steps: StepSettings,
     pub webhooks: WebhookSettings,
@@ -125,6 +125,49 @@ impl Default for WebhookSettings {
             secret_overlap: h(24),
             poll_interval: Duration::from_secs(1),
         }
+    }
+}
+
+/// What a fault drill injects into a named step (`OFFBOARD_FAULTS`): plain data, turned into
+/// live faults by the engine's `faults` module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultSpec {
+    pub step: String,
+    pub kind: FaultKind,
+    pub times: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    Retryable,
+    Permanent,
+    /// Abort the whole process after the claim: a step that kills its worker.
+    Crash,
+}
+
+impl FaultSpec {
+    /// `step=kind[*n],...` with kind `retryable`, `permanent` or `crash`, e.g.
+    /// `stop_syncs=permanent,reassign_deals=retryable*3`.
+    pub fn parse(spec: &str) -> Result<Vec<Self>, String> {
+        let mut specs = Vec::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (step, rest) =
+                entry.split_once('=').ok_or_else(|| format!("{entry:?}: expected step=kind"))?;
+            let (kind, times) = match rest.split_once('*') {
+                Some((kind, n)) => {
+                    (kind, n.parse::<usize>().map_err(|_| format!("{entry:?}: bad count"))?)
+                }
+                None => (rest, 1),
+            };
+            let kind = match kind {
+                "retryable" => FaultKind::Retryable,
+                "permanent" => FaultKind::Permanent,
+                "crash" => FaultKind::Crash,
+                other => return Err(format!("{entry:?}: unknown fault kind {other:?}")),
+            };
+            specs.push(Self { step: step.to_string(), kind, times });
+        }
+        Ok(specs)
     }
 }
 
@@ -297,11 +340,9 @@ impl Settings {
             log_format,
             faults: match var("OFFBOARD_FAULTS") {
                 Some(spec) => {
-                    crate::executor::Faults::parse(&spec)
-                        .map_err(|e| anyhow::anyhow!("OFFBOARD_FAULTS: {e}"))?;
-                    Some(spec)
+                    FaultSpec::parse(&spec).map_err(|e| anyhow::anyhow!("OFFBOARD_FAULTS: {e}"))?
                 }
-                None => None,
+                None => Vec::new(),
             },
             worker,
             steps,

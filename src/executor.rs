@@ -5,7 +5,7 @@
 //! or the lock on a queued step, makes that exactly once in effect.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::Instant,
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use crate::faults::{Fault, Faults};
 use crate::{
     backoff::Backoff,
     config::{StepSettings, WorkerSettings},
@@ -96,67 +97,6 @@ impl Drop for LeaseGuard {
                 self.leases.groups.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-    }
-}
-
-/// A fault injected into a named step, for the fault suite, the browser test and tests.
-#[derive(Debug)]
-pub enum Fault {
-    Fail(StepError),
-    /// Abort the whole process after the claim: a step that kills its worker.
-    Crash,
-}
-
-/// Faults to inject: each call of the named step takes the next one. Empty in normal
-/// operation; set by `OFFBOARD_FAULTS` or by tests.
-#[derive(Debug, Default)]
-pub struct Faults {
-    queued: Mutex<HashMap<String, VecDeque<Fault>>>,
-}
-
-impl Faults {
-    /// `step=kind[*n],...` with kind `retryable`, `permanent` or `crash`, e.g.
-    /// `stop_syncs=permanent,reassign_deals=retryable*3`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
-        let faults = Faults::default();
-        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (step, rest) =
-                entry.split_once('=').ok_or_else(|| format!("{entry:?}: expected step=kind"))?;
-            let (kind, times) = match rest.split_once('*') {
-                Some((kind, n)) => {
-                    (kind, n.parse::<usize>().map_err(|_| format!("{entry:?}: bad count"))?)
-                }
-                None => (rest, 1),
-            };
-            for _ in 0..times {
-                let fault = match kind {
-                    "retryable" => {
-                        Fault::Fail(StepError::retryable("injected", "injected retryable fault"))
-                    }
-                    "permanent" => {
-                        Fault::Fail(StepError::permanent("injected", "injected permanent fault"))
-                    }
-                    "crash" => Fault::Crash,
-                    other => return Err(format!("{entry:?}: unknown fault kind {other:?}")),
-                };
-                faults.inject(step, fault);
-            }
-        }
-        Ok(faults)
-    }
-
-    pub fn inject(&self, step: &str, fault: Fault) {
-        self.queued
-            .lock()
-            .expect("faults lock")
-            .entry(step.to_string())
-            .or_default()
-            .push_back(fault);
-    }
-
-    fn take(&self, step: &str) -> Option<Fault> {
-        let mut queued = self.queued.lock().expect("faults lock");
-        queued.get_mut(step).and_then(VecDeque::pop_front)
     }
 }
 
@@ -336,7 +276,7 @@ impl Executor {
         let mut continuing: Vec<(usize, i64, Option<i64>, Option<serde_json::Value>)> = Vec::new();
         for (i, p) in group.iter().enumerate() {
             let claim = &p.claim;
-            let reassigns = matches!(p.kind, StepKind::Reassign(_));
+            let reassigns = p.kind.moves_items();
             if reassigns && moved >= self.steps.reassign_batch {
                 continuing.push((i, claim.done, claim.total, claim.cursor.clone()));
                 continue;
@@ -514,7 +454,7 @@ impl Executor {
                     return Ok(Attempt::LeaseLost);
                 }
                 tx.commit().await?;
-                if matches!(kind, StepKind::Reassign(_)) {
+                if kind.moves_items() {
                     METRICS.items_reassigned((done - done_before).max(0) as u64);
                 }
                 Ok(Attempt::More)
@@ -536,7 +476,7 @@ impl Executor {
                     runs::finish(&mut tx, run.id).await?;
                 }
                 tx.commit().await?;
-                if matches!(kind, StepKind::Reassign(_)) {
+                if kind.moves_items() {
                     METRICS.items_reassigned((finished.done - done_before).max(0) as u64);
                 }
                 if completion.unblocked > 0 {

@@ -14,14 +14,11 @@
 //! - [`worker`]: the apalis worker runtime.
 //! - [`outbound`]: calls that leave offboard — host webhooks (signed, from the ledger's
 //!   outbox), through one guarded HTTP client.
-//! - [`chaos`]: the fault suite (`offboard chaos`).
-//! - [`bench`]: `offboard bench`, throughput figures against baselines.
+//! - [`faults`]: fault injection into steps (drills and tests).
 
 pub mod api;
 pub mod app;
 pub mod backoff;
-pub mod bench;
-pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod crm;
@@ -29,6 +26,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod executor;
+pub mod faults;
 pub mod ledger;
 pub mod metrics;
 pub mod outbound;

@@ -1,12 +1,9 @@
 //! The `offboard` command: wiring only; the work lives in the library.
 
 use clap::{Parser, Subcommand};
-use std::time::Duration;
 
 use offboard::{
     app,
-    bench::{self, BenchOptions, Scenario},
-    chaos::{self, ChaosOptions},
     cli::{self, ApiClient},
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions},
@@ -35,46 +32,19 @@ enum Command {
     Seed(SeedArgs),
     /// Migrate, seed, serve in-process, deactivate a user over HTTP, show progress and the receipt.
     Demo(SeedArgs),
-    /// The fault suite: worker processes SIGKILLed, Redis flushed and restarted, PostgreSQL
-    /// restarted while runs go on; exits non-zero if anything was lost or doubled.
-    Chaos {
-        /// Runs to request, over every action.
-        #[arg(long, default_value_t = 240)]
-        runs: usize,
-        /// How long faults are injected (e.g. 90s, 2m).
-        #[arg(long, default_value = "90s", value_parser = duration_arg)]
-        duration: Duration,
-        /// After the faults, how long runs may take to finish before they count as lost.
-        #[arg(long, default_value = "3m", value_parser = duration_arg)]
-        settle: Duration,
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        #[arg(long, default_value_t = 120)]
-        users: usize,
-        #[arg(long, default_value_t = 4000)]
-        items_per_user: usize,
-        /// Rows per reassignment transaction in the workers (small, so kills land mid-step).
-        #[arg(long, default_value_t = 5)]
-        reassign_batch: i64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Leave shared services alone: flush only the suite's Redis keys, cut only its
-        /// PostgreSQL connections, never restart Redis or PostgreSQL.
-        #[arg(long)]
-        no_service_restarts: bool,
-        /// The suite's own database, dropped and recreated (its name must contain "chaos").
-        #[arg(long, default_value = "offboard_chaos")]
-        database: String,
-        /// Keep the database after a passing run too.
-        #[arg(long)]
-        keep_database: bool,
-    },
     /// Operate on runs through the HTTP API.
     Runs {
         #[command(flatten)]
         api: ApiArgs,
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Host webhooks through the HTTP API: endpoints, deliveries, replays.
+    Webhooks {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
     /// What a user owns; with --transfer, a dry run of the plan.
     Preview {
@@ -87,14 +57,6 @@ enum Command {
         /// A transfer plan as JSON, e.g. '{"default":{"mode":"single","targets":[{"user_id":3}]}}'.
         #[arg(long)]
         transfer: Option<String>,
-    },
-    /// Measure throughput against baselines, in throwaway databases (use a release build).
-    Bench {
-        #[arg(value_enum)]
-        scenario: Scenario,
-        /// Shrink data sizes and durations for a quick look; figures compare only at 1.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
     },
 }
 
@@ -122,6 +84,39 @@ struct ApiArgs {
     /// Bearer token (the development token works against a loopback-bound API).
     #[arg(long, env = "OFFBOARD_API_TOKEN", default_value = DEV_TOKEN, hide_default_value = true, global = true)]
     token: String,
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Endpoints, oldest first.
+    List {
+        #[arg(long)]
+        company: Option<i64>,
+    },
+    /// Deliveries, newest first.
+    Deliveries {
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// pending, sending, succeeded or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        company: Option<i64>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send a delivery again (same webhook-id), or with --failed every failed delivery of
+    /// --endpoint.
+    Replay {
+        #[arg(required_unless_present = "failed")]
+        delivery: Option<i64>,
+        #[arg(long, requires = "endpoint")]
+        failed: bool,
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,12 +152,9 @@ async fn main() -> anyhow::Result<()> {
     let filter = match cli.command {
         Command::Demo { .. }
         | Command::Runs { .. }
+        | Command::Webhooks { .. }
         | Command::Preview { .. }
         | Command::Seed { .. } => "warn",
-        // The suite's own API logs what the faults provoke; its report says what matters.
-        Command::Chaos { .. } => "error,sqlx=off",
-        // Bulk statements of a benchmark are slow on purpose.
-        Command::Bench { .. } => "warn,sqlx=error",
         _ => app::DEFAULT_LOG_FILTER,
     };
     app::init_tracing(settings.log_format, filter);
@@ -191,39 +183,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args.into()).await,
-        Command::Chaos {
-            runs,
-            duration,
-            settle,
-            workers,
-            users,
-            items_per_user,
-            reassign_batch,
-            seed,
-            no_service_restarts,
-            database,
-            keep_database,
-        } => {
-            let options = ChaosOptions {
-                runs,
-                duration,
-                settle,
-                workers,
-                users,
-                items_per_user,
-                reassign_batch,
-                seed,
-                service_restarts: !no_service_restarts,
-                database,
-                keep_database,
-            };
-            let report = chaos::run(settings, options).await?;
-            println!("{report}");
-            if !report.passed() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
         Command::Runs { api, command } => {
             let client = ApiClient::new(&api.api_url, &api.token);
             match command {
@@ -253,8 +212,34 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Bench { scenario, scale } => {
-            bench::run(&settings, scenario, BenchOptions { scale }).await
+        Command::Webhooks { api, command } => {
+            let client = ApiClient::new(&api.api_url, &api.token);
+            match command {
+                WebhooksCommand::List { company } => {
+                    let query = company.map(|c| format!("company_id={c}")).unwrap_or_default();
+                    cli::webhook_endpoints(&client, &query).await
+                }
+                WebhooksCommand::Deliveries { endpoint, status, company, limit, cursor } => {
+                    let mut query = vec![format!("limit={limit}")];
+                    query.extend(endpoint.map(|e| format!("endpoint_id={e}")));
+                    query.extend(status.map(|s| format!("status={s}")));
+                    query.extend(company.map(|c| format!("company_id={c}")));
+                    query.extend(cursor.map(|c| format!("cursor={c}")));
+                    cli::webhook_deliveries(&client, &query.join("&")).await
+                }
+                WebhooksCommand::Replay { delivery, failed, endpoint } => {
+                    let path = match (failed, delivery, endpoint) {
+                        (true, _, Some(endpoint)) => {
+                            format!("/v1/webhook-endpoints/{endpoint}/replay-failed")
+                        }
+                        (_, Some(delivery), _) => {
+                            format!("/v1/webhook-deliveries/{delivery}/replay")
+                        }
+                        _ => anyhow::bail!("give a delivery id, or --failed --endpoint ID"),
+                    };
+                    print(client.post(&path, &json!({}), None).await?)
+                }
+            }
         }
         Command::Preview { api, company, user, transfer } => {
             let client = ApiClient::new(&api.api_url, &api.token);
@@ -270,10 +255,6 @@ async fn main() -> anyhow::Result<()> {
             print(body)
         }
     }
-}
-
-fn duration_arg(raw: &str) -> Result<Duration, String> {
-    offboard::config::parse_duration(raw).map_err(|e| e.to_string())
 }
 
 fn print(value: serde_json::Value) -> anyhow::Result<()> {

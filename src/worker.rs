@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use crate::{
     config::Settings,
     dispatch::Dispatcher,
-    executor::{Executor, Faults, Leases},
+    executor::{Executor, Leases},
+    faults::Faults,
     ledger::steps,
     metrics::METRICS,
     outbound::webhooks::Deliverer,
@@ -34,13 +35,8 @@ pub struct Workers {
 
 impl Workers {
     pub fn new(pool: PgPool, queues: Queues, settings: &Settings, nudge: Arc<Notify>) -> Self {
-        // Validated when the settings were read.
-        let faults = settings
-            .faults
-            .as_deref()
-            .and_then(|spec| Faults::parse(spec).ok())
-            .unwrap_or_default();
-        if settings.faults.is_some() {
+        let faults = Faults::from_specs(&settings.faults);
+        if !settings.faults.is_empty() {
             tracing::warn!(faults = ?settings.faults, "fault injection is on");
         }
         let executor = Arc::new(Executor {

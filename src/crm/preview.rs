@@ -6,10 +6,8 @@
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use crate::{
-    domain::{ItemType, Scope, TransferPlan},
-    steps::reassign::count_in_scope,
-};
+use super::items::count_in_scope;
+use crate::domain::{ItemType, Scope, TransferPlan};
 
 /// Everything the user owns or is named in, by count (ids for the review lists).
 pub async fn belongings(

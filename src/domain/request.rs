@@ -2,36 +2,12 @@
 //! Only the shape is checked here; rules that need the CRM store (targets are active users
 //! of the company, the company keeps an admin, …) are checked by the API in its transaction.
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 
 use super::{
-    Action, CompanyId, UserId,
+    Action, CompanyId, FieldError, UserId,
     transfer::{Recipient, TransferPlan},
 };
-
-/// A refusal that names the field at fault, e.g.
-/// `transfer.deals.targets[1].user_id: user 17 is deactivated`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for FieldError {}
 
 /// A user created by "delete and replace", who inherits the seat and can be a target.
 #[derive(Clone, Debug, PartialEq, Eq)]

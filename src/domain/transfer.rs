@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use serde_json::{Map, Value, json};
 
-use super::{UserId, request::FieldError};
+use super::{FieldError, UserId};
 
 /// The kinds of items a user owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,9 +5,16 @@
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Finished, Progress, StepContext, StepError};
+use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 
 pub const ERASED_FIELDS: [&str; 4] = ["name", "email", "phone", "picture_url"];
+
+/// Registered in [`super::REGISTRY`].
+pub(super) const STEP: Step = Step {
+    name: "erase_personal_data",
+    stage: Stage::Fixed,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,

@@ -6,7 +6,14 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{AfterCommit, Finished, Progress, StepContext, StepError};
+use super::{AfterCommit, Finished, Progress, Stage, Step, StepContext, StepError};
+
+/// Registered in [`super::REGISTRY`].
+pub(super) const STEP: Step = Step {
+    name: "finish_deactivation",
+    stage: Stage::Fixed,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,

@@ -1,12 +1,35 @@
 //! The steps of an offboarding run, one file each, and the registry that says which steps
-//! an action takes and in what order. Adding a step is one file plus one line in
-//! [`StepKind`] and one in [`plan`].
+//! exist and where an action's plan puts them.
 //!
-//! Every step has the same shape: given the run and a transaction, apply the effect
-//! idempotently and return what changed. The executor commits the effect in the same
-//! transaction that records the step done, so a re-delivered task never applies it twice.
-//! A step that moves many rows returns [`Progress::Batch`] and is called again, each batch
-//! its own transaction, resuming from the cursor it stored.
+//! Every step has the same shape, a [`Step`]: its name, its [`Stage`] in a plan and its
+//! effect. Given the run and a transaction, the effect is applied idempotently and says what
+//! changed. The executor commits the effect in the same transaction that records the step
+//! done, so a re-delivered task never applies it twice. A step that moves many rows returns
+//! [`Progress::Batch`] and is called again, each batch its own transaction, resuming from
+//! the cursor it stored.
+//!
+//! # Adding a step
+//! One file and one line. The file, say `src/steps/archive_notes.rs`, holds the effect and
+//! its entry:
+//!
+//! ```ignore
+//! use super::{Finished, Progress, Stage, Step, StepContext, StepError};
+//!
+//! pub(super) const STEP: Step = Step {
+//!     name: "archive_notes",
+//!     // Runs in every deactivation once login is blocked, beside the others.
+//!     stage: Stage::WhileDeactivating,
+//!     apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+//! };
+//!
+//! async fn apply(cx: &StepContext<'_>, tx: &mut PgConnection) -> Result<Progress, StepError> {
+//!     /* … */
+//!     Ok(Finished::with_counts(json!({"notes_archived": n})))
+//! }
+//! ```
+//!
+//! and the line is `archive_notes::STEP,` in [`REGISTRY`] (plus its `mod archive_notes;`).
+//! The test `a_new_step_is_one_entry_in_the_registry` does exactly this.
 
 mod block_login;
 mod disable_webhooks;
@@ -23,7 +46,10 @@ mod stop_syncs;
 mod transfer_dashboards;
 mod uninstall_apps;
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -34,75 +60,103 @@ use crate::{
     domain::{Action, CompanyId, ItemType, TransferPlan, UserId},
 };
 
-/// Every step a run can have.
+/// Every step there is, in the order a plan lists those of one stage.
+pub const REGISTRY: &[Step] = &[
+    block_login::STEP,
+    stop_syncs::STEP,
+    uninstall_apps::STEP,
+    disable_webhooks::STEP,
+    transfer_dashboards::STEP,
+    review_automations::STEP,
+    hand_over_leadbooster::STEP,
+    reassign::STEP,
+    finish_deactivation::STEP,
+    erase_personal_data::STEP,
+    redact_profile::STEP,
+    reactivate_user::STEP,
+    noop::STEP,
+];
+
+/// A step's effect: applies it (or its next batch) inside the transaction.
+pub type Apply = for<'a> fn(
+    &'a StepContext<'a>,
+    &'a mut PgConnection,
+    StepArg,
+) -> BoxFuture<'a, Result<Progress, StepError>>;
+
+/// One step: what the ledger calls it, where a plan puts it, what it does.
+pub struct Step {
+    /// The ledger's name (for per-item and numbered steps, the prefix before `_<arg>`).
+    pub name: &'static str,
+    pub stage: Stage,
+    pub apply: Apply,
+}
+
+/// Where an action's plan puts a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Placed by [`plan`] itself: the steps that give the actions their shape (login
+    /// blocked first, the user marked deactivated last, erasure, redaction, reactivation).
+    Fixed,
+    /// In every deactivation once login is blocked, beside the others, before the user is
+    /// marked deactivated.
+    WhileDeactivating,
+    /// Once per item type of the transfer plan, named `<name>_<item>` (`reassign_deals`),
+    /// in a deactivation and in a deletion.
+    PerItemType,
+    /// Numbered copies (`noop_7`) that no action plans (the bench inserts them).
+    Numbered,
+}
+
+/// What distinguishes copies of one step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StepKind {
-    BlockLogin,
-    StopSyncs,
-    UninstallApps,
-    DisableWebhooks,
-    TransferDashboards,
-    ReviewAutomations,
-    HandOverLeadbooster,
-    Reassign(ItemType),
-    FinishDeactivation,
-    ErasePersonalData,
-    RedactProfile,
-    ReactivateUser,
-    /// Does nothing; numbered so a run can hold many. Only `offboard bench steps` uses it.
-    Noop(u32),
+pub enum StepArg {
+    None,
+    Item(ItemType),
+    Number(u32),
+}
+
+/// A step of a run: a registered [`Step`] with its argument.
+#[derive(Clone, Copy)]
+pub struct StepKind {
+    step: &'static Step,
+    arg: StepArg,
+}
+
+impl PartialEq for StepKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.step.name == other.step.name && self.arg == other.arg
+    }
+}
+
+impl Eq for StepKind {}
+
+impl fmt::Debug for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 impl StepKind {
-    /// The deactivation steps that only need login blocked before them.
-    const AFTER_LOGIN_BLOCKED: [StepKind; 6] = [
-        StepKind::StopSyncs,
-        StepKind::UninstallApps,
-        StepKind::DisableWebhooks,
-        StepKind::TransferDashboards,
-        StepKind::ReviewAutomations,
-        StepKind::HandOverLeadbooster,
-    ];
+    fn of(step: &'static Step, arg: StepArg) -> Self {
+        Self { step, arg }
+    }
 
     pub fn name(self) -> String {
-        match self {
-            StepKind::BlockLogin => "block_login".into(),
-            StepKind::StopSyncs => "stop_syncs".into(),
-            StepKind::UninstallApps => "uninstall_apps".into(),
-            StepKind::DisableWebhooks => "disable_webhooks".into(),
-            StepKind::TransferDashboards => "transfer_dashboards".into(),
-            StepKind::ReviewAutomations => "review_automations".into(),
-            StepKind::HandOverLeadbooster => "hand_over_leadbooster".into(),
-            StepKind::Reassign(item) => format!("reassign_{}", item.key()),
-            StepKind::FinishDeactivation => "finish_deactivation".into(),
-            StepKind::ErasePersonalData => "erase_personal_data".into(),
-            StepKind::RedactProfile => "redact_profile".into(),
-            StepKind::ReactivateUser => "reactivate_user".into(),
-            StepKind::Noop(n) => format!("noop_{n}"),
+        match self.arg {
+            StepArg::None => self.step.name.to_string(),
+            StepArg::Item(item) => format!("{}_{}", self.step.name, item.key()),
+            StepArg::Number(n) => format!("{}_{n}", self.step.name),
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        if let Some(item) = name.strip_prefix("reassign_") {
-            return item.parse().ok().map(StepKind::Reassign);
-        }
-        if let Some(n) = name.strip_prefix("noop_") {
-            return n.parse().ok().map(StepKind::Noop);
-        }
-        let fixed = [
-            StepKind::BlockLogin,
-            StepKind::StopSyncs,
-            StepKind::UninstallApps,
-            StepKind::DisableWebhooks,
-            StepKind::TransferDashboards,
-            StepKind::ReviewAutomations,
-            StepKind::HandOverLeadbooster,
-            StepKind::FinishDeactivation,
-            StepKind::ErasePersonalData,
-            StepKind::RedactProfile,
-            StepKind::ReactivateUser,
-        ];
-        fixed.into_iter().find(|k| k.name() == name)
+        from_name_in(REGISTRY, name)
+    }
+
+    /// Whether the step moves items (and shares a group's batch of rows).
+    pub fn moves_items(self) -> bool {
+        self.step.stage == Stage::PerItemType
     }
 
     /// Applies the step's effect (or the next batch of it) inside `tx`.
@@ -111,22 +165,26 @@ impl StepKind {
         cx: &StepContext<'_>,
         tx: &mut PgConnection,
     ) -> Result<Progress, StepError> {
-        match self {
-            StepKind::BlockLogin => block_login::apply(cx, tx).await,
-            StepKind::StopSyncs => stop_syncs::apply(cx, tx).await,
-            StepKind::UninstallApps => uninstall_apps::apply(cx, tx).await,
-            StepKind::DisableWebhooks => disable_webhooks::apply(cx, tx).await,
-            StepKind::TransferDashboards => transfer_dashboards::apply(cx, tx).await,
-            StepKind::ReviewAutomations => review_automations::apply(cx, tx).await,
-            StepKind::HandOverLeadbooster => hand_over_leadbooster::apply(cx, tx).await,
-            StepKind::Reassign(item) => reassign::apply(cx, tx, item).await,
-            StepKind::FinishDeactivation => finish_deactivation::apply(cx, tx).await,
-            StepKind::ErasePersonalData => erase_personal_data::apply(cx, tx).await,
-            StepKind::RedactProfile => redact_profile::apply(cx, tx).await,
-            StepKind::ReactivateUser => reactivate_user::apply(cx, tx).await,
-            StepKind::Noop(_) => noop::apply(cx, tx).await,
-        }
+        (self.step.apply)(cx, tx, self.arg).await
     }
+}
+
+fn from_name_in(registry: &'static [Step], name: &str) -> Option<StepKind> {
+    registry.iter().find_map(|step| {
+        let arg = match step.stage {
+            Stage::Fixed | Stage::WhileDeactivating => {
+                return (name == step.name).then(|| StepKind::of(step, StepArg::None));
+            }
+            Stage::PerItemType | Stage::Numbered => {
+                name.strip_prefix(step.name)?.strip_prefix('_')?
+            }
+        };
+        match step.stage {
+            Stage::PerItemType => arg.parse().ok().map(StepArg::Item),
+            _ => arg.parse().ok().map(StepArg::Number),
+        }
+        .map(|arg| StepKind::of(step, arg))
+    })
 }
 
 /// A step as the ledger records it when a run is enqueued.
@@ -140,19 +198,29 @@ pub struct StepSpec {
 /// data arrives; everything else a deactivation does runs concurrently after it; the
 /// user is marked deactivated last; deletion starts only once deactivation has finished.
 pub fn plan(action: Action, transfer: &TransferPlan) -> Vec<StepSpec> {
-    let spec =
-        |kind: StepKind, deps: &[String]| StepSpec { name: kind.name(), depends_on: deps.to_vec() };
-    let reassign: Vec<StepKind> =
-        transfer.item_types().into_iter().map(StepKind::Reassign).collect();
+    plan_in(REGISTRY, action, transfer)
+}
+
+fn plan_in(registry: &'static [Step], action: Action, transfer: &TransferPlan) -> Vec<StepSpec> {
+    let fixed = |step: &'static Step| StepKind::of(step, StepArg::None).name();
+    let spec = |name: String, deps: &[String]| StepSpec { name, depends_on: deps.to_vec() };
+    let in_stage = |stage: Stage| registry.iter().filter(move |s| s.stage == stage);
+    let per_item: Vec<String> = in_stage(Stage::PerItemType)
+        .flat_map(|step| {
+            transfer.item_types().into_iter().map(|item| StepKind::of(step, StepArg::Item(item)))
+        })
+        .map(StepKind::name)
+        .collect();
 
     let deactivation = |specs: &mut Vec<StepSpec>| {
-        let blocked = [StepKind::BlockLogin.name()];
-        specs.push(spec(StepKind::BlockLogin, &[]));
-        for kind in StepKind::AFTER_LOGIN_BLOCKED.iter().chain(&reassign) {
-            specs.push(spec(*kind, &blocked));
+        let blocked = [fixed(&block_login::STEP)];
+        specs.push(spec(fixed(&block_login::STEP), &[]));
+        let alongside = in_stage(Stage::WhileDeactivating).map(fixed).chain(per_item.clone());
+        for name in alongside {
+            specs.push(spec(name, &blocked));
         }
         let all_before: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        specs.push(spec(StepKind::FinishDeactivation, &all_before));
+        specs.push(spec(fixed(&finish_deactivation::STEP), &all_before));
     };
 
     let mut specs = Vec::new();
@@ -160,17 +228,20 @@ pub fn plan(action: Action, transfer: &TransferPlan) -> Vec<StepSpec> {
         Action::Deactivate => deactivation(&mut specs),
         Action::DeactivateAndDelete => {
             deactivation(&mut specs);
-            specs.push(spec(StepKind::ErasePersonalData, &[StepKind::FinishDeactivation.name()]));
+            specs.push(spec(
+                fixed(&erase_personal_data::STEP),
+                &[fixed(&finish_deactivation::STEP)],
+            ));
         }
         Action::Delete => {
-            for kind in &reassign {
-                specs.push(spec(*kind, &[]));
+            for name in &per_item {
+                specs.push(spec(name.clone(), &[]));
             }
             let before: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-            specs.push(spec(StepKind::ErasePersonalData, &before));
+            specs.push(spec(fixed(&erase_personal_data::STEP), &before));
         }
-        Action::Redact => specs.push(spec(StepKind::RedactProfile, &[])),
-        Action::Reactivate => specs.push(spec(StepKind::ReactivateUser, &[])),
+        Action::Redact => specs.push(spec(fixed(&redact_profile::STEP), &[])),
+        Action::Reactivate => specs.push(spec(fixed(&reactivate_user::STEP), &[])),
     }
     specs
 }
@@ -363,8 +434,9 @@ mod tests {
 
     #[test]
     fn noop_steps_are_numbered_and_never_planned() {
-        assert_eq!(StepKind::from_name("noop_7"), Some(StepKind::Noop(7)));
-        assert_eq!(StepKind::Noop(7).name(), "noop_7");
+        let noop = StepKind::from_name("noop_7").unwrap();
+        assert_eq!(noop, StepKind::of(&noop::STEP, StepArg::Number(7)));
+        assert_eq!(noop.name(), "noop_7");
         assert_eq!(StepKind::from_name("noop_x"), None);
         let transfer =
             Plan::from_stored(&json!({"default": {"mode": "single", "targets": [{"user_id": 2}]}}))
@@ -397,5 +469,63 @@ mod tests {
         let specs = plan(Action::DeactivateAndDelete, &Plan::default());
         let erase = specs.iter().find(|s| s.name == "erase_personal_data").unwrap();
         assert_eq!(erase.depends_on, vec!["finish_deactivation".to_string()]);
+    }
+
+    mod archive_notes {
+        //! A step written as a new one would be: this module and one registry line.
+        use serde_json::json;
+        use sqlx::PgConnection;
+
+        use super::super::{Finished, Progress, Stage, Step, StepContext, StepError};
+
+        pub const STEP: Step = Step {
+            name: "archive_notes",
+            stage: Stage::WhileDeactivating,
+            apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+        };
+
+        async fn apply(_: &StepContext<'_>, _: &mut PgConnection) -> Result<Progress, StepError> {
+            Ok(Finished::with_counts(json!({"notes_archived": 0})))
+        }
+    }
+
+    /// The registry with one more line, as a developer adding `archive_notes` writes it.
+    static WITH_ARCHIVE_NOTES: std::sync::LazyLock<&'static [Step]> =
+        std::sync::LazyLock::new(|| {
+            let mut registry: Vec<Step> = REGISTRY
+                .iter()
+                .map(|s| Step { name: s.name, stage: s.stage, apply: s.apply })
+                .collect();
+            registry.push(archive_notes::STEP);
+            Vec::leak(registry)
+        });
+
+    #[test]
+    fn a_new_step_is_one_entry_in_the_registry() {
+        let registry: &'static [Step] = *WITH_ARCHIVE_NOTES;
+        let specs = plan_in(registry, Action::Deactivate, &Plan::default());
+        let archive = specs.iter().find(|s| s.name == "archive_notes").expect("planned");
+        assert_eq!(archive.depends_on, vec!["block_login".to_string()]);
+        let finish = specs.last().unwrap();
+        assert_eq!(finish.name, "finish_deactivation");
+        assert!(finish.depends_on.contains(&"archive_notes".to_string()));
+        let kind = from_name_in(registry, "archive_notes").expect("found by name");
+        assert_eq!(kind.name(), "archive_notes");
+        // Not planned where its stage does not belong.
+        assert!(
+            !plan_in(registry, Action::Redact, &Plan::default())
+                .iter()
+                .any(|s| s.name == "archive_notes")
+        );
+        // And unknown to the real registry until its line is added.
+        assert!(StepKind::from_name("archive_notes").is_none());
+    }
+
+    #[test]
+    fn every_registered_step_has_a_unique_name() {
+        let mut names: Vec<&str> = REGISTRY.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
     }
 }

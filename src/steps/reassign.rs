@@ -8,10 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 // Dynamic SQL here only splices fixed table names and conditions from `ItemType`.
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
+use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::{Finished, Progress, StepContext, StepError};
-use crate::domain::{Distribution, ItemType, Scope, UserId};
+use super::{Finished, Progress, Stage, Step, StepArg, StepContext, StepError};
+use crate::{
+    crm::items::count_in_scope,
+    domain::{Distribution, ItemType, Scope, UserId},
+};
 
 /// The position after the last moved item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,21 +47,23 @@ impl Cursor {
     }
 }
 
-/// How many items of a type the user owns within a scope.
-pub async fn count_in_scope<'e>(
-    db: impl PgExecutor<'e>,
-    company_id: i64,
-    user_id: i64,
-    item: ItemType,
-    scope: Scope,
-) -> Result<i64, sqlx::Error> {
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE company_id = $1 AND owner_id = $2 AND {}",
-        item.table(),
-        item.scope_condition(scope)
-    );
-    sqlx::query_scalar(AssertSqlSafe(sql)).bind(company_id).bind(user_id).fetch_one(db).await
-}
+/// Registered in [`super::REGISTRY`]; planned once per item type of the transfer plan
+/// (`reassign_deals`, …).
+pub(super) const STEP: Step = Step {
+    name: "reassign",
+    stage: Stage::PerItemType,
+    apply: |cx, tx, arg| {
+        Box::pin(async move {
+            let StepArg::Item(item) = arg else {
+                return Err(StepError::permanent(
+                    "unknown_step",
+                    "a reassignment needs an item type",
+                ));
+            };
+            apply(cx, tx, item).await
+        })
+    },
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,

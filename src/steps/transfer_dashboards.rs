@@ -4,7 +4,14 @@
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Finished, Progress, StepContext, StepError, first_admin};
+use super::{Finished, Progress, Stage, Step, StepContext, StepError, first_admin};
+
+/// Registered in [`super::REGISTRY`].
+pub(super) const STEP: Step = Step {
+    name: "transfer_dashboards",
+    stage: Stage::WhileDeactivating,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,

@@ -4,7 +4,14 @@
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Finished, Progress, StepContext, StepError};
+use super::{Finished, Progress, Stage, Step, StepContext, StepError};
+
+/// Registered in [`super::REGISTRY`].
+pub(super) const STEP: Step = Step {
+    name: "uninstall_apps",
+    stage: Stage::WhileDeactivating,
+    apply: |cx, tx, _| Box::pin(apply(cx, tx)),
+};
 
 pub(super) async fn apply(
     cx: &StepContext<'_>,

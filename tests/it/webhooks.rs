@@ -21,7 +21,7 @@ use offboard::{
     api::{self, AppState},
     crm::seed::SeedOptions,
     domain::webhook::WebhookSecret,
-    executor::Fault,
+    faults::Fault,
     ledger::webhooks::{self as ledger, ClaimLimits},
     outbound::signing,
     shutdown::Shutdown,

@@ -1,5 +1,5 @@
-//! `offboard chaos`: the fault suite. Seeds a company in a database of its own, starts
-//! the API in this process and several `offboard worker` processes, requests runs of every
+//! `offboard-lab chaos`: the fault suite. Seeds a company in a database of its own, starts
+//! the API in this process and several worker processes (`offboard-lab worker`, the product's worker runtime), requests runs of every
 //! action (with random transfer plans, each checked against a dry run first) and, while
 //! they run, SIGKILLs workers, flushes and restarts Redis and restarts PostgreSQL. Then it
 //! reads the store and checks that nothing was lost or doubled ([`verify`] says exactly
@@ -30,7 +30,7 @@ use self::{
     model::{Ledger, Plan, Promise, Step},
     verify::{Findings, Tally},
 };
-use crate::{
+use offboard::{
     app,
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions},
@@ -39,7 +39,7 @@ use crate::{
     shutdown::Shutdown,
 };
 
-/// How the suite runs. The defaults are the full version (`offboard chaos`).
+/// How the suite runs. The defaults are the full version (`offboard-lab chaos`).
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
     /// Runs to request, over all actions.
@@ -140,7 +140,7 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "offboard chaos: company {} ({} users, {} items), {} workers, batch {}, seed {}; {mode}",
+            "offboard-lab chaos: company {} ({} users, {} items), {} workers, batch {}, seed {}; {mode}",
             self.company_id, o.users, self.items, o.workers, o.reassign_batch, o.seed
         )?;
         let actions: Vec<String> =
@@ -263,7 +263,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     api_settings.queue_prefix = prefix.clone();
     api_settings.bind = "127.0.0.1:0".parse().expect("valid address");
     api_settings.db_pool_size = 10;
-    api_settings.faults = None;
+    api_settings.faults = Vec::new();
     let core = app::Services::connect(api_settings).await?;
     let pool = core.pool.clone();
 

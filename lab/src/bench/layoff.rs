@@ -1,4 +1,4 @@
-//! `offboard bench layoff`: a company of 2,000 users with ~200 items each; 1,000 of them are
+//! `offboard-lab bench layoff`: a company of 2,000 users with ~200 items each; 1,000 of them are
 //! deactivated at once over HTTP (every step: block login … reassign all seven item types
 //! … finish), and the run rate is measured until the last run succeeded.
 //!
@@ -28,7 +28,7 @@ use super::{
     ApiServer, BenchEnv, BenchOptions, Cpu, WorkerProcess, http_client, http_load, median, mib,
     post_json, verdict, wait_for_workers,
 };
-use crate::{
+use offboard::{
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions, Seeded},
     domain::{Action, CompanyId, TransferPlan, UserId},
@@ -374,7 +374,7 @@ async fn direct_sql(env: &BenchEnv, layoff: &Layoff) -> anyhow::Result<(Duration
 
 async fn offboard_directly(
     pool: &PgPool,
-    settings: &crate::config::StepSettings,
+    settings: &offboard::config::StepSettings,
     company_id: i64,
     actor: i64,
     user: i64,
@@ -385,7 +385,7 @@ async fn offboard_directly(
         .and_then(|p| p.resolve(None))
         .map_err(|e| anyhow::anyhow!("bench plan: {e:?}"))?;
     let run = RunContext {
-        id: crate::ledger::runs::new_run_id(),
+        id: offboard::ledger::runs::new_run_id(),
         company_id: CompanyId::new(company_id).ok_or_else(|| bad("company"))?,
         user_id: UserId::new(user).ok_or_else(|| bad("user"))?,
         action: Action::Deactivate,

@@ -1,4 +1,4 @@
-//! `offboard bench <scenario>`: throughput figures of the whole service on this machine,
+//! `offboard-lab bench <scenario>`: throughput figures of the whole service on this machine,
 //! each printed next to a baseline measured in the same run, so runs can be compared on a
 //! noisy machine by their ratios.
 //!
@@ -32,9 +32,9 @@ use http_body_util::{BodyExt, Full};
 use sqlx::{Connection, Executor, PgPool, postgres::PgConnectOptions};
 use tokio::sync::Notify;
 
-use crate::{api::AppState, app, config::Settings, ledger, queue::Queues, shutdown::Shutdown};
+use offboard::{api::AppState, app, config::Settings, ledger, queue::Queues, shutdown::Shutdown};
 
-/// What `offboard bench` measures.
+/// What `offboard-lab bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// HTTP enqueue throughput and latency; baselines `/healthz` and the raw transaction.
@@ -193,7 +193,7 @@ impl BenchEnv {
             std::process::id(),
             rand::random::<u32>() & 0xff_ffff
         );
-        settings.faults = None;
+        settings.faults = Vec::new();
         let pool = ledger::connect_and_migrate(&settings.database_url, 8).await?;
         let queues = Queues::connect(&settings.redis_url, &settings.queue_prefix).await?;
         Ok(Self { settings, pool, queues, server, database })
@@ -287,7 +287,7 @@ pub(crate) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts `offboard worker` with the scenario's settings. Variables of the parent's
+    /// Starts `offboard-lab worker` with the scenario's settings. Variables of the parent's
     /// environment pass through (so `OFFBOARD_WORKER_CONCURRENCY` etc. apply), except the
     /// database, prefix and fault injection.
     pub fn spawn(env: &BenchEnv, label: &str) -> anyhow::Result<Self> {
@@ -564,7 +564,7 @@ pub(crate) fn post_json(
 ) -> LoadRequest {
     let mut request = hyper::Request::post(path)
         .header(hyper::header::HOST, "127.0.0.1")
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", crate::config::DEV_TOKEN))
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", offboard::config::DEV_TOKEN))
         .header(hyper::header::CONTENT_TYPE, "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);

@@ -1,4 +1,4 @@
-//! `offboard bench enqueue`: HTTP enqueue throughput and latency from a loopback load
+//! `offboard-lab bench enqueue`: HTTP enqueue throughput and latency from a loopback load
 //! generator with 64 concurrent connections, against two baselines measured in the same
 //! run: the same load on `/healthz` (HTTP, a PostgreSQL `SELECT 1` and a Redis `PING`), and
 //! the raw rate of the writes an enqueue commits — run, steps and history (`runs::insert`)
@@ -21,7 +21,7 @@ use super::{
     ApiServer, BenchEnv, BenchOptions, Cpu, LoadResult, get, http_load, mib, peak_rss_of,
     post_json, verdict,
 };
-use crate::{
+use offboard::{
     config::Settings,
     domain::{Action, TransferPlan},
     ledger::runs::{self, NewRun},

@@ -10,7 +10,7 @@ use rand::{Rng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
-use crate::domain::ItemType;
+use offboard::domain::ItemType;
 
 /// How one rule shares items, by position in the oldest-first order.
 #[derive(Clone, Debug, PartialEq, Eq)]

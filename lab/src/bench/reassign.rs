@@ -1,4 +1,4 @@
-//! `offboard bench reassign`: a 1,000,000-deal company in which one user owns 200,000 deals
+//! `offboard-lab bench reassign`: a 1,000,000-deal company in which one user owns 200,000 deals
 //! (every fifth row, so they are spread over the whole table, as a user's items are). In one
 //! run it times (a) one raw `UPDATE` moving those rows to one owner, the baseline, and (b)
 //! offboard's reassignment step moving the same rows — single target, then ratio over 4
@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::{BenchEnv, BenchOptions, WorkerProcess, median, mib, verdict, wait_for_workers};
-use crate::{
+use offboard::{
     config::Settings,
     crm::seed::{self, SeedOptions},
     domain::{TransferPlan, UserId},

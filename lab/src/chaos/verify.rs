@@ -28,7 +28,7 @@ use super::{
     RunRecord,
     model::{Ledger, Status},
 };
-use crate::domain::ItemType;
+use offboard::domain::ItemType;
 
 #[derive(Debug, Default)]
 pub struct Findings {

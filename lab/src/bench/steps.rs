@@ -1,4 +1,4 @@
-//! `offboard bench steps`: no-op steps through the whole path — ledger (insert), dispatcher
+//! `offboard-lab bench steps`: no-op steps through the whole path — ledger (insert), dispatcher
 //! (ready → queued, pushed to Redis), apalis-redis, a worker process (claim, fence,
 //! complete, finish the run) — against raw apalis-redis no-op tasks with the same worker
 //! settings (queue config, concurrency, poll interval, at most `OFFBOARD_MAX_IN_FLIGHT` in
@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{
     BenchEnv, BenchOptions, Cpu, WorkerProcess, mib, verdict, wait_for_workers, wait_until,
 };
-use crate::{
+use offboard::{
     config::Settings,
     ledger::runs::{self, NewRun},
     queue::{Queues, StepTask},
