@@ -22,6 +22,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Faults to inject into steps (`OFFBOARD_FAULTS`), for fault drills; empty normally.
     pub faults: Vec<FaultSpec>,
+    /// How old the ledger counts of `/metrics` and `/v1/stats` may be
+    /// (`OFFBOARD_STATS_MAX_AGE`, default 5 s): at most one set of counts per process per period.
+    pub stats_max_age: Duration,
     pub worker: WorkerSettings,
     pub steps: StepSettings,
     pub webhooks: WebhookSettings,
@@ -344,6 +347,7 @@ impl Settings {
                 }
                 None => Vec::new(),
             },
+            stats_max_age: duration("OFFBOARD_STATS_MAX_AGE", Duration::from_secs(5))?,
             worker,
             steps,
             webhooks,
@@ -372,6 +376,7 @@ impl fmt::Debug for Settings {
             .field("api_tokens", &format_args!("{} configured", self.api_tokens.len()))
             .field("log_format", &self.log_format)
             .field("faults", &self.faults)
+            .field("stats_max_age", &self.stats_max_age)
             .field("worker", &self.worker)
             .field("steps", &self.steps)
             .field("webhooks", &self.webhooks)

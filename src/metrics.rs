@@ -1,174 +1,309 @@
-//! Process-local counters and histograms, rendered in the Prometheus text format next to
-//! gauges read from the ledger. Labels are step names and outcomes only: bounded sets,
-//! never user or company data.
+//! Metrics in the OpenMetrics text format (`prometheus-client`): this process' counters and
+//! histograms, and gauges read from the ledger — a snapshot a process refreshes at most once
+//! per `OFFBOARD_STATS_MAX_AGE`, so a scrape never costs more than one set of counts in that
+//! time. Labels are step names, statuses and routes only: bounded sets, never user or
+//! company data.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{LazyLock, Mutex},
-    time::Duration,
+    sync::LazyLock,
+    time::{Duration, Instant},
 };
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crate::queue::Queues;
 
 /// Upper bounds (seconds) of the step-duration histogram buckets.
 const BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
+const STEP_STATUSES: [&str; 8] =
+    ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepOutcome {
+    step: String,
+    outcome: &'static str,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// (step, outcome) -> attempts that ended so.
-    step_attempts: BTreeMap<(String, &'static str), u64>,
-    step_seconds: BTreeMap<String, Histogram>,
-    items_reassigned: u64,
-    purges_fired: BTreeMap<&'static str, u64>,
-    http_requests: BTreeMap<(String, u16), u64>,
-    /// (endpoint id, outcome) -> webhook attempts that ended so.
-    webhook_attempts: BTreeMap<(String, &'static str), u64>,
-    webhook_seconds: BTreeMap<String, Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FiredBy {
+    fired_by: &'static str,
+}
+
+/// Webhook attempts are labelled by endpoint id (a bounded set an operator registered),
+/// never by URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookOutcome {
+    endpoint_id: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    status: u16,
+}
+
+fn step_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// This process' counters, registered once.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    step_attempts: Family<StepOutcome, Counter>,
+    step_seconds: Family<StepLabel, Histogram>,
+    items_reassigned: Counter,
+    purges_fired: Family<FiredBy, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    webhook_attempts: Family<WebhookOutcome, Counter>,
+    webhook_seconds: Family<EndpointLabel, Histogram>,
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
-
-impl Histogram {
-    fn observe(&mut self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-
-    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {}",
-                self.counts[i]
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
-    }
-}
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let step_attempts = Family::<StepOutcome, Counter>::default();
+        registry.register(
+            "offboard_step_attempts",
+            "Step attempts by step and outcome",
+            step_attempts.clone(),
+        );
+        let step_seconds =
+            Family::<StepLabel, Histogram>::new_with_constructor(step_histogram as fn() -> _);
+        registry.register(
+            "offboard_step_duration_seconds",
+            "Time one attempt of a step took",
+            step_seconds.clone(),
+        );
+        let items_reassigned = Counter::default();
+        registry.register(
+            "offboard_items_reassigned",
+            "Owned items moved to new owners by this process",
+            items_reassigned.clone(),
+        );
+        let purges_fired = Family::<FiredBy, Counter>::default();
+        registry.register(
+            "offboard_purges_fired",
+            "Private-email purges fired by this process",
+            purges_fired.clone(),
+        );
+        // Present from the start, so a rate over them never begins with a gap.
+        for fired_by in ["queue", "sweeper"] {
+            let _ = purges_fired.get_or_create(&FiredBy { fired_by });
+        }
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "offboard_http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        let webhook_attempts = Family::<WebhookOutcome, Counter>::default();
+        registry.register(
+            "offboard_webhook_attempts",
+            "Webhook delivery attempts by endpoint and outcome (succeeded, retry, failed, gone)",
+            webhook_attempts.clone(),
+        );
+        let webhook_seconds =
+            Family::<EndpointLabel, Histogram>::new_with_constructor(step_histogram as fn() -> _);
+        registry.register(
+            "offboard_webhook_attempt_duration_seconds",
+            "Time one webhook attempt took, by endpoint",
+            webhook_seconds.clone(),
+        );
+        Self {
+            registry,
+            step_attempts,
+            step_seconds,
+            items_reassigned,
+            purges_fired,
+            http_requests,
+            webhook_attempts,
+            webhook_seconds,
+        }
+    }
+
     /// One attempt of a step ended: `succeeded`, `retry`, `dead` or `lease_lost`.
     pub fn step_attempt(&self, step: &str, outcome: &'static str, took: Duration) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        *inner.step_attempts.entry((step.to_string(), outcome)).or_default() += 1;
-        inner.step_seconds.entry(step.to_string()).or_default().observe(took);
+        self.step_attempts.get_or_create(&StepOutcome { step: step.to_string(), outcome }).inc();
+        self.step_seconds
+            .get_or_create(&StepLabel { step: step.to_string() })
+            .observe(took.as_secs_f64());
     }
 
     /// One attempt of a webhook delivery ended: `succeeded`, `retry`, `failed` (schedule
-    /// used up) or `gone` (410). Labelled by endpoint id, never by URL.
+    /// used up) or `gone` (410).
     pub fn webhook_attempt(&self, endpoint_id: &str, outcome: &'static str, took: Duration) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        *inner.webhook_attempts.entry((endpoint_id.to_string(), outcome)).or_default() += 1;
-        inner.webhook_seconds.entry(endpoint_id.to_string()).or_default().observe(took);
+        let endpoint_id = endpoint_id.to_string();
+        self.webhook_attempts
+            .get_or_create(&WebhookOutcome { endpoint_id: endpoint_id.clone(), outcome })
+            .inc();
+        self.webhook_seconds
+            .get_or_create(&EndpointLabel { endpoint_id })
+            .observe(took.as_secs_f64());
     }
 
     pub fn items_reassigned(&self, n: u64) {
-        self.inner.lock().expect("metrics lock").items_reassigned += n;
+        self.items_reassigned.inc_by(n);
     }
 
     pub fn purge_fired(&self, by: &'static str) {
-        *self.inner.lock().expect("metrics lock").purges_fired.entry(by).or_default() += 1;
+        self.purges_fired.get_or_create(&FiredBy { fired_by: by }).inc();
     }
 
     /// `route` is the matched route template (e.g. `/v1/offboardings/{id}`), never a raw path.
     pub fn http_request(&self, route: &str, status: u16) {
-        *self
-            .inner
-            .lock()
-            .expect("metrics lock")
-            .http_requests
-            .entry((route.to_string(), status))
-            .or_default() += 1;
+        self.http_requests.get_or_create(&HttpLabels { route: route.to_string(), status }).inc();
     }
 
-    /// Appends this process' series to `out`.
-    pub fn render(&self, out: &mut String) {
-        let inner = self.inner.lock().expect("metrics lock");
-        out.push_str("# HELP offboard_step_attempts_total Step attempts by step and outcome.\n");
-        out.push_str("# TYPE offboard_step_attempts_total counter\n");
-        for ((step, outcome), n) in &inner.step_attempts {
-            let _ = writeln!(
-                out,
-                "offboard_step_attempts_total{{step=\"{step}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP offboard_step_duration_seconds Time one attempt of a step took.\n");
-        out.push_str("# TYPE offboard_step_duration_seconds histogram\n");
-        for (step, h) in &inner.step_seconds {
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "offboard_step_duration_seconds_bucket{{step=\"{step}\",le=\"{bound}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "offboard_step_duration_seconds_bucket{{step=\"{step}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ =
-                writeln!(out, "offboard_step_duration_seconds_sum{{step=\"{step}\"}} {}", h.sum);
-            let _ = writeln!(
-                out,
-                "offboard_step_duration_seconds_count{{step=\"{step}\"}} {}",
-                h.count
-            );
-        }
-        out.push_str("# HELP offboard_items_reassigned_total Owned items moved to new owners by this process.\n");
-        out.push_str("# TYPE offboard_items_reassigned_total counter\n");
-        let _ = writeln!(out, "offboard_items_reassigned_total {}", inner.items_reassigned);
-        out.push_str(
-            "# HELP offboard_purges_fired_total Private-email purges fired by this process.\n",
-        );
-        out.push_str("# TYPE offboard_purges_fired_total counter\n");
-        for by in ["queue", "sweeper"] {
-            let _ = writeln!(
-                out,
-                "offboard_purges_fired_total{{fired_by=\"{by}\"}} {}",
-                inner.purges_fired.get(by).copied().unwrap_or(0)
-            );
-        }
-        out.push_str("# HELP offboard_webhook_attempts_total Webhook delivery attempts by endpoint and outcome.\n");
-        out.push_str("# TYPE offboard_webhook_attempts_total counter\n");
-        for ((endpoint, outcome), n) in &inner.webhook_attempts {
-            let _ = writeln!(
-                out,
-                "offboard_webhook_attempts_total{{endpoint_id=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP offboard_webhook_attempt_duration_seconds Time one webhook attempt took, by endpoint.\n");
-        out.push_str("# TYPE offboard_webhook_attempt_duration_seconds histogram\n");
-        for (endpoint, h) in &inner.webhook_seconds {
-            h.render(out, "offboard_webhook_attempt_duration_seconds", "endpoint_id", endpoint);
-        }
-        out.push_str("# HELP offboard_http_requests_total HTTP requests by route and status.\n");
-        out.push_str("# TYPE offboard_http_requests_total counter\n");
-        for ((route, status), n) in &inner.http_requests {
-            let _ = writeln!(
-                out,
-                "offboard_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
+    /// This process' series, ending the exposition (`# EOF`).
+    fn encode(&self, out: &mut String) -> std::fmt::Result {
+        text::encode(out, &self.registry)
     }
 }
+
+/// Counts read from the ledger and Redis, shared by every process.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerCounts {
+    pub runs: Vec<(String, i64)>,
+    pub steps: Vec<(String, i64)>,
+    /// (due and not fired, scheduled, done)
+    pub purges: (i64, i64, i64),
+    pub step_queue_depth: Option<u64>,
+    pub purge_queue_depth: Option<u64>,
+}
+
+impl LedgerCounts {
+    async fn read(pool: &PgPool, queues: &Queues) -> Result<Self, sqlx::Error> {
+        let runs = sqlx::query_as("SELECT status, count(*) FROM offboard.runs GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+        let steps = crate::ledger::steps::counts_by_status(pool).await?;
+        let purges = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'scheduled' AND due_at <= now()),
+                    count(*) FILTER (WHERE status = 'scheduled'),
+                    count(*) FILTER (WHERE status = 'done')
+             FROM offboard.scheduled_purges",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Self {
+            runs,
+            steps,
+            purges,
+            step_queue_depth: queues.step_depth().await.ok().map(|d| d.total()),
+            purge_queue_depth: queues.purge_depth().await.ok().map(|d| d.total()),
+        })
+    }
+
+    fn count(rows: &[(String, i64)], status: &str) -> i64 {
+        rows.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n)
+    }
+
+    /// The gauges as a registry of their own (encoded before the process' counters).
+    fn registry(&self) -> Registry {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Status {
+            status: &'static str,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct State {
+            state: &'static str,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Queue {
+            queue: &'static str,
+        }
+        let mut registry = Registry::default();
+        let runs = Family::<Status, Gauge>::default();
+        for status in RUN_STATUSES {
+            runs.get_or_create(&Status { status }).set(Self::count(&self.runs, status));
+        }
+        registry.register("offboard_runs", "Runs by status", runs);
+        let steps = Family::<Status, Gauge>::default();
+        for status in STEP_STATUSES {
+            steps.get_or_create(&Status { status }).set(Self::count(&self.steps, status));
+        }
+        registry.register("offboard_steps", "Steps by status", steps);
+        let dead = Gauge::<i64>::default();
+        dead.set(Self::count(&self.steps, "dead"));
+        registry.register(
+            "offboard_dead_steps",
+            "Steps out of attempts, waiting for an operator",
+            dead,
+        );
+        let purges = Family::<State, Gauge>::default();
+        let (due, scheduled, done) = self.purges;
+        for (state, n) in [("due", due), ("scheduled", scheduled), ("done", done)] {
+            purges.get_or_create(&State { state }).set(n);
+        }
+        registry.register("offboard_purges", "Private-email purges by state", purges);
+        let depth = Family::<Queue, Gauge>::default();
+        for (queue, n) in [("steps", self.step_queue_depth), ("purges", self.purge_queue_depth)] {
+            if let Some(n) = n {
+                depth.get_or_create(&Queue { queue }).set(n as i64);
+            }
+        }
+        registry.register("offboard_queue_depth", "Tasks held in Redis by queue", depth);
+        registry
+    }
+}
+
+/// The ledger gauges of one process (one database), read at most once per `max_age`.
+#[derive(Debug)]
+pub struct LedgerSnapshot {
+    max_age: Duration,
+    taken: Mutex<Option<(Instant, LedgerCounts)>>,
+}
+
+impl LedgerSnapshot {
+    pub fn new(max_age: Duration) -> Self {
+        Self { max_age, taken: Mutex::new(None) }
+    }
+
+    /// The counts, read anew only when the last read is older than `max_age`. Concurrent
+    /// scrapes wait for one read instead of each running their own.
+    pub async fn get(&self, pool: &PgPool, queues: &Queues) -> Result<LedgerCounts, sqlx::Error> {
+        let mut taken = self.taken.lock().await;
+        if let Some((at, counts)) = taken.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return Ok(counts.clone());
+        }
+        let counts = LedgerCounts::read(pool, queues).await?;
+        *taken = Some((Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+}
+
+/// The whole exposition: the ledger gauges, then this process' counters.
+pub fn render(counts: &LedgerCounts) -> String {
+    let mut out = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let _ = text::encode_registry(&mut out, &counts.registry());
+    let _ = METRICS.encode(&mut out);
+    out
+}
+
+/// The exposition's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -5,7 +5,10 @@
 //! The page itself needs no token: it holds no data. Everything it shows comes from
 //! authenticated API calls, so a company-scoped token sees its company only here too.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json,
@@ -16,6 +19,7 @@ use axum::{
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sqlx::PgExecutor;
+use tokio::sync::Mutex;
 
 use super::{AppState, auth::Caller, error::ApiError};
 
@@ -96,6 +100,40 @@ pub async fn stats(
         (None, asked) => asked,
     };
 
+    let scoped = caller.company_scope.is_some();
+    let mut cached = app.stats_cache.entries.lock().await;
+    if let Some((at, value)) = cached.get(&(company_id, scoped))
+        && at.elapsed() < app.stats_cache.max_age
+    {
+        return Ok(Json(value.clone()));
+    }
+    let value = read_stats(&app, company_id, scoped).await?;
+    cached.insert((company_id, scoped), (Instant::now(), value.clone()));
+    Ok(Json(value))
+}
+
+/// The company filter of a `/v1/stats` request, and whether its caller is scoped.
+type StatsKey = (Option<i64>, bool);
+
+/// Recent `/v1/stats` answers: the counts run at most once per `max_age` for each
+/// (company filter, scoped caller); concurrent requests wait for one read.
+#[derive(Debug)]
+pub struct StatsCache {
+    max_age: Duration,
+    entries: Mutex<HashMap<StatsKey, (Instant, Value)>>,
+}
+
+impl StatsCache {
+    pub fn new(max_age: Duration) -> Self {
+        Self { max_age, entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+async fn read_stats(
+    app: &AppState,
+    company_id: Option<i64>,
+    scoped: bool,
+) -> Result<Value, ApiError> {
     let runs = runs_by_status(&app.pool, company_id).await?;
     let steps = steps_by_status(&app.pool, company_id).await?;
     let purges = purges(&app.pool, company_id).await?;
@@ -109,12 +147,9 @@ pub async fn stats(
     let succeeded_recently =
         steps.iter().find(|(s, _, _)| s == "succeeded").map_or(0, |(_, _, recent)| *recent);
     let in_flight = count_of(&steps, "queued") + count_of(&steps, "running");
-    let queue_depth = match caller.company_scope {
-        Some(_) => Value::Null,
-        None => queue_depth(&app).await,
-    };
+    let queue_depth = if scoped { Value::Null } else { queue_depth(app).await };
 
-    Ok(Json(json!({
+    Ok(json!({
         "company_id": company_id,
         "at": Utc::now(),
         "runs": by_status(&RUN_STATUSES, &runs),
@@ -126,7 +161,7 @@ pub async fn stats(
         },
         "purges": {"due": purges.0, "scheduled": purges.1, "done": purges.2},
         "queue_depth": queue_depth,
-    })))
+    }))
 }
 
 /// Tasks Redis holds, or null while Redis does not answer (the page says so; `/healthz`

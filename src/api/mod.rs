@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::{
     config::{ApiToken, Settings},
-    metrics::METRICS,
+    metrics::{LedgerSnapshot, METRICS},
     queue::Queues,
 };
 
@@ -39,12 +39,25 @@ pub struct AppState {
     pub tokens: Arc<Vec<ApiToken>>,
     /// Wakes the dispatcher of this process after a commit made steps ready.
     pub nudge: Arc<Notify>,
+    /// The ledger's counts for `/metrics`, read at most once per `OFFBOARD_STATS_MAX_AGE`.
+    pub ledger_snapshot: Arc<LedgerSnapshot>,
+    /// `/v1/stats` answers by (company, scoped), as old as `OFFBOARD_STATS_MAX_AGE` at most.
+    pub stats_cache: Arc<dashboard::StatsCache>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, queues: Queues, settings: Settings, nudge: Arc<Notify>) -> Self {
         let tokens = Arc::new(settings.accepted_tokens());
-        Self { pool, queues, settings: Arc::new(settings), tokens, nudge }
+        let max_age = settings.stats_max_age;
+        Self {
+            pool,
+            queues,
+            settings: Arc::new(settings),
+            tokens,
+            nudge,
+            ledger_snapshot: Arc::new(LedgerSnapshot::new(max_age)),
+            stats_cache: Arc::new(dashboard::StatsCache::new(max_age)),
+        }
     }
 }
 

@@ -68,7 +68,7 @@ async fn stats_count_runs_steps_throughput_and_due_purges(pool: PgPool) {
     // Purges fall due the moment a deactivation finishes; nothing here fires them.
     let app = TestApp::with(
         pool,
-        &[("OFFBOARD_PRIVATE_EMAIL_RETENTION", "0s")],
+        &[("OFFBOARD_PRIVATE_EMAIL_RETENTION", "0s"), ("OFFBOARD_STATS_MAX_AGE", "0s")],
         SeedOptions { users: 8, items_per_user: 20, seed: 7 },
     )
     .await;

@@ -4,12 +4,106 @@
 use std::io;
 
 use axum::http::{Method, StatusCode};
-use offboard::{executor::Fault, steps::StepError};
+use offboard::{config::DEV_TOKEN, executor::Fault, steps::StepError};
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, database_url_of, test_settings};
+
+async fn scrape_metrics(
+    router: &axum::Router,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut request = axum::http::Request::get("/metrics");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = tower::ServiceExt::oneshot(
+        router.clone(),
+        request.body(axum::body::Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (parts.status, parts.headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[sqlx::test]
+async fn metrics_refuse_a_missing_or_company_scoped_token(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let scoped = "scoped-token-of-one-company";
+    let settings = test_settings(
+        &database_url_of(&pool),
+        app.queues.prefix(),
+        &[(
+            "OFFBOARD_API_TOKENS",
+            &format!("{scoped}@{},unscoped-token-of-ops", app.company.company_id),
+        )],
+    );
+    let router = offboard::api::router(offboard::api::AppState::new(
+        pool.clone(),
+        app.queues.clone(),
+        settings,
+        app.nudge.clone(),
+    ));
+    let (status, _, body) = scrape_metrics(&router, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) = scrape_metrics(&router, Some(scoped)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("\"forbidden\""), "{body}");
+    assert!(!body.contains("offboard_runs"));
+    let (status, _, body) = scrape_metrics(&router, Some("unscoped-token-of-ops")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("offboard_runs"));
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn ledger_gauges_are_a_snapshot_read_at_most_once_per_max_age(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let router_with = |max_age: &str| {
+        let settings = test_settings(
+            &database_url_of(&pool),
+            app.queues.prefix(),
+            &[("OFFBOARD_STATS_MAX_AGE", max_age)],
+        );
+        offboard::api::router(offboard::api::AppState::new(
+            pool.clone(),
+            app.queues.clone(),
+            settings,
+            app.nudge.clone(),
+        ))
+    };
+    let queued = |text: &str| {
+        let scrape = Scrape::parse(text.lines().map(|l| Ok::<_, io::Error>(l.to_string())))
+            .expect("Prometheus text");
+        number(find(&scrape, "offboard_runs", &[("status", "queued")]))
+    };
+    let cached = router_with("1h");
+    let fresh = router_with("0s");
+    assert_eq!(queued(&scrape_metrics(&cached, Some(DEV_TOKEN)).await.2), 0.0);
+    app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    // Within the max age the snapshot stands; a process reading anew sees the run.
+    assert_eq!(queued(&scrape_metrics(&cached, Some(DEV_TOKEN)).await.2), 0.0);
+    assert_eq!(queued(&scrape_metrics(&fresh, Some(DEV_TOKEN)).await.2), 1.0);
+    // /v1/stats likewise.
+    let stats = |router: axum::Router| async move {
+        let request = axum::http::Request::get("/v1/stats")
+            .header("authorization", format!("Bearer {DEV_TOKEN}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    };
+    let first = stats(cached.clone()).await;
+    app.enqueue(&app.deactivation(app.regular(1), json!({}))).await;
+    assert_eq!(stats(cached.clone()).await, first);
+    assert_eq!(stats(fresh.clone()).await["runs"]["queued"], 2);
+    app.cleanup().await;
+}
 
 fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
     scrape
@@ -41,21 +135,10 @@ async fn metrics_parse_as_prometheus_text_with_runs_steps_retries_and_queues(poo
     .await;
     app.drain().await;
 
-    let (status, headers, _) =
-        app.call(Method::GET, "/metrics", None, &[("authorization", "")]).await;
+    let (status, headers, text) = scrape_metrics(&app.router, Some(DEV_TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
-    let router = app.router.clone();
-    let response = tower::ServiceExt::oneshot(
-        router,
-        axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(
-        axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec(),
-    )
-    .unwrap();
+    assert!(headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(text.ends_with("# EOF\n"), "one exposition, ended once");
     let scrape = Scrape::parse(text.lines().map(|l| Ok::<_, io::Error>(l.to_string())))
         .expect("Prometheus text");
 
