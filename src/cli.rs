@@ -165,6 +165,56 @@ pub async fn bulk(
         println!();
     }
     println!("bulk {kind} {id}: {} runs", op["touched"]);
+/// `offboard webhooks list`: endpoints, one a line.
+pub async fn webhook_endpoints(client: &ApiClient, query: &str) -> anyhow::Result<()> {
+    let body = client.get(&format!("/v1/webhook-endpoints?{query}")).await?;
+    println!(
+        "{:<36}  {:>8}  {:<8}  {:<7}  {:<8}  url",
+        "id", "company", "enabled", "failing", "events"
+    );
+    for e in body["endpoints"].as_array().into_iter().flatten() {
+        let events = e["events"].as_array().map_or(0, Vec::len);
+        println!(
+            "{:<36}  {:>8}  {:<8}  {:<7}  {:<8}  {}",
+            e["id"].as_str().unwrap_or(""),
+            e["company_id"],
+            match (e["enabled"].as_bool(), e["disabled_reason"].as_str()) {
+                (Some(true), _) => "yes".to_string(),
+                (_, Some(reason)) => format!("no ({reason})"),
+                _ => "no".to_string(),
+            },
+            if e["failing"] == true { "yes" } else { "no" },
+            if events == 0 { "all".to_string() } else { events.to_string() },
+            e["url"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// `offboard webhooks deliveries`: newest first.
+pub async fn webhook_deliveries(client: &ApiClient, query: &str) -> anyhow::Result<()> {
+    let body = client.get(&format!("/v1/webhook-deliveries?{query}")).await?;
+    println!(
+        "{:>8}  {:<23}  {:<36}  {:<9}  {:>8}  {:>4}  {:>7}  webhook-id",
+        "id", "type", "endpoint", "status", "attempts", "code", "ms"
+    );
+    for d in body["deliveries"].as_array().into_iter().flatten() {
+        let or_dash = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
+        println!(
+            "{:>8}  {:<23}  {:<36}  {:<9}  {:>8}  {:>4}  {:>7}  {}",
+            d["id"],
+            d["event_type"].as_str().unwrap_or(""),
+            d["endpoint_id"].as_str().unwrap_or(""),
+            d["status"].as_str().unwrap_or(""),
+            d["attempts"],
+            or_dash(&d["last_status_code"]),
+            or_dash(&d["last_latency_ms"]),
+            d["webhook_id"].as_str().unwrap_or(""),
+        );
+    }
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        println!("more: --cursor {cursor}");
+    }
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub struct Settings {
     pub stats_max_age: Duration,
     pub worker: WorkerSettings,
     pub steps: StepSettings,
+    pub webhooks: WebhookSettings,
 }
 
 /// One bearer token, optionally scoped to a single company.
@@ -111,6 +112,58 @@ pub struct StepSettings {
     pub reassign_batch: i64,
     /// Private emails are purged this long after deactivation.
     pub private_email_retention: Duration,
+}
+
+/// How host webhooks are delivered (the outbound engine).
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// One attempt's limit, connect to last byte (`OFFBOARD_WEBHOOK_TIMEOUT`).
+    pub timeout: Duration,
+    /// Pauses after each failed attempt; one attempt more than pauses in all
+    /// (`OFFBOARD_WEBHOOK_RETRY_SCHEDULE`, comma-separated durations).
+    pub retry_schedule: Vec<Duration>,
+    /// Plain http and private, loopback and link-local destinations allowed
+    /// (`OFFBOARD_WEBHOOK_ALLOW_PRIVATE=1`): tests and local development only.
+    pub allow_private: bool,
+    /// Deliveries in flight to one endpoint, across processes.
+    pub max_in_flight_per_endpoint: i64,
+    /// Deliveries one process sends at once.
+    pub concurrency: usize,
+    /// Failed attempts in a row that open an endpoint's breaker, and how long it pauses.
+    pub breaker_after: i32,
+    pub breaker_pause: Duration,
+    /// After a rotation, the previous secret still signs for this long.
+    pub secret_overlap: Duration,
+    /// How often the deliverer looks for due deliveries without being woken.
+    pub poll_interval: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        Self {
+            timeout: Duration::from_secs(15),
+            // Standard Webhooks' example: at once, then these pauses.
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+                h(2),
+                h(5),
+                h(10),
+                h(14),
+                h(20),
+                h(24),
+            ],
+            allow_private: false,
+            max_in_flight_per_endpoint: 4,
+            concurrency: 64,
+            breaker_after: 5,
+            breaker_pause: Duration::from_secs(60),
+            secret_overlap: h(24),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// What a fault drill injects into a named step (`OFFBOARD_FAULTS`): plain data, turned into
@@ -299,6 +352,50 @@ impl Settings {
             )?,
         };
 
+        let hook_defaults = WebhookSettings::default();
+        let webhooks = WebhookSettings {
+            timeout: duration("OFFBOARD_WEBHOOK_TIMEOUT", hook_defaults.timeout)?,
+            retry_schedule: match var("OFFBOARD_WEBHOOK_RETRY_SCHEDULE") {
+                Some(v) => v
+                    .split(',')
+                    .map(parse_duration)
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .with_context(|| format!("OFFBOARD_WEBHOOK_RETRY_SCHEDULE: {v:?}"))?,
+                None => hook_defaults.retry_schedule,
+            },
+            allow_private: match var("OFFBOARD_WEBHOOK_ALLOW_PRIVATE").as_deref() {
+                None | Some("0") | Some("false") => false,
+                Some("1") | Some("true") => true,
+                Some(other) => {
+                    bail!("OFFBOARD_WEBHOOK_ALLOW_PRIVATE: {other:?} is neither 1 nor 0")
+                }
+            },
+            max_in_flight_per_endpoint: number(
+                "OFFBOARD_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT",
+                hook_defaults.max_in_flight_per_endpoint,
+                1,
+            )?,
+            concurrency: number(
+                "OFFBOARD_WEBHOOK_CONCURRENCY",
+                hook_defaults.concurrency as i64,
+                1,
+            )? as usize,
+            breaker_after: number(
+                "OFFBOARD_WEBHOOK_BREAKER_AFTER",
+                hook_defaults.breaker_after as i64,
+                1,
+            )? as i32,
+            breaker_pause: duration("OFFBOARD_WEBHOOK_BREAKER_PAUSE", hook_defaults.breaker_pause)?,
+            secret_overlap: duration(
+                "OFFBOARD_WEBHOOK_SECRET_OVERLAP",
+                hook_defaults.secret_overlap,
+            )?,
+            poll_interval: duration("OFFBOARD_WEBHOOK_POLL_INTERVAL", hook_defaults.poll_interval)?,
+        };
+        if webhooks.timeout.is_zero() {
+            bail!("OFFBOARD_WEBHOOK_TIMEOUT: must be above 0");
+        }
+
         Ok(Self {
             database_url: var("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/offboard".into()),
@@ -318,6 +415,7 @@ impl Settings {
             stats_max_age: duration("OFFBOARD_STATS_MAX_AGE", Duration::from_secs(5))?,
             worker,
             steps,
+            webhooks,
         })
     }
 
@@ -347,6 +445,7 @@ impl fmt::Debug for Settings {
             .field("stats_max_age", &self.stats_max_age)
             .field("worker", &self.worker)
             .field("steps", &self.steps)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -446,6 +545,27 @@ mod tests {
         assert_eq!(s.api_tokens[1].company_id, Some(17));
         assert_eq!(s.api_tokens[1].secret, "bbbbbbbbbbbbbbbbbbbb");
         assert!(settings(&[("OFFBOARD_API_TOKENS", "short")]).is_err());
+    }
+
+    #[test]
+    fn webhook_settings_default_to_the_standard_schedule_and_public_https_only() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.webhooks.timeout, Duration::from_secs(15));
+        assert_eq!(s.webhooks.retry_schedule.len(), 9);
+        assert_eq!(s.webhooks.retry_schedule[8], Duration::from_secs(86_400));
+        assert!(!s.webhooks.allow_private);
+        let s = settings(&[
+            ("OFFBOARD_WEBHOOK_RETRY_SCHEDULE", "50ms, 1s"),
+            ("OFFBOARD_WEBHOOK_ALLOW_PRIVATE", "1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.webhooks.retry_schedule,
+            vec![Duration::from_millis(50), Duration::from_secs(1)]
+        );
+        assert!(s.webhooks.allow_private);
+        let err = settings(&[("OFFBOARD_WEBHOOK_RETRY_SCHEDULE", "5s,soon")]).unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_WEBHOOK_RETRY_SCHEDULE"));
     }
 
     #[test]

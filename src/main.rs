@@ -39,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Host webhooks through the HTTP API: endpoints, deliveries, replays.
+    Webhooks {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// What a user owns; with --transfer, a dry run of the plan.
     Preview {
         #[command(flatten)]
@@ -94,6 +101,39 @@ struct BulkArgs {
 }
 
 #[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Endpoints, oldest first.
+    List {
+        #[arg(long)]
+        company: Option<i64>,
+    },
+    /// Deliveries, newest first.
+    Deliveries {
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// pending, sending, succeeded or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        company: Option<i64>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send a delivery again (same webhook-id), or with --failed every failed delivery of
+    /// --endpoint.
+    Replay {
+        #[arg(required_unless_present = "failed")]
+        delivery: Option<i64>,
+        #[arg(long, requires = "endpoint")]
+        failed: bool,
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RunsCommand {
     /// Newest runs first.
     List {
@@ -143,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let filter = match cli.command {
         Command::Demo { .. }
         | Command::Runs { .. }
+        | Command::Webhooks { .. }
         | Command::Preview { .. }
         | Command::Seed { .. } => "warn",
         _ => app::DEFAULT_LOG_FILTER,
@@ -214,6 +255,35 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 RunsCommand::Show { id } => {
                     print(client.get(&format!("/v1/offboardings/{id}")).await?)
+                }
+            }
+        }
+        Command::Webhooks { api, command } => {
+            let client = ApiClient::new(&api.api_url, &api.token);
+            match command {
+                WebhooksCommand::List { company } => {
+                    let query = company.map(|c| format!("company_id={c}")).unwrap_or_default();
+                    cli::webhook_endpoints(&client, &query).await
+                }
+                WebhooksCommand::Deliveries { endpoint, status, company, limit, cursor } => {
+                    let mut query = vec![format!("limit={limit}")];
+                    query.extend(endpoint.map(|e| format!("endpoint_id={e}")));
+                    query.extend(status.map(|s| format!("status={s}")));
+                    query.extend(company.map(|c| format!("company_id={c}")));
+                    query.extend(cursor.map(|c| format!("cursor={c}")));
+                    cli::webhook_deliveries(&client, &query.join("&")).await
+                }
+                WebhooksCommand::Replay { delivery, failed, endpoint } => {
+                    let path = match (failed, delivery, endpoint) {
+                        (true, _, Some(endpoint)) => {
+                            format!("/v1/webhook-endpoints/{endpoint}/replay-failed")
+                        }
+                        (_, Some(delivery), _) => {
+                            format!("/v1/webhook-deliveries/{delivery}/replay")
+                        }
+                        _ => anyhow::bail!("give a delivery id, or --failed --endpoint ID"),
+                    };
+                    print(client.post(&path, &json!({}), None).await?)
                 }
             }
         }

@@ -43,6 +43,19 @@ struct FiredBy {
     fired_by: &'static str,
 }
 
+/// Webhook attempts are labelled by endpoint id (a bounded set an operator registered),
+/// never by URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookOutcome {
+    endpoint_id: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     route: String,
@@ -61,6 +74,8 @@ pub struct Metrics {
     items_reassigned: Counter,
     purges_fired: Family<FiredBy, Counter>,
     http_requests: Family<HttpLabels, Counter>,
+    webhook_attempts: Family<WebhookOutcome, Counter>,
+    webhook_seconds: Family<EndpointLabel, Histogram>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -103,6 +118,19 @@ impl Metrics {
             "HTTP requests by route and status",
             http_requests.clone(),
         );
+        let webhook_attempts = Family::<WebhookOutcome, Counter>::default();
+        registry.register(
+            "offboard_webhook_attempts",
+            "Webhook delivery attempts by endpoint and outcome (succeeded, retry, failed, gone)",
+            webhook_attempts.clone(),
+        );
+        let webhook_seconds =
+            Family::<EndpointLabel, Histogram>::new_with_constructor(step_histogram as fn() -> _);
+        registry.register(
+            "offboard_webhook_attempt_duration_seconds",
+            "Time one webhook attempt took, by endpoint",
+            webhook_seconds.clone(),
+        );
         Self {
             registry,
             step_attempts,
@@ -110,6 +138,8 @@ impl Metrics {
             items_reassigned,
             purges_fired,
             http_requests,
+            webhook_attempts,
+            webhook_seconds,
         }
     }
 
@@ -118,6 +148,18 @@ impl Metrics {
         self.step_attempts.get_or_create(&StepOutcome { step: step.to_string(), outcome }).inc();
         self.step_seconds
             .get_or_create(&StepLabel { step: step.to_string() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One attempt of a webhook delivery ended: `succeeded`, `retry`, `failed` (schedule
+    /// used up) or `gone` (410).
+    pub fn webhook_attempt(&self, endpoint_id: &str, outcome: &'static str, took: Duration) {
+        let endpoint_id = endpoint_id.to_string();
+        self.webhook_attempts
+            .get_or_create(&WebhookOutcome { endpoint_id: endpoint_id.clone(), outcome })
+            .inc();
+        self.webhook_seconds
+            .get_or_create(&EndpointLabel { endpoint_id })
             .observe(took.as_secs_f64());
     }
 

@@ -18,6 +18,7 @@ use crate::{
     faults::Faults,
     ledger::steps,
     metrics::METRICS,
+    outbound::webhooks::Deliverer,
     queue::{PurgeTask, Queues, StepTask},
     shutdown::Shutdown,
     steps::private_email_purge::{self, FiredBy},
@@ -28,6 +29,8 @@ use crate::{
 pub struct Workers {
     pub executor: Arc<Executor>,
     pub dispatcher: Dispatcher,
+    /// Host webhooks, on tasks of their own: a slow receiver never holds a step worker.
+    pub deliverer: Arc<Deliverer>,
 }
 
 impl Workers {
@@ -48,9 +51,13 @@ impl Workers {
             faults,
             samples: samples.clone(),
         });
+        let deliverer = Arc::new(
+            Deliverer::new(pool.clone(), settings.webhooks.clone())
+                .expect("the webhook HTTP client builds"),
+        );
         let dispatcher =
             Dispatcher { pool, queues, settings: settings.worker.clone(), nudge, samples };
-        Self { executor, dispatcher }
+        Self { executor, dispatcher, deliverer }
     }
 
     /// Runs until `shutdown`, then lets running steps finish within the shutdown timeout.
@@ -61,6 +68,7 @@ impl Workers {
 
         let dispatcher = tokio::spawn(self.dispatcher.clone().run(shutdown.clone()));
         let renewer = tokio::spawn(renew_leases(self.executor.clone(), shutdown.clone()));
+        let deliverer = tokio::spawn(self.deliverer.clone().run(shutdown.clone()));
 
         let steps = {
             let executor = self.executor.clone();
@@ -125,6 +133,9 @@ impl Workers {
         }
         dispatcher.abort();
         renewer.abort();
+        if let Err(e) = deliverer.await {
+            tracing::warn!(error = %e, "the webhook deliverer ended abnormally");
+        }
         tracing::info!(worker = %name, "workers stopped");
         Ok(())
     }

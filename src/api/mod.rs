@@ -14,6 +14,7 @@ mod policy;
 mod preview;
 mod scim;
 pub mod views;
+mod webhooks;
 
 use std::{sync::Arc, time::Instant};
 
@@ -85,6 +86,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats/series", get(operators::series))
         .route("/v1/companies/{company_id}/offboarding-policy", get(policy::show).put(policy::put))
         .nest("/scim/v2", scim::router())
+        .route(
+            "/v1/webhook-endpoints",
+            post(webhooks::create_endpoint).get(webhooks::list_endpoints),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            get(webhooks::get_endpoint)
+                .patch(webhooks::update_endpoint)
+                .delete(webhooks::delete_endpoint),
+        )
+        .route("/v1/webhook-endpoints/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/v1/webhook-endpoints/{id}/replay-failed", post(webhooks::replay_failed))
+        .route("/v1/webhook-deliveries", get(webhooks::list_deliveries))
+        .route("/v1/webhook-deliveries/{id}/replay", post(webhooks::replay_delivery))
         .route(
             "/v1/companies/{company_id}/users/{user_id}/preview",
             get(preview::show).post(preview::dry_run),

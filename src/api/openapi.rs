@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, operators, policy, preview, views};
+use super::{dashboard, health, offboardings, operators, policy, preview, views, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,15 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views};
         operators::series,
         policy::show,
         policy::put,
+        webhooks::create_endpoint,
+        webhooks::list_endpoints,
+        webhooks::get_endpoint,
+        webhooks::update_endpoint,
+        webhooks::delete_endpoint,
+        webhooks::rotate_secret,
+        webhooks::replay_failed,
+        webhooks::list_deliveries,
+        webhooks::replay_delivery,
     ),
     components(schemas(
         views::ErrorBody,
@@ -59,6 +68,14 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views};
         operators::SeriesPoint,
         views::PolicyBody,
         views::PolicyView,
+        webhooks::CreateEndpoint,
+        webhooks::UpdateEndpoint,
+        webhooks::EndpointWithSecret,
+        webhooks::EndpointList,
+        webhooks::DeliveryList,
+        webhooks::Replayed,
+        crate::ledger::webhooks::EndpointRow,
+        crate::ledger::webhooks::DeliveryRow,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
@@ -68,6 +85,7 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views};
         (name = "operators", description = "Retry, cancel, restart from a step, bulk actions by filter, stats and their series"),
         (name = "policy", description = "A company's offboarding policy: what runs an identity provider (SCIM, at /scim/v2, outside this document) starts do"),
         (name = "operations", description = "Health and metrics"),
+        (name = "webhooks", description = "Endpoints the host hears back on (Standard Webhooks), their deliveries and replays"),
     )
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod request;
 pub mod run_status;
 pub mod transfer;
+pub mod webhook;
 
 pub use action::Action;
 pub use field_error::FieldError;

@@ -1,6 +1,6 @@
-//! The ledger (schema `offboard`): runs, steps, history, idempotency keys and scheduled
-//! purges. PostgreSQL is the record of every run and step; Redis only carries work, so
-//! anything Redis loses is found here again.
+//! The ledger (schema `offboard`): runs, steps, history, idempotency keys, scheduled
+//! purges, and host webhooks (endpoints, events, deliveries). PostgreSQL is the record of
+//! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
 pub mod bulk;
 pub mod filter;
@@ -10,6 +10,7 @@ pub mod restart;
 pub mod runs;
 pub mod samples;
 pub mod steps;
+pub mod webhooks;
 
 use std::time::Duration;
 

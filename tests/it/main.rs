@@ -16,3 +16,4 @@ mod refusals;
 mod retries;
 mod scim;
 mod transfer;
+mod webhooks;

@@ -210,6 +210,15 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("get", "/v1/bulk-operations/{id}"),
         ("get", "/v1/companies/{company_id}/offboarding-policy"),
         ("put", "/v1/companies/{company_id}/offboarding-policy"),
+        ("post", "/v1/webhook-endpoints"),
+        ("get", "/v1/webhook-endpoints"),
+        ("get", "/v1/webhook-endpoints/{id}"),
+        ("patch", "/v1/webhook-endpoints/{id}"),
+        ("delete", "/v1/webhook-endpoints/{id}"),
+        ("post", "/v1/webhook-endpoints/{id}/rotate-secret"),
+        ("post", "/v1/webhook-endpoints/{id}/replay-failed"),
+        ("get", "/v1/webhook-deliveries"),
+        ("post", "/v1/webhook-deliveries/{id}/replay"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

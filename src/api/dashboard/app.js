@@ -159,8 +159,8 @@
     setText('#live-text', ok ? `live · ${new Date().toLocaleTimeString()}` : 'not updating');
   }
 
-  function showResult(text, isError) {
-    const box = $('#action-result');
+  function showResult(text, isError, selector = '#action-result') {
+    const box = $(selector);
     box.textContent = text;
     box.classList.toggle('error', Boolean(isError));
     box.hidden = false;
@@ -173,6 +173,12 @@
     const match = hash.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
     if (match) return { view: 'run', id: match[1] };
     const query = new URLSearchParams(hash.split('?')[1] || '');
+    if (hash.startsWith('/webhooks')) {
+      return {
+        view: 'webhooks',
+        filters: { endpoint_id: query.get('endpoint_id') || '', status: query.get('status') || '' },
+      };
+    }
     const filters = emptyFilters();
     for (const f of FILTER_FIELDS) filters[f] = query.get(f) || '';
     return { view: 'list', filters };
@@ -188,6 +194,7 @@
   function show(view) {
     $('#list-view').hidden = view !== 'list';
     $('#run-view').hidden = view !== 'run';
+    $('#webhooks-view').hidden = view !== 'webhooks';
   }
 
   // ---- Stats -----------------------------------------------------------------------
@@ -372,6 +379,50 @@
     }
   }
 
+  // ---- Webhook deliveries ----------------------------------------------------------
+
+  async function refreshDeliveries(filters, stillCurrent) {
+    const query = new URLSearchParams({ limit: '100' });
+    for (const [k, v] of Object.entries(filters)) if (v) query.set(k, v);
+    const body = await api('GET', `/v1/webhook-deliveries?${query}`);
+    if (!stillCurrent()) return;
+    const form = $('#delivery-filters');
+    if (document.activeElement !== form.elements.endpoint_id) form.elements.endpoint_id.value = filters.endpoint_id;
+    form.elements.status.value = filters.status;
+    const rows = body.deliveries.map((d) => {
+      const replay = el('button', { type: 'button', class: 'replay', text: 'Replay' });
+      replay.hidden = d.status === 'pending' || d.status === 'sending';
+      replay.addEventListener('click', () => replayDelivery(d.id, replay));
+      const last = d.last_status_code ?? d.last_error ?? '–';
+      return el('tr', { 'data-delivery-id': d.id, 'data-status': d.status },
+        el('td', { class: 'num', text: d.id }),
+        el('td', { text: d.event_type }),
+        el('td', {}, el('a', { href: `#/webhooks?endpoint_id=${d.endpoint_id}`, title: d.endpoint_id }, el('code', { text: shortId(d.endpoint_id) }))),
+        el('td', {}, badge(d.status)),
+        el('td', { class: 'num', text: d.attempts }),
+        el('td', { class: 'num', text: String(last), title: d.last_error || '' }),
+        el('td', { class: 'num', text: d.last_latency_ms == null ? '–' : `${d.last_latency_ms} ms` }),
+        el('td', { text: d.status === 'pending' ? when(d.next_attempt_at) : when(d.finished_at) }),
+        el('td', {}, el('code', { class: 'small', text: d.webhook_id })),
+        el('td', {}, replay));
+    });
+    $('#deliveries tbody').replaceChildren(...rows);
+    $('#deliveries-empty').hidden = rows.length > 0;
+  }
+
+  async function replayDelivery(id, button) {
+    button.disabled = true;
+    try {
+      const body = await api('POST', `/v1/webhook-deliveries/${encodeURIComponent(id)}/replay`);
+      showResult(`Replayed: delivery ${body.id} sends ${body.webhook_id} again.`, false, '#webhook-result');
+    } catch (e) {
+      showResult(`replay refused — ${e}`, true, '#webhook-result');
+    } finally {
+      button.disabled = false;
+      poll();
+    }
+  }
+
   // ---- The poll loop ---------------------------------------------------------------
 
   let timer = null;
@@ -394,6 +445,8 @@
         syncFilterForm(current.filters);
         const charts = window.offboardOperators ? window.offboardOperators.refreshCharts() : null;
         await Promise.all([refreshList(current.filters, stillCurrent), refreshStats(stillCurrent), charts]);
+      } else if (current.view === 'webhooks') {
+        await Promise.all([refreshDeliveries(current.filters, stillCurrent), refreshStats(stillCurrent)]);
       } else {
         await Promise.all([refreshRun(current.id, stillCurrent), refreshStats(stillCurrent)]);
       }
@@ -464,6 +517,22 @@
       if (run && window.confirm(`Cancel run ${run.id}? Steps not yet started will not run.`)) {
         operate('cancel', event.currentTarget);
       }
+    });
+
+    const deliveryFilters = $('#delivery-filters');
+    const applyDeliveryFilters = () => {
+      const query = new URLSearchParams();
+      const endpoint = deliveryFilters.elements.endpoint_id.value.trim();
+      if (endpoint) query.set('endpoint_id', endpoint);
+      if (deliveryFilters.elements.status.value) query.set('status', deliveryFilters.elements.status.value);
+      const text = query.toString();
+      const hash = text ? `#/webhooks?${text}` : '#/webhooks';
+      if (location.hash !== hash) location.hash = hash;
+    };
+    deliveryFilters.addEventListener('change', applyDeliveryFilters);
+    deliveryFilters.addEventListener('submit', (event) => {
+      event.preventDefault();
+      applyDeliveryFilters();
     });
 
     window.addEventListener('hashchange', onRoute);
