@@ -165,6 +165,9 @@ pub async fn bulk(
         println!();
     }
     println!("bulk {kind} {id}: {} runs", op["touched"]);
+    Ok(())
+}
+
 /// `offboard webhooks list`: endpoints, one a line.
 pub async fn webhook_endpoints(client: &ApiClient, query: &str) -> anyhow::Result<()> {
     let body = client.get(&format!("/v1/webhook-endpoints?{query}")).await?;
