@@ -19,6 +19,7 @@ use axum::{
 };
 use offboard::{
     api::{self, AppState},
+    config::DEV_TOKEN,
     crm::seed::SeedOptions,
     domain::webhook::WebhookSecret,
     faults::Fault,
@@ -384,7 +385,10 @@ async fn a_receiver_failing_three_times_gets_the_same_webhook_id_four_times_and_
     assert_eq!(status, StatusCode::OK);
     let response = tower::ServiceExt::oneshot(
         app.router.clone(),
-        axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap(),
+        axum::http::Request::get("/metrics")
+            .header("authorization", format!("Bearer {DEV_TOKEN}"))
+            .body(axum::body::Body::empty())
+            .unwrap(),
     )
     .await
     .unwrap();
