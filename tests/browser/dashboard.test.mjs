@@ -164,7 +164,9 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
   const server = spawn(bin, ['serve'], {
     env: {
       ...env,
-      OFFBOARD_FAULTS: 'stop_syncs=permanent*4',
+      // The first run to reach finish_deactivation (the succeeding one) retries it twice, with
+      // backoff, so its page has progress to show even on a fast, idle machine.
+      OFFBOARD_FAULTS: 'stop_syncs=permanent*4,finish_deactivation=retryable*2',
       // One step of the company at a time, picked up on a slower poll: a run then takes a
       // few seconds, so the page has progress to show while the test watches.
       OFFBOARD_MAX_IN_FLIGHT_PER_COMPANY: '1',
