@@ -76,7 +76,7 @@ async fn cancel_mid_reassignment_stops_at_a_batch_and_nothing_moves_after_cancel
     let user = app.regular(0);
     // One reassignment, so one step is running when the cancel comes.
     let plan = json!({"deals": {"mode": "single", "scope": "all", "targets": [{"user_id": app.regular(1)}]}});
-    let id = app.enqueue(&app.deactivation(user, plan.clone())).await;
+    let id = app.enqueue(&app.deactivation(user, plan)).await;
     let workers = app.start_workers();
     // Some items have moved, many have not.
     let moving = poll_until(Duration::from_secs(30), || async {
@@ -89,21 +89,6 @@ async fn cancel_mid_reassignment_stops_at_a_batch_and_nothing_moves_after_cancel
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "canceling", "running steps stop at their next batch: {body}");
     assert!(body["steps_running"].as_i64().unwrap() >= 1, "{body}");
-
-    // Hold the run's row so its steps cannot stop yet: while canceling, the run is still
-    // the user's active run and a second run is refused.
-    let mut hold = app.pool.begin().await.unwrap();
-    let held: String =
-        sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(&mut *hold)
-            .await
-            .unwrap();
-    assert_eq!(held, "canceling");
-    let (status, body) = app.post("/v1/offboardings", &app.deactivation(user, plan)).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "active_run_exists");
-    hold.commit().await.unwrap();
 
     let run = app.wait_for_run(id).await;
     assert_eq!(run["status"], "canceled", "{run}");
@@ -136,7 +121,8 @@ async fn cancel_mid_reassignment_stops_at_a_batch_and_nothing_moves_after_cancel
 async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(pool: PgPool) {
     use offboard::ledger::steps::{self, Failure};
     let app = TestApp::new(pool).await;
-    let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    let user = app.regular(0);
+    let id = app.enqueue(&app.deactivation(user, json!({}))).await;
     let ready = steps::dispatch_ready(
         &app.pool,
         steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 },
@@ -147,6 +133,11 @@ async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(po
         steps::claim(&app.pool, ready[0].id, "w", Duration::from_secs(5)).await.unwrap().unwrap();
     let (status, body) = app.post(&format!("/v1/offboardings/{id}/cancel"), &json!({})).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("canceling")), "{body}");
+    // While its step still runs, the canceling run is the user's active run: a second run is
+    // refused.
+    let (status, body) = app.post("/v1/offboardings", &app.deactivation(user, json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "active_run_exists");
     let failure = Failure {
         code: "injected",
         message: "a retryable failure",
@@ -158,6 +149,8 @@ async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(po
     assert_eq!(status.as_deref(), Some("canceled"));
     assert_eq!(app.run(id).await["status"], "canceled");
     assert!(app.drain().await.is_empty(), "no canceled step becomes ready again");
+    // Canceled, it no longer holds the user.
+    app.enqueue(&app.deactivation(user, json!({}))).await;
     app.cleanup().await;
 }
 

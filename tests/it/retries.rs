@@ -32,6 +32,16 @@ async fn dispatch(app: &TestApp) -> Vec<i64> {
     steps::dispatch_ready(&app.pool, limits).await.unwrap().into_iter().map(|d| d.id).collect()
 }
 
+/// Dispatches until `step` is queued: a step whose lease expired is due again only after
+/// its backoff pause, so one dispatch right after the sweep may find nothing due.
+async fn dispatch_when_due(app: &TestApp, step: i64) {
+    let started = Instant::now();
+    while !dispatch(app).await.contains(&step) {
+        assert!(started.elapsed() < DEADLINE, "step {step} never became due");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs the sweeper until it takes back a step whose lease expired.
 async fn sweep_until_a_lease_expires(app: &TestApp) {
     let started = Instant::now();
@@ -273,7 +283,7 @@ async fn two_workers_with_one_name_cannot_both_hold_a_step(pool: PgPool) {
     );
     // After the lease expires and the step is re-queued, the namesake takes it over.
     sweep_until_a_lease_expires(&app).await;
-    dispatch(&app).await;
+    dispatch_when_due(&app, ready[0]).await;
     let second = steps::claim(&app.pool, ready[0], "same-name", Duration::from_secs(5))
         .await
         .unwrap()
@@ -369,7 +379,7 @@ async fn a_lost_attempt_that_made_progress_is_not_held_against_the_step(pool: Pg
     );
 
     // Without progress, the same loss counts: a claim that commits nothing and is lost.
-    dispatch(&app).await;
+    dispatch_when_due(&app, deals).await;
     steps::claim(&app.pool, deals, "lost-again", Duration::from_millis(100))
         .await
         .unwrap()
