@@ -11,7 +11,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgPoolOptions},
+};
 use tokio::sync::Notify;
 
 use crate::shutdown::Shutdown;
@@ -26,9 +29,15 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// connection is lost. Notifications sent while it is not connected are missed: whoever
 /// listens also polls on an interval (and once when it starts).
 pub async fn listen(pool: PgPool, channel: &'static str, wake: Arc<Notify>, shutdown: Shutdown) {
+    // A listener holds its connection for good: its own, not one of the pool's (a test's
+    // pool has five).
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    drop(pool);
     loop {
         let listened = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(channel).await?;
             loop {
                 listener.recv().await?;
