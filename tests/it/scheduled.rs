@@ -222,9 +222,8 @@ async fn rescheduling_moves_the_start_and_only_while_scheduled(pool: PgPool) {
     assert_eq!(status, StatusCode::OK);
     let started = Instant::now();
     loop {
-        let before = db_now(&app).await;
         let report = app.workers.dispatcher.sweep().await;
-        if before < soon {
+        if db_now(&app).await < soon {
             assert_eq!(report.scheduled_started, 0, "started before its time");
         }
         if report.scheduled_started == 1 {
@@ -237,6 +236,8 @@ async fn rescheduling_moves_the_start_and_only_while_scheduled(pool: PgPool) {
     let run = app.run(id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert!(at_of(&run, "started_at") >= soon);
+    let start = run["history"].as_array().unwrap().iter().find(|e| e["kind"] == "started");
+    assert!(at_of(start.expect("started in the history"), "at") >= soon, "{run}");
 
     let (status, error) = patch(json!({"effective_at": rfc3339(later)})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
