@@ -15,6 +15,7 @@ mod purge;
 mod recovery;
 mod refusals;
 mod retries;
+mod scheduled;
 mod scim;
 mod transfer;
 mod webhooks;
