@@ -5,7 +5,7 @@
 //! starve another) and pushes them after the commit. It runs when nudged (a commit made
 //! steps ready) and on a short interval (retries coming due, other processes' commits).
 //!
-//! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
+//! The sweeper runs every second (a tokio interval in the worker runtime): it takes back steps whose worker vanished
 //! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), fires
 //! private-email purges whose delayed Redis task was lost, starts scheduled runs whose
 //! time has come ([`crate::ledger::scheduled`]), takes up unfinished bulk

@@ -1,13 +1,12 @@
-//! The worker runtime: apalis workers on the Redis step and purge queues, the apalis-cron
-//! sweeper, the dispatcher loop and the lease renewer, supervised until shutdown.
+//! The worker runtime: apalis workers on the Redis step and purge queues, the sweeper (a
+//! tokio interval), the dispatcher loop and the lease renewer, supervised until shutdown.
 //! `offboard serve` runs this beside the API; `offboard-worker` runs only this.
 
-use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use apalis::prelude::{
     BackendExt, BoxDynError, Data, ParallelizeExt, WorkerBuilder, WorkerBuilderExt, WorkerError,
 };
-use apalis_cron::{CronScheduler, Tick};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -104,22 +103,14 @@ impl Workers {
                     .run_until(stop)
             })
         };
-        let sweeper = {
-            let dispatcher = self.dispatcher.clone();
-            let name = name.clone();
-            supervise("sweeper", shutdown.clone(), move |restarts, stop| {
-                let every_second =
-                    cron::Schedule::from_str("* * * * * *").expect("valid cron expression");
-                WorkerBuilder::new(format!("{name}-sweeper-{restarts}"))
-                    .backend(CronScheduler::new(every_second))
-                    .data(dispatcher.clone())
-                    .build(handle_sweep)
-                    .run_until(stop)
-            })
-        };
+        let sweeper =
+            tokio::spawn(sweep_every(self.dispatcher.clone(), SWEEP_EVERY, shutdown.clone()));
 
         let all = async {
-            tokio::join!(steps, purges, sweeper);
+            let (_, _, swept) = tokio::join!(steps, purges, sweeper);
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "the sweeper ended abnormally");
+            }
             // The queues stopped taking tasks; steps already running finish.
             while self.executor.leases.running() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -217,12 +208,26 @@ async fn handle_purge(task: PurgeTask, executor: Data<Arc<Executor>>) -> Result<
     Ok(())
 }
 
-async fn handle_sweep(_tick: Tick, dispatcher: Data<Dispatcher>) -> Result<(), BoxDynError> {
-    let report = dispatcher.sweep().await;
-    if report != Default::default() {
-        tracing::debug!(?report, "sweep");
+/// How often the sweeper runs: expired leases, lost tasks, overdue purges, bulk work, samples.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The sweeper: one sweep per `every` until `shutdown` (a tick missed while a sweep ran
+/// long is not made up). A sweep that panics is logged and the next tick sweeps again.
+async fn sweep_every(dispatcher: Dispatcher, every: Duration, shutdown: Shutdown) {
+    use futures::FutureExt;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        match std::panic::AssertUnwindSafe(dispatcher.sweep()).catch_unwind().await {
+            Ok(report) if report != Default::default() => tracing::debug!(?report, "sweep"),
+            Ok(_) => {}
+            Err(_) => tracing::error!("a sweep panicked; the next tick sweeps again"),
+        }
     }
-    Ok(())
 }
 
 async fn renew_leases(executor: Arc<Executor>, shutdown: Shutdown) {
