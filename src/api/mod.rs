@@ -13,10 +13,11 @@ mod operators;
 mod policy;
 mod preview;
 mod scim;
+mod trace;
 pub mod views;
 mod webhooks;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -65,7 +66,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/operators.js", get(dashboard::operators_script))
@@ -113,22 +114,18 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    trace::layer(router).with_state(state)
 }
 
-/// Logs and counts each request by its route template (ids stay out of labels).
+/// Counts each request by its route template (ids stay out of labels); [`trace`] logs it.
 async fn observe(State(_): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().clone();
-    let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16();
-    METRICS.http_request(&route, status);
-    tracing::debug!(%method, route = %route, status, took_us = started.elapsed().as_micros() as u64, "request");
+    METRICS.http_request(&route, response.status().as_u16());
     response
 }

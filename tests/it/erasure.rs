@@ -14,7 +14,7 @@ use crate::helpers::TestApp;
 
 /// Collects everything the service logs, at every level, from every crate.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -14,6 +14,7 @@ mod processes;
 mod purge;
 mod recovery;
 mod refusals;
+mod request_ids;
 mod retries;
 mod scheduled;
 mod scim;
