@@ -124,6 +124,7 @@ pub async fn start_api(
 
 /// API and workers in one process, until SIGINT/SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    settings.check_serving()?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let services = Services::connect_until_ready(settings, &shutdown).await?;

@@ -15,5 +15,6 @@ mod recovery;
 mod refusals;
 mod retries;
 mod scim;
+mod security;
 mod transfer;
 mod webhooks;
