@@ -10,8 +10,10 @@
 //!
 //! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
 //! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), pushes
-//! purges come due, fires itself those still not fired after a grace, takes up unfinished bulk
-//! operations ([`crate::bulk`]), deletes expired idempotency keys, writes the second's metric sample ([`crate::samples`]) and
+//! purges come due, fires itself those still not fired after a grace, starts scheduled runs
+//! whose time has come ([`crate::ledger::scheduled`]), takes up unfinished bulk operations
+//! ([`crate::bulk`]), deletes expired idempotency keys, writes the second's metric sample
+//! ([`crate::samples`]) and
 //! trims finished tasks from Redis.
 
 use std::{sync::Arc, time::Duration};
@@ -23,6 +25,7 @@ use crate::{
     config::WorkerSettings,
     ledger::{
         idempotency,
+        scheduled::{self, Start},
         steps::{self, DispatchLimits},
     },
     metrics::METRICS,
@@ -189,6 +192,7 @@ impl Dispatcher {
             Ok(n) => report.idempotency_keys_expired = n,
             Err(e) => tracing::warn!(error = %e, "deleting expired idempotency keys failed"),
         }
+        report.scheduled_started = self.start_due_scheduled().await;
         match crate::bulk::take_one(&self.pool, &self.settings, &self.nudge).await {
             Ok(taken) => report.bulk_taken = taken,
             Err(e) => tracing::warn!(error = %e, "looking for unfinished bulk operations failed"),
@@ -200,6 +204,34 @@ impl Dispatcher {
             tracing::debug!(error = %e, "trimming finished Redis tasks failed");
         }
         report
+    }
+
+    /// Starts the scheduled runs whose `effective_at` has passed, up to 100 a sweep (one
+    /// transaction each), and wakes the dispatcher for them.
+    async fn start_due_scheduled(&self) -> usize {
+        let mut started = 0;
+        while started < 100 {
+            match scheduled::start_next_due(&self.pool).await {
+                Ok(Some((run_id, start))) => {
+                    started += 1;
+                    match start {
+                        Start::Queued => tracing::info!(%run_id, "scheduled run started"),
+                        Start::Refused(code) => {
+                            tracing::warn!(%run_id, code, "scheduled run failed at its start: its plan no longer holds")
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting scheduled runs failed; next sweep retries");
+                    break;
+                }
+            }
+        }
+        if started > 0 {
+            self.nudge.notify_one();
+        }
+        started
     }
 
     /// Re-pushes queued steps nobody claimed in time, but only while Redis holds fewer
@@ -235,4 +267,6 @@ pub struct SweepReport {
     pub idempotency_keys_expired: u64,
     /// An unfinished bulk operation was taken up.
     pub bulk_taken: bool,
+    /// Scheduled runs whose time had come, started (or failed at their start).
+    pub scheduled_started: usize,
 }

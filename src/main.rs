@@ -171,6 +171,12 @@ enum RunsCommand {
         #[arg(long)]
         step: String,
     },
+    /// Move a scheduled run to a new start time (RFC 3339).
+    Reschedule {
+        id: String,
+        #[arg(long)]
+        at: String,
+    },
     /// The whole run as JSON.
     Show { id: String },
 }
@@ -251,6 +257,11 @@ async fn main() -> anyhow::Result<()> {
                             &json!({"step": step}),
                             None,
                         )
+                        .await?,
+                ),
+                RunsCommand::Reschedule { id, at } => print(
+                    client
+                        .patch(&format!("/v1/offboardings/{id}"), &json!({"effective_at": at}))
                         .await?,
                 ),
                 RunsCommand::Show { id } => {

@@ -14,6 +14,7 @@ mod purge;
 mod recovery;
 mod refusals;
 mod retries;
+mod scheduled;
 mod scim;
 mod security;
 mod transfer;
