@@ -120,6 +120,9 @@ pub struct WorkerSettings {
     pub bulk_chunk: i64,
     /// The pause between two chunks of a bulk action, so steps keep running beside it.
     pub bulk_pause: Duration,
+    /// A purge is the purge queue's to fire until this long after it was due; then the
+    /// sweeper fires it itself (its Redis task was lost).
+    pub purge_grace: Duration,
     /// The deadline of one attempt of a step (every batch of it): past it the attempt
     /// fails with `timeout` and is retried with backoff, and its lease is no longer renewed.
     pub step_timeout: Duration,
@@ -272,6 +275,7 @@ impl Default for WorkerSettings {
             db_pool_size: 16 + 8,
             bulk_chunk: 100,
             bulk_pause: Duration::from_millis(20),
+            purge_grace: crate::dispatch::PURGE_GRACE,
             step_timeout: Duration::from_secs(600),
         }
     }
@@ -386,6 +390,7 @@ impl Settings {
             )?,
             bulk_chunk: number("OFFBOARD_BULK_CHUNK", worker_defaults.bulk_chunk, 1)?,
             bulk_pause: duration("OFFBOARD_BULK_PAUSE", worker_defaults.bulk_pause)?,
+            purge_grace: duration("OFFBOARD_PURGE_GRACE", worker_defaults.purge_grace)?,
             step_timeout: duration("OFFBOARD_STEP_TIMEOUT", worker_defaults.step_timeout)?,
         };
         if worker.max_in_flight > MAX_IN_FLIGHT_LIMIT {

@@ -34,8 +34,8 @@ use crate::{
     steps::private_email_purge::{self, FiredBy},
 };
 
-/// Purges fire from the sweeper only this long after they were due; before that they are
-/// the purge queue's to fire.
+/// Purges fire from the sweeper only this long after they were due (by default:
+/// `OFFBOARD_PURGE_GRACE`); before that they are the purge queue's to fire.
 pub const PURGE_GRACE: Duration = Duration::from_secs(3);
 
 /// Purge tasks Redis may hold at once (due, not yet fired): far below the ~8,000 due
@@ -171,7 +171,7 @@ impl Dispatcher {
             Ok(n) => report.purges_pushed = n,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "pushing due purges failed"),
         }
-        match private_email_purge::overdue(&self.pool, PURGE_GRACE, 100).await {
+        match private_email_purge::overdue(&self.pool, self.settings.purge_grace, 100).await {
             Ok(due) => {
                 for purge_id in due {
                     match private_email_purge::fire(&self.pool, purge_id, FiredBy::Sweeper).await {

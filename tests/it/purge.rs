@@ -66,7 +66,10 @@ async fn other_emails(app: &TestApp, user: i64) -> i64 {
 
 #[sqlx::test]
 async fn purges_fire_on_time_from_their_redis_tasks(pool: PgPool) {
-    let app = TestApp::with(pool, RETENTION, SeedOptions::default()).await;
+    // The sweeper's grace is long here: on a busy machine it could otherwise fire a purge
+    // the queue was about to, and this test is about the queue.
+    let settings = [RETENTION, &[("OFFBOARD_PURGE_GRACE", "60s")]].concat();
+    let app = TestApp::with(pool, &settings, SeedOptions::default()).await;
     // Several users, so a purge that beats its due time by a fraction of a second (Redis
     // schedules in whole seconds) would show up here.
     let users = [app.regular(0), app.regular(1), app.regular(2), app.regular(3)];
@@ -92,7 +95,7 @@ async fn purges_fire_on_time_from_their_redis_tasks(pool: PgPool) {
         assert_eq!(purge.fired_by.as_deref(), Some("queue"), "{purge:?}");
         let fired_at = purge.fired_at.unwrap();
         assert!(fired_at >= purge.due_at, "fired before it was due: {purge:?}");
-        assert!(fired_at - purge.due_at < chrono::Duration::seconds(2), "late: {purge:?}");
+        assert!(fired_at - purge.due_at < chrono::Duration::seconds(5), "late: {purge:?}");
         assert_eq!(purge.emails_deleted, Some(3));
         assert_eq!(private_linked(&app, *user).await, 0);
         assert_eq!(other_emails(&app, *user).await, *others, "shared and unlinked emails stay");
