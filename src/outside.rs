@@ -183,6 +183,9 @@ enum Outgoing {
     },
 }
 
+/// An install with its app's callback: id, company, app key, callback URL, secret.
+type InstallRow = (i64, i64, String, Option<String>, Option<String>);
+
 /// The engine: one per worker process.
 pub struct Outside {
     pool: PgPool,
@@ -463,16 +466,15 @@ impl Outside {
                 })
             }
             CallKind::UninstallCallback => {
-                let row: Option<(i64, i64, String, Option<String>, Option<String>)> =
-                    sqlx::query_as(
-                        "SELECT i.id, i.company_id, i.app_key, a.vendor_uninstall_url,
+                let row: Option<InstallRow> = sqlx::query_as(
+                    "SELECT i.id, i.company_id, i.app_key, a.vendor_uninstall_url,
                                 a.vendor_signing_secret
                          FROM crm.app_installs i JOIN crm.apps a ON a.key = i.app_key
                          WHERE i.id = $1",
-                    )
-                    .bind(call.target_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                )
+                .bind(call.target_id)
+                .fetch_optional(&self.pool)
+                .await?;
                 let Some((install_id, company_id, app_key, Some(url), secret)) = row else {
                     return Ok(Outgoing::Nothing);
                 };

@@ -206,6 +206,21 @@ async fn installs_of(app: &TestApp, user: i64) -> Vec<i64> {
     .unwrap()
 }
 
+/// The `/metrics` exposition, as a scraper sees it.
+async fn metrics(app: &TestApp) -> String {
+    let response = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        axum::http::Request::get("/metrics")
+            .header("authorization", format!("Bearer {}", offboard::config::DEV_TOKEN))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).expect(name)
 }
@@ -326,6 +341,18 @@ async fn each_grant_is_revoked_once_and_each_vendor_told_once_signed_with_ids_on
         events.iter().map(|e| e["data"]["install_id"].as_i64().unwrap()).collect();
     heard.sort();
     assert_eq!(heard, installs);
+
+    // /metrics counts the calls by destination and outcome, with their latencies.
+    let text = metrics(&app).await;
+    for (host, n) in [(provider.host(), tokens.len()), (vendor.host(), installs.len())] {
+        let line = format!(
+            "offboard_outbound_calls_total{{destination=\"{host}\",outcome=\"succeeded\"}} {n}"
+        );
+        assert!(text.contains(&line), "{line} missing");
+        let count =
+            format!("offboard_outbound_call_duration_seconds_count{{destination=\"{host}\"}} {n}");
+        assert!(text.contains(&count), "{count} missing");
+    }
     app.cleanup().await;
 }
 
@@ -560,6 +587,19 @@ async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let calls_to_dead = dead.got().len();
+    // Visible: the breaker's state in /metrics, the open breaker in /v1/stats.
+    let text = metrics(&app).await;
+    let line =
+        format!("offboard_outbound_breaker{{destination=\"{}\",state=\"open\"}} 1", dead.host());
+    assert!(text.contains(&line), "{line} missing");
+    let (_, stats) = app.get("/v1/stats").await;
+    let open: Vec<&str> = stats["open_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(open, vec![dead.host().as_str()]);
 
     // The small company's next run, while the other's steps wait on the open breaker.
     let busy = timed_run(&app, company, regulars[1], app.admin()).await;
