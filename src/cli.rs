@@ -46,6 +46,10 @@ impl ApiClient {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(body)).await
+    }
+
     pub async fn post(
         &self,
         path: &str,
@@ -64,12 +68,12 @@ impl ApiClient {
 pub async fn list(client: &ApiClient, query: &str) -> anyhow::Result<()> {
     let body = client.get(&format!("/v1/offboardings?{query}")).await?;
     println!(
-        "{:<36}  {:>8}  {:>8}  {:<22}  {:<9}  {:>5}  created",
-        "id", "company", "user", "action", "status", "steps"
+        "{:<36}  {:>8}  {:>8}  {:<22}  {:<17}  {:>5}  {:<27}  due",
+        "id", "company", "user", "action", "status", "steps", "created"
     );
     for run in body["runs"].as_array().into_iter().flatten() {
         println!(
-            "{:<36}  {:>8}  {:>8}  {:<22}  {:<9}  {:>2}/{:<2}  {}",
+            "{:<36}  {:>8}  {:>8}  {:<22}  {:<17}  {:>2}/{:<2}  {:<27}  {}",
             run["id"].as_str().unwrap_or(""),
             run["company_id"],
             run["user_id"],
@@ -78,6 +82,7 @@ pub async fn list(client: &ApiClient, query: &str) -> anyhow::Result<()> {
             run["steps_succeeded"],
             run["steps_total"],
             run["created_at"].as_str().unwrap_or(""),
+            run["effective_at"].as_str().unwrap_or("-"),
         );
     }
     if let Some(cursor) = body["next_cursor"].as_str() {
@@ -263,8 +268,12 @@ pub fn render(run: &Value) -> Vec<String> {
         .iter()
         .filter(|s| matches!(s["status"].as_str(), Some("succeeded" | "skipped")))
         .count();
+    let due = match (run["status"].as_str(), run["effective_at"].as_str()) {
+        (Some("scheduled"), Some(at)) => format!(" · due {at}"),
+        _ => String::new(),
+    };
     let mut lines = vec![format!(
-        "run {} · {} user {} · {} ({finished}/{} steps)",
+        "run {} · {} user {} · {} ({finished}/{} steps){due}",
         run["id"].as_str().unwrap_or("?"),
         run["action"].as_str().unwrap_or("?"),
         run["user_id"],

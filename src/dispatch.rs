@@ -7,7 +7,8 @@
 //!
 //! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
 //! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), fires
-//! private-email purges whose delayed Redis task was lost, takes up unfinished bulk
+//! private-email purges whose delayed Redis task was lost, starts scheduled runs whose
+//! time has come ([`crate::ledger::scheduled`]), takes up unfinished bulk
 //! operations ([`crate::bulk`]), writes the second's metric sample ([`crate::samples`]) and
 //! trims finished tasks from Redis.
 
@@ -18,7 +19,10 @@ use tokio::sync::Notify;
 
 use crate::{
     config::WorkerSettings,
-    ledger::steps::{self, DispatchLimits},
+    ledger::{
+        scheduled::{self, Start},
+        steps::{self, DispatchLimits},
+    },
     metrics::METRICS,
     queue::Queues,
     shutdown::Shutdown,
@@ -129,6 +133,7 @@ impl Dispatcher {
             }
             Err(e) => tracing::warn!(error = %e, "looking for overdue purges failed"),
         }
+        report.scheduled_started = self.start_due_scheduled().await;
         match crate::bulk::take_one(&self.pool, &self.settings, &self.nudge).await {
             Ok(taken) => report.bulk_taken = taken,
             Err(e) => tracing::warn!(error = %e, "looking for unfinished bulk operations failed"),
@@ -140,6 +145,34 @@ impl Dispatcher {
             tracing::debug!(error = %e, "trimming finished Redis tasks failed");
         }
         report
+    }
+
+    /// Starts the scheduled runs whose `effective_at` has passed, up to 100 a sweep (one
+    /// transaction each), and wakes the dispatcher for them.
+    async fn start_due_scheduled(&self) -> usize {
+        let mut started = 0;
+        while started < 100 {
+            match scheduled::start_next_due(&self.pool).await {
+                Ok(Some((run_id, start))) => {
+                    started += 1;
+                    match start {
+                        Start::Queued => tracing::info!(%run_id, "scheduled run started"),
+                        Start::Refused(code) => {
+                            tracing::warn!(%run_id, code, "scheduled run failed at its start: its plan no longer holds")
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting scheduled runs failed; next sweep retries");
+                    break;
+                }
+            }
+        }
+        if started > 0 {
+            self.nudge.notify_one();
+        }
+        started
     }
 
     /// Re-pushes queued steps nobody claimed in time, but only while Redis holds fewer
@@ -171,4 +204,6 @@ pub struct SweepReport {
     pub purges_fired: usize,
     /// An unfinished bulk operation was taken up.
     pub bulk_taken: bool,
+    /// Scheduled runs whose time had come, started (or failed at their start).
+    pub scheduled_started: usize,
 }

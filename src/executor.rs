@@ -152,6 +152,32 @@ enum GroupEnd {
     RolledBack { error: anyhow::Error, steps: Vec<i64> },
 }
 impl Executor {
+    /// Marks a run whose last step succeeded as succeeded, with its receipt, and writes
+    /// the deletion its company's policy schedules after a deactivation (if any), in the
+    /// caller's transaction.
+    async fn finish_run(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        run_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        runs::finish(&mut *tx, run_id).await?;
+        let deletion = crate::steps::plan(
+            crate::domain::Action::Delete,
+            &crate::domain::TransferPlan::default(),
+        );
+        if let Some(id) = crate::ledger::scheduled::schedule_deletion_after(
+            &mut *tx,
+            run_id,
+            deletion,
+            self.worker.max_attempts,
+        )
+        .await?
+        {
+            tracing::info!(%run_id, deletion_run_id = %id, "deletion scheduled by the company policy");
+        }
+        Ok(())
+    }
+
     /// Runs one step task; see [`Executor::run_steps`].
     pub async fn run_step(&self, step_id: i64) -> anyhow::Result<Outcome> {
         let outcomes = self.run_steps(&[step_id]).await?;
@@ -435,7 +461,7 @@ impl Executor {
             }
         }
         for run_id in &completions.finished_runs {
-            runs::finish(&mut tx, *run_id).await?;
+            self.finish_run(&mut tx, *run_id).await?;
         }
         tx.commit().await?;
         METRICS.items_reassigned(moved.max(0) as u64);
@@ -578,7 +604,7 @@ impl Executor {
                     return Ok(Attempt::LeaseLost);
                 };
                 if completion.steps_remaining == 0 && completion.run_status == "running" {
-                    runs::finish(&mut tx, run.id).await?;
+                    self.finish_run(&mut tx, run.id).await?;
                 }
                 tx.commit().await?;
                 if kind.moves_items() {

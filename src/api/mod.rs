@@ -74,7 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/offboardings", post(offboardings::create).get(offboardings::list))
-        .route("/v1/offboardings/{id}", get(offboardings::get))
+        .route("/v1/offboardings/{id}", get(offboardings::get).patch(offboardings::reschedule))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
         .route("/v1/offboardings/{id}/restart", post(operators::restart))

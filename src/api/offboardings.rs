@@ -19,7 +19,9 @@ use super::{
     auth::Caller,
     body::JsonBody,
     error::{ApiError, is_unique_violation},
-    views::{Accepted, Canceled, CreateOffboarding, ErrorBody, Retried, RunList, RunView},
+    views::{
+        Accepted, Canceled, CreateOffboarding, ErrorBody, RescheduleBody, Retried, RunList, RunView,
+    },
 };
 use crate::{
     crm::users,
@@ -29,6 +31,7 @@ use crate::{
     ledger::{
         idempotency,
         runs::{self, NewRun, OperatorRefusal},
+        scheduled,
     },
     steps::{self, RunParams},
 };
@@ -72,18 +75,18 @@ pub async fn create(
     let hash =
         key.map(|_| idempotency::request_hash(&serde_json::to_vec(&body).unwrap_or_default()));
     let (run_id, replayed) = submit(&app, &request, key, hash.as_deref()).await?;
-    // A run this request created is queued (it was written so, just now); only a replay
-    // has a status worth reading.
-    let status: String = if replayed {
-        sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
+    // A run this request created is in the status it was written in, just now; only a
+    // replay has a status worth reading.
+    let (status, effective_at): (String, Option<DateTime<Utc>>) = if replayed {
+        sqlx::query_as("SELECT status, effective_at FROM offboard.runs WHERE id = $1")
             .bind(run_id)
             .fetch_one(&app.pool)
             .await?
     } else {
-        "queued".into()
+        (initial_status(&request).into(), request.effective_at)
     };
-    let mut response =
-        (StatusCode::ACCEPTED, Json(Accepted { id: run_id, status, replayed })).into_response();
+    let accepted = Accepted { id: run_id, status, effective_at, replayed };
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
@@ -378,6 +381,12 @@ async fn enqueue_checked(
     }
 }
 
+/// The status a request's new run is written in: `scheduled` when it has an
+/// `effective_at`, else `queued`.
+pub(super) fn initial_status(request: &OffboardingRequest) -> &'static str {
+    if request.effective_at.is_some() { "scheduled" } else { "queued" }
+}
+
 /// The run a request asks for, with its steps.
 fn new_run<'a>(
     app: &AppState,
@@ -397,6 +406,8 @@ fn new_run<'a>(
         idempotency_key: key,
         steps: steps::plan(request.action, plan),
         max_attempts: app.settings.worker.max_attempts,
+        status: initial_status(request),
+        effective_at: request.effective_at,
     }
 }
 
@@ -656,6 +667,63 @@ pub async fn cancel(
         Err(OperatorRefusal::WrongState) => Err(ApiError::conflict(
             "invalid_state",
             "the run has already finished or is already canceling",
+        )),
+        Err(OperatorRefusal::Busy) => Err(run_busy()),
+    }
+}
+
+/// Move a scheduled run to a new `effective_at`. Only a run still `scheduled` moves; the
+/// move is recorded in its history.
+#[utoipa::path(
+    patch,
+    path = "/v1/offboardings/{id}",
+    tag = "offboardings",
+    params(("id" = Uuid, Path)),
+    request_body = RescheduleBody,
+    responses(
+        (status = 200, description = "The run, rescheduled", body = RunView),
+        (status = 400, description = "Malformed JSON or run id", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The run is not scheduled (it started, finished or was canceled)", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "`effective_at` is missing, not RFC 3339, not in the future or more than 366 days ahead", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or a worker held the run past the operator's lock timeout (`run_busy`)", body = ErrorBody),
+    )
+)]
+pub async fn reschedule(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<RunView>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let object = body.as_object().ok_or_else(|| {
+        ApiError::invalid_request(FieldError::new("body", "must be a JSON object"))
+    })?;
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "effective_at") {
+        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
+    }
+    let value = object
+        .get("effective_at")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::invalid_request(FieldError::new("effective_at", "is required")))?;
+    let at = crate::domain::request::effective_at(value, Utc::now())
+        .map_err(ApiError::invalid_request)?;
+    match scheduled::reschedule(&app.pool, id, caller.company_scope, at, &operator(&caller)).await?
+    {
+        Ok(()) => {
+            tracing::info!(run_id = %id, "scheduled run moved");
+            let detail = runs::find(&app.pool, id, caller.company_scope)
+                .await?
+                .ok_or_else(|| ApiError::not_found("offboarding run"))?;
+            Ok(Json(RunView::from(&detail)))
+        }
+        Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
+        Err(OperatorRefusal::WrongState) => Err(ApiError::conflict(
+            "invalid_state",
+            "only a scheduled run can be rescheduled; this one has started or finished",
         )),
         Err(OperatorRefusal::Busy) => Err(run_busy()),
     }

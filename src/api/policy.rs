@@ -43,6 +43,7 @@ fn view(company_id: i64, actor: i64, stored: StoredPolicy) -> PolicyView {
         transfer: settings["transfer"].clone(),
         on_deactivate: stored.policy.on_deactivate.as_str().into(),
         on_delete: stored.policy.on_delete.as_str().into(),
+        delete_after_days: stored.policy.delete_after_days,
         actor: ServiceActorView {
             kind: "service".into(),
             user_id: actor,

@@ -63,6 +63,18 @@ pub struct CreateOffboarding {
     pub display_name: Option<String>,
     /// `redact` only: remove the profile picture.
     pub remove_picture: Option<bool>,
+    /// Start the run at this time (RFC 3339, in the future, at most 366 days ahead)
+    /// instead of now: until then it is `scheduled` and counts as the user's active run.
+    /// Not with `replacement`.
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// `PATCH /v1/offboardings/{id}`: move a scheduled run.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RescheduleBody {
+    /// The new start (RFC 3339, in the future, at most 366 days ahead).
+    pub effective_at: DateTime<Utc>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -137,7 +149,10 @@ pub struct DryRunBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     pub id: Uuid,
+    /// `queued`, or `scheduled` when the request had an `effective_at`.
     pub status: String,
+    /// When a scheduled run starts.
+    pub effective_at: Option<DateTime<Utc>>,
     /// True when the `Idempotency-Key` matched an earlier request: this is its run.
     pub replayed: bool,
 }
@@ -156,6 +171,8 @@ pub struct RunView {
     pub actor_user_id: i64,
     /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started.
     pub requested_by: String,
+    /// When a scheduled run starts (or started); null for a run that started at once.
+    pub effective_at: Option<DateTime<Utc>>,
     /// The validated transfer plan (user ids only).
     #[schema(value_type = Object)]
     pub transfer: Value,
@@ -279,6 +296,7 @@ impl From<&RunDetail> for RunView {
             status: run.status.clone(),
             actor_user_id: run.actor_user_id,
             requested_by: run.requested_by.clone(),
+            effective_at: run.effective_at,
             transfer: run.plan.clone(),
             created_at: run.created_at,
             started_at: run.started_at,
@@ -314,6 +332,10 @@ pub struct PolicyBody {
     /// What a SCIM DELETE does: `delete` (only a user already deactivated) or
     /// `deactivate_and_delete` (the default).
     pub on_delete: Option<OnDeleteName>,
+    /// Delete a user this many days after a deactivation run deactivated them, as a
+    /// scheduled delete run (cancel or reschedule it like any). Default: never.
+    #[schema(minimum = 1, maximum = 365)]
+    pub delete_after_days: Option<u16>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -340,6 +362,8 @@ pub struct PolicyView {
     pub transfer: Value,
     pub on_deactivate: String,
     pub on_delete: String,
+    /// Days after a deactivation that the user is deleted; null: never.
+    pub delete_after_days: Option<u16>,
     pub actor: ServiceActorView,
     /// When the policy was last set; null while the company has the defaults.
     pub updated_at: Option<DateTime<Utc>>,

@@ -66,7 +66,13 @@ pub struct OffboardingPolicy {
     pub transfer: TransferPlan<UserId>,
     pub on_deactivate: OnDeactivate,
     pub on_delete: OnDelete,
+    /// A user a deactivation run deactivated is deleted this many days after it finished,
+    /// by a scheduled delete run; `None`: never.
+    pub delete_after_days: Option<u16>,
 }
+
+/// The longest `delete_after_days` a policy may set.
+pub const MAX_DELETE_AFTER_DAYS: u16 = 365;
 
 impl Default for OffboardingPolicy {
     /// A company without a policy: nothing is transferred, a deactivation deactivates and
@@ -76,12 +82,13 @@ impl Default for OffboardingPolicy {
             transfer: TransferPlan::default(),
             on_deactivate: OnDeactivate::Deactivate,
             on_delete: OnDelete::DeactivateAndDelete,
+            delete_after_days: None,
         }
     }
 }
 
 /// The fields a policy body may hold (`actor` is shown, never set).
-const FIELDS: &[&str] = &["transfer", "on_deactivate", "on_delete"];
+const FIELDS: &[&str] = &["transfer", "on_deactivate", "on_delete", "delete_after_days"];
 
 impl OffboardingPolicy {
     /// Parses a policy body; a field left out keeps its default. Errors name the field.
@@ -123,6 +130,20 @@ impl OffboardingPolicy {
                 ));
             }
         };
+        policy.delete_after_days = match object.get("delete_after_days") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|d| (1..=u64::from(MAX_DELETE_AFTER_DAYS)).contains(d))
+                    .map(|d| d as u16)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "delete_after_days",
+                            format!("must be a whole number from 1 to {MAX_DELETE_AFTER_DAYS}"),
+                        )
+                    })?,
+            ),
+        };
         Ok(policy)
     }
 
@@ -132,6 +153,7 @@ impl OffboardingPolicy {
             "transfer": self.transfer.to_json(),
             "on_deactivate": self.on_deactivate.as_str(),
             "on_delete": self.on_delete.as_str(),
+            "delete_after_days": self.delete_after_days,
         })
     }
 
@@ -165,8 +187,10 @@ mod tests {
         let policy = OffboardingPolicy::parse(&json!({
             "transfer": {"default": {"mode": "ratio", "targets": [{"user_id": 3, "weight": 2}, {"user_id": 4, "weight": 1}]}},
             "on_delete": "delete",
+            "delete_after_days": 30,
         }))
         .unwrap();
+        assert_eq!(policy.delete_after_days, Some(30));
         assert_eq!(policy.on_delete, OnDelete::Delete);
         assert_eq!(OffboardingPolicy::parse(&policy.to_json()).unwrap(), policy);
         assert_eq!(policy.named_targets().len(), 2);
@@ -179,6 +203,9 @@ mod tests {
         assert_eq!(field(json!({"on_deactivate": "delete"})), "on_deactivate");
         assert_eq!(field(json!({"actor": {"user_id": 3}})), "actor");
         assert_eq!(field(json!({"colour": 1})), "colour");
+        assert_eq!(field(json!({"delete_after_days": 0})), "delete_after_days");
+        assert_eq!(field(json!({"delete_after_days": 366})), "delete_after_days");
+        assert_eq!(field(json!({"delete_after_days": "30"})), "delete_after_days");
         assert_eq!(
             field(json!({"transfer": {"deals": {"mode": "single", "targets": [{"user_id": 0}]}}})),
             "transfer.deals.targets[0].user_id"

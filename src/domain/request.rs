@@ -2,6 +2,7 @@
 //! Only the shape is checked here; rules that need the CRM store (targets are active users
 //! of the company, the company keeps an admin, …) are checked by the API in its transaction.
 
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 
 use super::{
@@ -45,7 +46,13 @@ pub struct OffboardingRequest {
     pub replacement: Option<Replacement>,
     pub redaction: Option<Redaction>,
     pub origin: Origin,
+    /// When the run starts: `None` at once; otherwise the run is `scheduled` until then
+    /// (in the future, at most [`MAX_SCHEDULE_AHEAD_DAYS`] ahead).
+    pub effective_at: Option<DateTime<Utc>>,
 }
+
+/// How far ahead a run may be scheduled.
+pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
 
 const FIELDS: &[&str] = &[
     "company_id",
@@ -56,10 +63,16 @@ const FIELDS: &[&str] = &[
     "replacement",
     "display_name",
     "remove_picture",
+    "effective_at",
 ];
 
 impl OffboardingRequest {
     pub fn parse(body: &Value) -> Result<Self, FieldError> {
+        Self::parse_at(body, Utc::now())
+    }
+
+    /// [`OffboardingRequest::parse`], with `now` the time `effective_at` must be after.
+    pub fn parse_at(body: &Value, now: DateTime<Utc>) -> Result<Self, FieldError> {
         let object =
             body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
         if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -127,6 +140,17 @@ impl OffboardingRequest {
             None
         };
 
+        let effective_at = match object.get("effective_at") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(effective_at(value, now)?),
+        };
+        if effective_at.is_some() && replacement.is_some() {
+            return Err(FieldError::new(
+                "effective_at",
+                "a scheduled run cannot create a replacement user; create the user first and name them as a target",
+            ));
+        }
+
         Ok(Self {
             company_id,
             user_id,
@@ -136,8 +160,31 @@ impl OffboardingRequest {
             replacement,
             redaction,
             origin: Origin::Host,
+            effective_at,
         })
     }
+}
+
+/// An `effective_at` value: an RFC 3339 time after `now` and at most
+/// [`MAX_SCHEDULE_AHEAD_DAYS`] ahead (a reschedule checks it the same way).
+pub fn effective_at(value: &Value, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
+    let at = value
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| {
+            FieldError::new("effective_at", "must be an RFC 3339 time, e.g. 2027-01-31T17:00:00Z")
+        })?;
+    if at <= now {
+        return Err(FieldError::new("effective_at", "must be in the future"));
+    }
+    if at > now + Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
+        return Err(FieldError::new(
+            "effective_at",
+            format!("must be at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"),
+        ));
+    }
+    Ok(at)
 }
 
 fn positive_id(object: &Map<String, Value>, field: &str) -> Result<i64, FieldError> {
@@ -213,6 +260,32 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn scheduled(at: Value) -> Result<OffboardingRequest, FieldError> {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().to_utc();
+        OffboardingRequest::parse_at(
+            &json!({"company_id": 1, "user_id": 2, "actor_user_id": 3, "action": "deactivate",
+                    "effective_at": at}),
+            now,
+        )
+    }
+
+    #[test]
+    fn effective_at_is_a_future_rfc3339_time_at_most_366_days_ahead() {
+        let at = scheduled(json!("2026-12-02T11:00:00+01:00")).unwrap_err();
+        assert_eq!(
+            (at.field.as_str(), at.message.as_str()),
+            ("effective_at", "must be in the future")
+        );
+        let ok = scheduled(json!("2026-12-02T10:00:01Z")).unwrap();
+        assert_eq!(ok.effective_at.unwrap().to_rfc3339(), "2026-12-02T10:00:01+00:00");
+        assert!(scheduled(json!("2027-12-03T10:00:00Z")).is_ok());
+        assert_eq!(scheduled(json!("2027-12-03T10:00:01Z")).unwrap_err().field, "effective_at");
+        for bad in [json!("tomorrow"), json!("2026-12-24"), json!(1_800_000_000)] {
+            assert_eq!(scheduled(bad).unwrap_err().field, "effective_at");
+        }
+        assert_eq!(scheduled(Value::Null).unwrap().effective_at, None);
+    }
 
     #[test]
     fn a_minimal_deactivation_parses() {

@@ -10,6 +10,7 @@ pub mod policies;
 pub mod restart;
 pub mod runs;
 pub mod samples;
+pub mod scheduled;
 pub mod steps;
 pub mod webhooks;
 

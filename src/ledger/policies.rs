@@ -20,14 +20,17 @@ pub async fn find<'e>(
     db: impl PgExecutor<'e>,
     company_id: i64,
 ) -> Result<StoredPolicy, sqlx::Error> {
-    let row: Option<(serde_json::Value, String, String, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT transfer, on_deactivate, on_delete, updated_at, updated_by
+    #[allow(clippy::type_complexity)]
+    let row: Option<(serde_json::Value, String, String, Option<i32>, DateTime<Utc>, String)> =
+        sqlx::query_as(
+            "SELECT transfer, on_deactivate, on_delete, delete_after_days, updated_at, updated_by
          FROM offboard.offboarding_policies WHERE company_id = $1",
-    )
-    .bind(company_id)
-    .fetch_optional(db)
-    .await?;
-    let Some((transfer, on_deactivate, on_delete, updated_at, updated_by)) = row else {
+        )
+        .bind(company_id)
+        .fetch_optional(db)
+        .await?;
+    let Some((transfer, on_deactivate, on_delete, delete_after_days, updated_at, updated_by)) = row
+    else {
         return Ok(StoredPolicy {
             policy: OffboardingPolicy::default(),
             updated_at: None,
@@ -36,6 +39,7 @@ pub async fn find<'e>(
     };
     let stored = serde_json::json!({
         "transfer": transfer, "on_deactivate": on_deactivate, "on_delete": on_delete,
+        "delete_after_days": delete_after_days,
     });
     // Written only after the same parse; a row that no longer parses is a bug, not input.
     let policy = OffboardingPolicy::parse(&stored)
@@ -52,11 +56,13 @@ pub async fn put<'e>(
 ) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO offboard.offboarding_policies
-             (company_id, transfer, on_deactivate, on_delete, updated_at, updated_by)
-         VALUES ($1, $2, $3, $4, now(), $5)
+             (company_id, transfer, on_deactivate, on_delete, updated_at, updated_by,
+              delete_after_days)
+         VALUES ($1, $2, $3, $4, now(), $5, $6)
          ON CONFLICT (company_id) DO UPDATE
          SET transfer = EXCLUDED.transfer, on_deactivate = EXCLUDED.on_deactivate,
              on_delete = EXCLUDED.on_delete, updated_at = EXCLUDED.updated_at,
+             delete_after_days = EXCLUDED.delete_after_days,
              updated_by = EXCLUDED.updated_by
          RETURNING updated_at",
     )
@@ -68,6 +74,7 @@ pub async fn put<'e>(
         OnDelete::DeactivateAndDelete => "deactivate_and_delete",
     })
     .bind(updated_by)
+    .bind(policy.delete_after_days.map(i32::from))
     .fetch_one(db)
     .await
 }

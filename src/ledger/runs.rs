@@ -32,6 +32,11 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
     pub steps: Vec<StepSpec>,
     pub max_attempts: i32,
+    /// `queued`, or a waiting status (`scheduled`, `awaiting_approval`): a waiting run's
+    /// steps are all written pending, and [`crate::ledger::scheduled::start`] readies them.
+    pub status: &'static str,
+    /// When a scheduled run starts.
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
 /// The statement that writes a run, its steps (those without dependencies ready at once),
@@ -47,8 +52,8 @@ macro_rules! insert_run_sql {
              run AS (
                  INSERT INTO offboard.runs
                      (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
-                      steps_total, steps_remaining)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 ",
+                      steps_total, steps_remaining, status, effective_at)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $15, $16 ",
             $from,
             "
                  RETURNING id),
@@ -60,12 +65,16 @@ macro_rules! insert_run_sql {
                  INSERT INTO offboard.steps
                      (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
                  SELECT run.id, $2, name, position, depends_on, cardinality(depends_on),
-                        CASE WHEN cardinality(depends_on) = 0 THEN 'ready' ELSE 'pending' END, $12
+                        CASE WHEN cardinality(depends_on) = 0 AND $15::text = 'queued' THEN 'ready'
+                             ELSE 'pending' END, $12
                  FROM planned, run),
              history AS (
                  INSERT INTO offboard.run_events (run_id, kind, actor, detail)
                  SELECT id, 'enqueued',
-                        coalesce('service:' || ($6::jsonb ->> 'started_by'), 'user:' || $7), '{}'
+                        coalesce('service:' || ($6::jsonb ->> 'started_by'), 'user:' || $7),
+                        CASE WHEN $15::text = 'queued' THEN '{}'::jsonb
+                             ELSE jsonb_strip_nulls(jsonb_build_object(
+                                 'status', $15::text, 'effective_at', $16::timestamptz)) END
                  FROM run),
              key AS (
                  INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
@@ -99,6 +108,8 @@ fn bind_new_run<'q>(
         .bind(run.max_attempts)
         .bind(key)
         .bind(hash)
+        .bind(run.status)
+        .bind(run.effective_at)
 }
 
 /// Step names and dependency lists as [`insert_run_sql`] takes them. Step names never
@@ -169,14 +180,14 @@ pub async fn insert_if_clear(
                                  WHERE a.id = $7 AND a.company_id = $2 AND a.status = 'active'
                                    AND a.account_settings_access)
                      AND EXISTS (SELECT 1 FROM crm.users u
-                                 WHERE u.id = $3 AND u.company_id = $2 AND u.status = $15
-                                   AND NOT ($16 AND u.role = 'admin'))
+                                 WHERE u.id = $3 AND u.company_id = $2 AND u.status = $17
+                                   AND NOT ($18 AND u.role = 'admin'))
                      AND NOT EXISTS (SELECT 1 FROM offboard.runs r
                                      WHERE r.company_id = $2 AND r.user_id = $3
                                        AND r.status IN ",
                 crate::active_run_statuses_sql!(),
                 ")
-                     AND NOT ($22 AND EXISTS (
+                     AND NOT ($24 AND EXISTS (
                          SELECT 1 FROM offboard.runs r
                          WHERE r.company_id = $2 AND r.status IN ",
                 crate::active_run_statuses_sql!(),
@@ -184,7 +195,7 @@ pub async fn insert_if_clear(
                            AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
                                @> jsonb_build_array($3::bigint)))
                      AND (SELECT count(*)
-                          FROM unnest(ARRAY[$17, $18, $19, $20]::bigint[]) AS t(id)
+                          FROM unnest(ARRAY[$19, $20, $21, $22]::bigint[]) AS t(id)
                           JOIN crm.users u ON u.id = t.id AND u.company_id = $2
                           WHERE u.status = 'active' AND u.id <> $3
                             AND NOT EXISTS (
@@ -193,7 +204,7 @@ pub async fn insert_if_clear(
                                   AND r.status IN ",
                 crate::active_run_statuses_sql!(),
                 "
-                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $21),"
+                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $23),"
             ),
             "FROM clear"
         ),
@@ -253,9 +264,11 @@ pub struct RunRow {
     /// Who asked, as the history names it: `user:<actor_user_id>`, or `service:scim` for a
     /// run an identity provider started (its actor is the company's service actor).
     pub requested_by: String,
+    /// When a scheduled run starts.
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, \
+const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, effective_at, \
      steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, \
      coalesce('service:' || (params ->> 'started_by'), 'user:' || actor_user_id) AS requested_by";
 
@@ -371,6 +384,8 @@ pub struct RunSummary {
     pub steps_succeeded: i64,
     pub steps_dead: i64,
     pub error_code: Option<String>,
+    /// When a scheduled run starts.
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
 /// Runs the filter matches, newest first, after the keyset cursor `before` (the
@@ -390,7 +405,7 @@ pub async fn list(
                  WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')) AS steps_succeeded,
                 (SELECT count(*) FROM offboard.steps s
                  WHERE s.run_id = r.id AND s.status = 'dead') AS steps_dead,
-                r.error_code
+                r.error_code, r.effective_at
          FROM offboard.runs r
          WHERE {FILTER_SQL}
            AND ($11::timestamptz IS NULL OR (r.created_at, r.id) < ($11, $12))
@@ -497,7 +512,7 @@ pub const OPERATOR_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from
 
 /// Locks a run for an operator action and returns its status, within
 /// [`OPERATOR_LOCK_TIMEOUT`]. `Ok(Err(Busy))` when the lock was not had in time.
-async fn lock_for_operator(
+pub(super) async fn lock_for_operator(
     tx: &mut PgConnection,
     run_id: Uuid,
     company: Option<i64>,

@@ -197,6 +197,7 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("post", "/v1/offboardings"),
         ("get", "/v1/offboardings"),
         ("get", "/v1/offboardings/{id}"),
+        ("patch", "/v1/offboardings/{id}"),
         ("post", "/v1/offboardings/{id}/retry"),
         ("post", "/v1/offboardings/{id}/cancel"),
         ("get", "/v1/companies/{company_id}/users/{user_id}/preview"),

@@ -39,6 +39,8 @@ async fn insert_run(pool: &PgPool, company: i64, user: i64) -> Uuid {
             StepSpec { name: "noop_2".into(), depends_on: vec!["noop_1".into()] },
         ],
         max_attempts: 3,
+        status: "queued",
+        effective_at: None,
     };
     let mut conn = pool.acquire().await.unwrap();
     runs::insert(&mut conn, &run, None).await.unwrap();

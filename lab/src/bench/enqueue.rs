@@ -206,6 +206,8 @@ async fn raw_transactions(
                         idempotency_key: Some(&key),
                         steps: steps.clone(),
                         max_attempts: 8,
+                        status: "queued",
+                        effective_at: None,
                     },
                     Some((&key, "0")),
                 )

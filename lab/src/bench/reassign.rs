@@ -196,6 +196,8 @@ async fn reassign_through_offboard(
             idempotency_key: None,
             steps: vec![StepSpec { name: "reassign_deals".into(), depends_on: Vec::new() }],
             max_attempts: env.settings.worker.max_attempts,
+            status: "queued",
+            effective_at: None,
         },
         None,
     )

@@ -100,6 +100,8 @@ async fn through_offboard(
                 idempotency_key: None,
                 steps: steps.clone(),
                 max_attempts: env.settings.worker.max_attempts,
+                status: "queued",
+                effective_at: None,
             },
             None,
         )

@@ -11,7 +11,7 @@
   const POLL_MS = 1000;
   const PAGE = 50;
   // Runs a cancel applies to (a canceling run is already stopping).
-  const CANCELABLE = ['queued', 'running', 'failed'];
+  const CANCELABLE = ['scheduled', 'awaiting_approval', 'queued', 'running', 'failed'];
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -265,7 +265,10 @@
         el('td', { text: run.company_id }),
         el('td', { text: run.user_id }),
         el('td', { text: run.action }),
-        el('td', {}, badge(run.status), run.error_code ? el('span', { class: 'muted small', text: ` ${run.error_code}` }) : null),
+        el('td', {}, badge(run.status),
+          run.error_code ? el('span', { class: 'muted small', text: ` ${run.error_code}` }) : null,
+          run.status === 'scheduled' && run.effective_at
+            ? el('span', { class: 'muted small due', text: ` due ${when(run.effective_at)}` }) : null),
         steps,
         el('td', { text: when(run.created_at) }),
         el('td', { text: when(run.finished_at) }));
@@ -311,6 +314,8 @@
     setText('#run-action', run.action);
     setText('#run-actor', `user ${run.actor_user_id}`);
     setText('#run-created', when(run.created_at));
+    $('#run-due-row').hidden = !run.effective_at;
+    setText('#run-due', run.effective_at ? when(run.effective_at) : '');
     setText('#run-started', when(run.started_at));
     const took = run.started_at ? duration(run.started_at, run.finished_at) : '';
     const going = ['queued', 'running', 'canceling'].includes(run.status);

@@ -282,6 +282,7 @@ async fn start(
         replacement: None,
         redaction: None,
         origin: Origin::IdentityProvider,
+        effective_at: None,
     };
     match submit(app, &request, None, None).await {
         Ok((run_id, _)) => {
