@@ -18,5 +18,6 @@ mod refusals;
 mod retries;
 mod scheduled;
 mod scim;
+mod security;
 mod transfer;
 mod webhooks;
