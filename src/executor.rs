@@ -327,9 +327,10 @@ impl Executor {
         for outcome in continued {
             outcomes.push(outcome?);
         }
-        let alone = futures::future::join_all(run_alone.into_iter().map(|id| self.run_alone(id)));
-        for outcome in alone.await {
-            outcomes.extend(outcome?);
+        // One after another: completed side by side, steps of one run that were not fenced
+        // could deadlock on the run's row (40P01, seen under load), costing each an attempt.
+        for id in run_alone {
+            outcomes.extend(self.run_alone(id).await?);
         }
         Ok(outcomes)
     }

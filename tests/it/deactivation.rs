@@ -260,7 +260,7 @@ async fn a_step_that_fails_in_its_task_counts_its_attempt_and_the_others_run_wit
     assert_eq!(group.len(), 6, "{tasks:?}");
     for (name, outcome) in group {
         let expected = if name == "stop_syncs" { Outcome::WillRetry } else { Outcome::Succeeded };
-        assert_eq!(*outcome, expected, "{name}");
+        assert_eq!(*outcome, expected, "{name}: {:#}", app.run(id).await["steps"]);
     }
     // The retry travelled alone.
     assert!(

@@ -95,13 +95,14 @@ async fn a_retryable_error_is_retried_with_growing_jittered_delays_kept_in_the_l
 
     // The schedule, read back from the ledger: each delay under a doubling ceiling.
     let history: Vec<(Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT detail, at FROM offboard.run_events WHERE run_id = $1 AND kind = 'step_retry_scheduled' ORDER BY id",
+        "SELECT detail, at FROM offboard.run_events
+         WHERE run_id = $1 AND kind = 'step_retry_scheduled' AND step = 'stop_syncs' ORDER BY id",
     )
     .bind(id)
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(history.len(), 4);
+    assert_eq!(history.len(), 4, "{:#}", app.run(id).await["history"]);
     let ceilings: Vec<i64> =
         history.iter().map(|(d, _)| d["ceiling_ms"].as_i64().unwrap()).collect();
     assert_eq!(ceilings, vec![40, 80, 160, 320]);
