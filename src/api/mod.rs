@@ -77,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}", get(offboardings::get).patch(offboardings::reschedule))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
+        .route("/v1/offboardings/{id}/approve", post(offboardings::approve))
+        .route("/v1/offboardings/{id}/reject", post(offboardings::reject))
         .route("/v1/offboardings/{id}/restart", post(operators::restart))
         .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
         .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))

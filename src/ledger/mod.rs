@@ -2,6 +2,7 @@
 //! purges, and host webhooks (endpoints, events, deliveries). PostgreSQL is the record of
 //! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
+pub mod approval;
 pub mod bulk;
 pub mod filter;
 pub mod idempotency;

@@ -200,6 +200,8 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("patch", "/v1/offboardings/{id}"),
         ("post", "/v1/offboardings/{id}/retry"),
         ("post", "/v1/offboardings/{id}/cancel"),
+        ("post", "/v1/offboardings/{id}/approve"),
+        ("post", "/v1/offboardings/{id}/reject"),
         ("get", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("post", "/v1/companies/{company_id}/users/{user_id}/preview"),
         ("get", "/v1/stats"),
