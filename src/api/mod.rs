@@ -2,6 +2,7 @@
 //! dashboard at `/`. Handlers parse at the boundary into domain types; every error is
 //! `{"error": {"code", "message"}}`.
 
+mod audit;
 mod auth;
 mod body;
 mod dashboard;
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(dashboard::stats))
         .route("/v1/stats/series", get(operators::series))
         .route("/v1/companies/{company_id}/offboarding-policy", get(policy::show).put(policy::put))
+        .route("/v1/companies/{company_id}/audit", get(audit::export))
         .nest("/scim/v2", scim::router())
         .route(
             "/v1/webhook-endpoints",

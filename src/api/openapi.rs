@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, operators, policy, preview, views, webhooks};
+use super::{audit, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,7 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views, 
         operators::series,
         policy::show,
         policy::put,
+        audit::export,
         webhooks::create_endpoint,
         webhooks::list_endpoints,
         webhooks::get_endpoint,

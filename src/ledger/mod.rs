@@ -3,6 +3,7 @@
 //! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
 pub mod approval;
+pub mod audit;
 pub mod bulk;
 pub mod filter;
 pub mod idempotency;

@@ -3,6 +3,7 @@
 
 mod actions;
 mod approval;
+mod audit;
 mod bad_input;
 mod dashboard;
 mod deactivation;

@@ -213,6 +213,7 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("get", "/v1/bulk-operations/{id}"),
         ("get", "/v1/companies/{company_id}/offboarding-policy"),
         ("put", "/v1/companies/{company_id}/offboarding-policy"),
+        ("get", "/v1/companies/{company_id}/audit"),
         ("post", "/v1/webhook-endpoints"),
         ("get", "/v1/webhook-endpoints"),
         ("get", "/v1/webhook-endpoints/{id}"),
