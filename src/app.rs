@@ -1,5 +1,6 @@
-//! Process wiring shared by the binaries: logging, connections, and the two ways to run —
-//! API and workers in one process (`offboard serve`), or workers only (`offboard-worker`).
+//! Process wiring shared by the binaries: logging, connections, and the three ways to run —
+//! API and workers in one process (`offboard serve`), the API only (`offboard api`), or
+//! workers only (`offboard worker`, `offboard-worker`).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -136,6 +137,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (api, workers) = tokio::join!(server.handle, workers);
     api??;
     workers
+}
+
+/// The API only, until SIGINT/SIGTERM: no workers, dispatcher or sweeper. Its commits wake
+/// the workers' dispatchers in other processes (`LISTEN`/`NOTIFY`, see [`crate::nudge`]).
+pub async fn serve_api(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let services = Services::connect_until_ready(settings, &shutdown).await?;
+    let nudge = Arc::new(Notify::new());
+    let forwarder = tokio::spawn(crate::nudge::forward(
+        services.pool.clone(),
+        crate::nudge::DISPATCH_CHANNEL,
+        nudge.clone(),
+        shutdown.clone(),
+    ));
+    let server =
+        start_api(services.app_state(nudge), services.settings.bind, shutdown.clone()).await?;
+    tracing::info!(addr = %server.addr, "API listening (no workers in this process)");
+    let served = server.handle.await;
+    forwarder.abort();
+    served?
 }
 
 /// Workers only; several such processes share one queue.

@@ -14,6 +14,7 @@
 //! - [`bulk`]: works through bulk retries and cancels, chunk by chunk.
 //! - [`samples`]: per-second samples of the workers' rates for the dashboard's charts.
 //! - [`worker`]: the apalis worker runtime.
+//! - [`nudge`]: wakes the dispatcher across processes (`LISTEN`/`NOTIFY`).
 //! - [`outbound`]: calls that leave offboard — host webhooks (signed, from the ledger's
 //!   outbox), through one guarded HTTP client.
 //! - [`faults`]: fault injection into steps (drills and tests).
@@ -32,6 +33,7 @@ pub mod executor;
 pub mod faults;
 pub mod ledger;
 pub mod metrics;
+pub mod nudge;
 pub mod outbound;
 pub mod queue;
 pub mod samples;

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP API and workers in one process (migrates first).
     Serve,
+    /// Run the HTTP API only, without workers (beside `offboard worker` processes).
+    Api,
     /// Run workers only (the same as the offboard-worker binary).
     Worker,
     /// Apply pending migrations, creating the database if missing, and exit.
@@ -209,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     app::init_tracing(settings.log_format, filter);
     match cli.command {
         Command::Serve => app::serve(settings).await,
+        Command::Api => app::serve_api(settings).await,
         Command::Worker => app::run_workers(settings).await,
         Command::Migrate => {
             ledger::connect_and_migrate(&settings.database_url, 2).await?;

@@ -67,6 +67,13 @@ impl Workers {
         tracing::info!(worker = %name, concurrency = settings.concurrency, "workers starting");
 
         let dispatcher = tokio::spawn(self.dispatcher.clone().run(shutdown.clone()));
+        // Commits of an API in another process (`offboard api`) wake this dispatcher.
+        let nudges = tokio::spawn(crate::nudge::listen(
+            self.dispatcher.pool.clone(),
+            crate::nudge::DISPATCH_CHANNEL,
+            self.dispatcher.nudge.clone(),
+            shutdown.clone(),
+        ));
         let renewer = tokio::spawn(renew_leases(self.executor.clone(), shutdown.clone()));
         let deliverer = tokio::spawn(self.deliverer.clone().run(shutdown.clone()));
 
@@ -132,6 +139,7 @@ impl Workers {
             }
         }
         dispatcher.abort();
+        nudges.abort();
         renewer.abort();
         if let Err(e) = deliverer.await {
             tracing::warn!(error = %e, "the webhook deliverer ended abnormally");

@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use tokio::{
     sync::{Notify, Semaphore},
     task::JoinSet,
@@ -70,7 +70,12 @@ impl Deliverer {
     /// Runs until `shutdown`; deliveries in flight then get one timeout to finish (what
     /// does not is sent again after its lease expires).
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        let listener = tokio::spawn(listen(self.pool.clone(), self.wake.clone(), shutdown.clone()));
+        let listener = tokio::spawn(crate::nudge::listen(
+            self.pool.clone(),
+            CHANNEL,
+            self.wake.clone(),
+            shutdown.clone(),
+        ));
         let mut tasks = JoinSet::new();
         let mut last_reap = tokio::time::Instant::now();
         loop {
@@ -200,35 +205,6 @@ impl Deliverer {
                                "delivery used up its retry schedule; failed");
                 Next::Exhausted
             }
-        }
-    }
-}
-
-/// Wakes the deliverer on every `NOTIFY` of [`CHANNEL`], reconnecting after a failure
-/// (polling covers the gap).
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: Shutdown) {
-    loop {
-        let listened = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            result = listened => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "webhook listener lost; reconnecting");
-                }
-            }
-            _ = shutdown.wait() => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.wait() => return,
         }
     }
 }

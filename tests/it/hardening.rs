@@ -357,7 +357,15 @@ async fn items_and_sessions_created_during_a_run_do_not_stay_behind(pool: PgPool
 async fn an_attempt_held_up_past_its_deadline_fails_with_timeout_and_the_run_finishes_later(
     pool: PgPool,
 ) {
-    let app = TestApp::with(pool, &[("OFFBOARD_STEP_TIMEOUT", "1s")], SeedOptions::default()).await;
+    // Each attempt that passes its deadline leaves its statement waiting on the server until
+    // `lock_timeout`: kept short here, above the deadline, so the abandoned waits do not use
+    // up the test's small pool while the row is held.
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_STEP_TIMEOUT", "1s"), ("OFFBOARD_DB_LOCK_TIMEOUT", "2s")],
+        SeedOptions::default(),
+    )
+    .await;
     let user = app.regular(0);
     // Another connection holds the user's row.
     let mut hold = app.pool.begin().await.unwrap();

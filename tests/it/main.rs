@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod openapi;
 mod operators;
+mod processes;
 mod purge;
 mod recovery;
 mod refusals;
