@@ -17,6 +17,9 @@ server_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export DATABASE_URL="${server_url%/*}/$db"
 export OFFBOARD_QUEUE_PREFIX="schemathesis-$$"
 export OFFBOARD_BIND="127.0.0.1:$port"
+# The development token, for this loopback server alone.
+export OFFBOARD_DEV_TOKEN=1
+unset OFFBOARD_API_TOKENS
 export RUST_LOG=error
 
 server=""

@@ -33,7 +33,10 @@ trap cleanup EXIT
 # deactivation finishes).
 "$bin" seed --users 8 --items-per-user 5 >/dev/null
 psql "$DATABASE_URL" -qc "UPDATE crm.companies SET seats = 1000 WHERE id = 1"
+# A real (company-scoped) token, so not the development one; and the secret real tokens need.
+unset OFFBOARD_DEV_TOKEN
 export OFFBOARD_API_TOKENS="$token@1"
+export OFFBOARD_IDEMPOTENCY_SECRET="scim-tester-idempotency-secret-0123456789"
 "$bin" serve &
 server=$!
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

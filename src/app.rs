@@ -125,6 +125,7 @@ pub async fn start_api(
 
 /// API and workers in one process, until SIGINT/SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    settings.check_serving()?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let services = Services::connect_until_ready(settings, &shutdown).await?;
@@ -142,6 +143,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// The API only, until SIGINT/SIGTERM: no workers, dispatcher or sweeper. Its commits wake
 /// the workers' dispatchers in other processes (`LISTEN`/`NOTIFY`, see [`crate::nudge`]).
 pub async fn serve_api(settings: Settings) -> anyhow::Result<()> {
+    settings.check_serving()?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let services = Services::connect_until_ready(settings, &shutdown).await?;

@@ -5,9 +5,17 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, bail};
+use secrecy::{SecretSlice, SecretString};
+use sha2::{Digest, Sha256};
 
-/// The development token, accepted only while the API is bound to a loopback address.
+/// The development token: accepted only with `OFFBOARD_DEV_TOKEN=1`, never beside configured
+/// tokens, and only while the API is bound to a loopback address.
 pub const DEV_TOKEN: &str = "offboard-dev-token";
+
+/// The most `OFFBOARD_MAX_IN_FLIGHT` may be. apalis-redis 1.0's fetch fails for good once
+/// more than ~8,000 tasks are due in one queue; the step queue can hold the in-flight steps
+/// plus as many re-pushed after a lost delivery, so half of that, with a margin.
+pub const MAX_IN_FLIGHT_LIMIT: i64 = 3_000;
 
 #[derive(Clone)]
 pub struct Settings {
@@ -21,6 +29,17 @@ pub struct Settings {
     /// Time limits every PostgreSQL connection of the process gets.
     pub db_timeouts: DbTimeouts,
     pub api_tokens: Vec<ApiToken>,
+    /// The development token is accepted (`OFFBOARD_DEV_TOKEN=1`): local development,
+    /// tests and `offboard demo` only. Refused beside `OFFBOARD_API_TOKENS`.
+    pub dev_token: bool,
+    /// The key of the HMAC kept of each idempotent request's body
+    /// (`OFFBOARD_IDEMPOTENCY_SECRET`); required to serve unless `dev_token` is on, where a
+    /// random one per process stands in.
+    pub idempotency_secret: Option<SecretSlice<u8>>,
+    /// Idempotency keys older than this are deleted by the sweeper
+    /// (`OFFBOARD_IDEMPOTENCY_RETENTION`, default 7 days): a replay after it creates nothing
+    /// new only if the user's state refuses it.
+    pub idempotency_retention: Duration,
     pub log_format: LogFormat,
     /// Faults to inject into steps (`OFFBOARD_FAULTS`), for fault drills; empty normally.
     pub faults: Vec<FaultSpec>,
@@ -32,11 +51,38 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
 }
 
-/// One bearer token, optionally scoped to a single company.
-#[derive(Clone, PartialEq, Eq)]
+/// One bearer token, optionally scoped to a single company. The token is held as a secret
+/// (zeroed on drop, never in `Debug`); requests are matched against its SHA-256 digest.
+#[derive(Clone)]
 pub struct ApiToken {
-    pub secret: String,
+    secret: SecretString,
+    digest: [u8; 32],
     pub company_id: Option<i64>,
+}
+
+impl ApiToken {
+    pub fn new(secret: &str, company_id: Option<i64>) -> Self {
+        Self { secret: secret.into(), digest: Sha256::digest(secret.as_bytes()).into(), company_id }
+    }
+
+    /// The token itself, for a client that must present it.
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+
+    /// The SHA-256 digest requests are compared against (in constant time, by the API).
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("secret", &"[redacted]")
+            .field("company_id", &self.company_id)
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +304,30 @@ impl Settings {
             Some(v) => parse_tokens(&v).context("OFFBOARD_API_TOKENS")?,
             None => Vec::new(),
         };
+        let dev_token = match var("OFFBOARD_DEV_TOKEN").as_deref() {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(other) => bail!("OFFBOARD_DEV_TOKEN: {:?} is neither 1 nor 0", other),
+        };
+        if dev_token && !api_tokens.is_empty() {
+            bail!(
+                "OFFBOARD_DEV_TOKEN=1 and OFFBOARD_API_TOKENS are both set: the development token \
+                 is never accepted beside configured tokens; unset OFFBOARD_DEV_TOKEN"
+            );
+        }
+        if dev_token && !bind.ip().is_loopback() {
+            bail!(
+                "OFFBOARD_DEV_TOKEN=1 with OFFBOARD_BIND={bind}: the development token is only \
+                 accepted on a loopback address; set OFFBOARD_API_TOKENS instead"
+            );
+        }
+        let idempotency_secret = match var("OFFBOARD_IDEMPOTENCY_SECRET") {
+            Some(v) if v.trim().len() < 32 => {
+                bail!("OFFBOARD_IDEMPOTENCY_SECRET: must be at least 32 characters")
+            }
+            Some(v) => Some(SecretSlice::from(v.trim().as_bytes().to_vec())),
+            None => None,
+        };
         let log_format = match var("OFFBOARD_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -318,6 +388,13 @@ impl Settings {
             bulk_pause: duration("OFFBOARD_BULK_PAUSE", worker_defaults.bulk_pause)?,
             step_timeout: duration("OFFBOARD_STEP_TIMEOUT", worker_defaults.step_timeout)?,
         };
+        if worker.max_in_flight > MAX_IN_FLIGHT_LIMIT {
+            bail!(
+                "OFFBOARD_MAX_IN_FLIGHT: {} is above {MAX_IN_FLIGHT_LIMIT}: Redis (apalis-redis) \
+                 fails for good once ~8,000 tasks are due in one queue; the ledger holds the rest",
+                worker.max_in_flight
+            );
+        }
         if worker.step_timeout < Duration::from_millis(100) {
             bail!("OFFBOARD_STEP_TIMEOUT: must be at least 100ms");
         }
@@ -405,6 +482,12 @@ impl Settings {
             db_pool_size: number("OFFBOARD_DB_POOL", 16, 2)? as u32,
             db_timeouts,
             api_tokens,
+            dev_token,
+            idempotency_secret,
+            idempotency_retention: duration(
+                "OFFBOARD_IDEMPOTENCY_RETENTION",
+                Duration::from_secs(7 * 86_400),
+            )?,
             log_format,
             faults: match var("OFFBOARD_FAULTS") {
                 Some(spec) => {
@@ -419,14 +502,34 @@ impl Settings {
         })
     }
 
-    /// The tokens the API accepts: the configured ones, plus the development token while the
-    /// API listens on loopback only.
+    /// The tokens the API accepts: the configured ones, or the development token alone when
+    /// it is enabled (the two never together: `from_lookup` refuses that).
     pub fn accepted_tokens(&self) -> Vec<ApiToken> {
-        let mut tokens = self.api_tokens.clone();
-        if self.bind.ip().is_loopback() {
-            tokens.push(ApiToken { secret: DEV_TOKEN.into(), company_id: None });
+        if self.dev_token && self.api_tokens.is_empty() && self.bind.ip().is_loopback() {
+            return vec![ApiToken::new(DEV_TOKEN, None)];
         }
-        tokens
+        self.api_tokens.clone()
+    }
+
+    /// What `offboard serve` needs beyond what every command needs: a way in (tokens or the
+    /// development token) and the idempotency secret (outside development).
+    pub fn check_serving(&self) -> anyhow::Result<()> {
+        if self.dev_token {
+            return Ok(());
+        }
+        if self.api_tokens.is_empty() {
+            bail!(
+                "no API token: set OFFBOARD_API_TOKENS (comma-separated, TOKEN@COMPANY_ID for a \
+                 company's), or OFFBOARD_DEV_TOKEN=1 for local development"
+            );
+        }
+        if self.idempotency_secret.is_none() {
+            bail!(
+                "OFFBOARD_IDEMPOTENCY_SECRET is not set: it keys the hash kept of each \
+                 idempotent request (at least 32 random characters, e.g. `openssl rand -hex 32`)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +543,9 @@ impl fmt::Debug for Settings {
             .field("db_pool_size", &self.db_pool_size)
             .field("db_timeouts", &self.db_timeouts)
             .field("api_tokens", &format_args!("{} configured", self.api_tokens.len()))
+            .field("dev_token", &self.dev_token)
+            .field("idempotency_secret", &self.idempotency_secret.as_ref().map(|_| "[redacted]"))
+            .field("idempotency_retention", &self.idempotency_retention)
             .field("log_format", &self.log_format)
             .field("faults", &self.faults)
             .field("stats_max_age", &self.stats_max_age)
@@ -461,11 +567,11 @@ fn parse_tokens(raw: &str) -> anyhow::Result<Vec<ApiToken>> {
                     format!("the company after '@' in token entry {} is not a number", entry.len())
                 })?;
                 check_token_secret(secret)?;
-                Ok(ApiToken { secret: secret.into(), company_id: Some(company_id) })
+                Ok(ApiToken::new(secret, Some(company_id)))
             }
             None => {
                 check_token_secret(entry)?;
-                Ok(ApiToken { secret: entry.into(), company_id: None })
+                Ok(ApiToken::new(entry, None))
             }
         })
         .collect()
@@ -474,6 +580,9 @@ fn parse_tokens(raw: &str) -> anyhow::Result<Vec<ApiToken>> {
 fn check_token_secret(secret: &str) -> anyhow::Result<()> {
     if secret.len() < 16 {
         bail!("a token is shorter than 16 characters");
+    }
+    if secret == DEV_TOKEN {
+        bail!("the development token cannot be configured; choose a secret of your own");
     }
     Ok(())
 }
@@ -505,6 +614,8 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
@@ -519,13 +630,73 @@ mod tests {
         assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:5432/offboard");
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.steps.private_email_retention, Duration::from_secs(30 * 86_400));
-        assert!(s.accepted_tokens().iter().any(|t| t.secret == DEV_TOKEN));
+        assert_eq!(s.idempotency_retention, Duration::from_secs(7 * 86_400));
+    }
+
+    fn accepts(s: &Settings, token: &str) -> bool {
+        s.accepted_tokens().iter().any(|t| t.secret().expose_secret() == token)
     }
 
     #[test]
-    fn dev_token_is_refused_off_loopback() {
+    fn the_dev_token_needs_the_flag_even_on_loopback() {
+        let s = settings(&[]).unwrap();
+        assert!(!s.dev_token);
+        assert!(!accepts(&s, DEV_TOKEN));
+        let err = s.check_serving().unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_API_TOKENS"), "{err:#}");
+        let s = settings(&[("OFFBOARD_DEV_TOKEN", "1")]).unwrap();
+        assert!(accepts(&s, DEV_TOKEN));
+        s.check_serving().unwrap();
+    }
+
+    #[test]
+    fn the_dev_token_is_never_beside_configured_tokens() {
+        let err = settings(&[
+            ("OFFBOARD_DEV_TOKEN", "1"),
+            ("OFFBOARD_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa"),
+            ("OFFBOARD_BIND", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("both set"), "{err:#}");
+        // Configured tokens on loopback: only they are accepted.
+        let s = settings(&[("OFFBOARD_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa")]).unwrap();
+        assert!(!accepts(&s, DEV_TOKEN));
+        assert!(accepts(&s, "aaaaaaaaaaaaaaaaaaaa"));
+        // Nor can it be configured as a token of its own.
+        let err = settings(&[("OFFBOARD_API_TOKENS", DEV_TOKEN)]).unwrap_err();
+        assert!(format!("{err:#}").contains("development token"), "{err:#}");
+    }
+
+    #[test]
+    fn the_dev_token_is_refused_off_loopback() {
+        let err = settings(&[("OFFBOARD_BIND", "0.0.0.0:8080"), ("OFFBOARD_DEV_TOKEN", "1")])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("loopback"), "{err:#}");
         let s = settings(&[("OFFBOARD_BIND", "0.0.0.0:8080")]).unwrap();
         assert!(s.accepted_tokens().is_empty());
+    }
+
+    #[test]
+    fn serving_with_tokens_needs_the_idempotency_secret() {
+        let s = settings(&[("OFFBOARD_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa")]).unwrap();
+        let err = s.check_serving().unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_IDEMPOTENCY_SECRET"), "{err:#}");
+        let s = settings(&[
+            ("OFFBOARD_API_TOKENS", "aaaaaaaaaaaaaaaaaaaa"),
+            ("OFFBOARD_IDEMPOTENCY_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        s.check_serving().unwrap();
+        assert!(settings(&[("OFFBOARD_IDEMPOTENCY_SECRET", "short")]).is_err());
+    }
+
+    #[test]
+    fn max_in_flight_stays_below_what_redis_can_fetch() {
+        let s = settings(&[("OFFBOARD_MAX_IN_FLIGHT", "3000")]).unwrap();
+        assert_eq!(s.worker.max_in_flight, MAX_IN_FLIGHT_LIMIT);
+        let err = settings(&[("OFFBOARD_MAX_IN_FLIGHT", "3001")]).unwrap_err();
+        assert!(format!("{err:#}").contains("OFFBOARD_MAX_IN_FLIGHT"), "{err:#}");
+        assert!(format!("{err:#}").contains("8,000"), "{err:#}");
     }
 
     #[test]
@@ -543,7 +714,7 @@ mod tests {
                 .unwrap();
         assert_eq!(s.api_tokens[0].company_id, None);
         assert_eq!(s.api_tokens[1].company_id, Some(17));
-        assert_eq!(s.api_tokens[1].secret, "bbbbbbbbbbbbbbbbbbbb");
+        assert_eq!(s.api_tokens[1].secret().expose_secret(), "bbbbbbbbbbbbbbbbbbbb");
         assert!(settings(&[("OFFBOARD_API_TOKENS", "short")]).is_err());
     }
 
@@ -582,10 +753,18 @@ mod tests {
         let s = settings(&[
             ("OFFBOARD_API_TOKENS", "supersecrettoken123"),
             ("DATABASE_URL", "postgres://app:hunter2@db/offboard"),
+            ("OFFBOARD_IDEMPOTENCY_SECRET", "idempotency-secret-0123456789abcdef"),
         ])
         .unwrap();
-        let shown = format!("{s:?}");
-        assert!(!shown.contains("supersecrettoken123"));
-        assert!(!shown.contains("hunter2"));
+        for shown in [
+            format!("{s:?}"),
+            format!("{:?}", s.api_tokens),
+            format!("{:?}", s.accepted_tokens()),
+            format!("{:?}", s.idempotency_secret),
+        ] {
+            assert!(!shown.contains("supersecrettoken123"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("idempotency-secret-0123456789abcdef"), "{shown}");
+        }
     }
 }

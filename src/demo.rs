@@ -17,9 +17,11 @@ use crate::{
 };
 
 pub async fn run(mut settings: Settings, options: SeedOptions) -> anyhow::Result<()> {
-    // A free loopback port, so the demo never collides with a running `offboard serve`
-    // and the development token is accepted.
+    // A free loopback port, so the demo never collides with a running `offboard serve`,
+    // and the development token for this process alone (its API lives as long as the demo).
     settings.bind = "127.0.0.1:0".parse().expect("valid address");
+    settings.dev_token = true;
+    settings.api_tokens.clear();
     let services = Services::connect(settings).await?;
     eprintln!("offboard demo: database migrated, seeding a company…");
     let seeded = seed::seed(&services.pool, options).await?;

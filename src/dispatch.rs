@@ -5,11 +5,15 @@
 //! starve another) and pushes them after the commit. It runs when nudged (a commit made
 //! steps ready) and on a short interval (retries coming due, other processes' commits).
 //!
+//! Private-email purges stay in the ledger until due; the dispatcher (and the sweeper) push
+//! those come due in bounded batches, so Redis never holds a month of future purges.
+//!
 //! The sweeper runs every second (apalis-cron): it takes back steps whose worker vanished
-//! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), fires
-//! private-email purges whose delayed Redis task was lost, starts scheduled runs whose
-//! time has come ([`crate::ledger::scheduled`]), takes up unfinished bulk
-//! operations ([`crate::bulk`]), writes the second's metric sample ([`crate::samples`]) and
+//! (expired leases), re-pushes queued steps whose Redis task was lost (the outbox), pushes
+//! purges come due, fires itself those still not fired after a grace, starts scheduled runs
+//! whose time has come ([`crate::ledger::scheduled`]), takes up unfinished bulk operations
+//! ([`crate::bulk`]), deletes expired idempotency keys, writes the second's metric sample
+//! ([`crate::samples`]) and
 //! trims finished tasks from Redis.
 
 use std::{sync::Arc, time::Duration};
@@ -20,7 +24,7 @@ use tokio::sync::Notify;
 use crate::{
     config::WorkerSettings,
     ledger::{
-        approval,
+        approval, idempotency,
         scheduled::{self, Start},
         steps::{self, DispatchLimits},
     },
@@ -31,8 +35,22 @@ use crate::{
 };
 
 /// Purges fire from the sweeper only this long after they were due; before that they are
-/// the delayed Redis task's to fire.
+/// the purge queue's to fire.
 pub const PURGE_GRACE: Duration = Duration::from_secs(3);
+
+/// Purge tasks Redis may hold at once (due, not yet fired): far below the ~8,000 due
+/// tasks past which apalis-redis's fetch fails for good. The rest wait in the ledger.
+pub const PURGES_IN_REDIS: u64 = 1_000;
+
+/// Purges one pass marks and pushes at most.
+pub const PURGE_BATCH: i64 = 250;
+
+/// How often the dispatcher looks for purges come due (the sweeper also does, each second).
+const PURGE_PASS_EVERY: Duration = Duration::from_millis(250);
+
+/// A pushed purge still scheduled this long after its push lost its Redis task (a flush,
+/// a restart) or waits behind a long queue: it is pushed again.
+pub const PURGE_REPUSH_AFTER: Duration = Duration::from_secs(30);
 
 /// The pause between dispatch passes while steps keep coming: far below what
 /// `OFFBOARD_MAX_IN_FLIGHT` steps take to run, so workers never wait on it.
@@ -43,6 +61,8 @@ pub struct Dispatcher {
     pub pool: PgPool,
     pub queues: Queues,
     pub settings: WorkerSettings,
+    /// Idempotency keys older than this are deleted by the sweep.
+    pub idempotency_retention: Duration,
     pub nudge: Arc<Notify>,
     /// Step attempts this process's workers ended since the last sample.
     pub samples: Arc<crate::samples::Counters>,
@@ -67,8 +87,38 @@ impl Dispatcher {
         Ok(dispatched.len())
     }
 
-    pub async fn run(self, shutdown: Shutdown) {
+    /// Pushes purges that came due, in batches, while Redis holds fewer than
+    /// [`PURGES_IN_REDIS`] purge tasks; returns how many were pushed. Marked pushed first:
+    /// if the push fails they are pushed again after [`PURGE_REPUSH_AFTER`].
+    pub async fn push_due_purges(&self) -> anyhow::Result<usize> {
+        let mut pushed = 0;
         loop {
+            let depth = self.queues.purge_depth().await?.total();
+            let room = PURGES_IN_REDIS.saturating_sub(depth).min(PURGE_BATCH as u64) as i64;
+            if room == 0 {
+                return Ok(pushed);
+            }
+            let due = private_email_purge::take_due(&self.pool, room, PURGE_REPUSH_AFTER).await?;
+            if due.is_empty() {
+                return Ok(pushed);
+            }
+            self.queues.push_purges(&due).await?;
+            pushed += due.len();
+            if due.len() < room as usize {
+                return Ok(pushed);
+            }
+        }
+    }
+
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut purges_looked_at = tokio::time::Instant::now() - PURGE_PASS_EVERY;
+        loop {
+            if purges_looked_at.elapsed() >= PURGE_PASS_EVERY {
+                purges_looked_at = tokio::time::Instant::now();
+                if let Err(e) = self.push_due_purges().await {
+                    tracing::warn!(error = %format!("{e:#}"), "pushing due purges failed; will retry");
+                }
+            }
             match self.dispatch_once().await {
                 // More may be waiting: go again after a short pause, so that on a busy
                 // system each pass takes the room many completions freed rather than
@@ -117,6 +167,10 @@ impl Dispatcher {
             Ok(n) => report.redelivered = n,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "redelivering queued steps failed"),
         }
+        match self.push_due_purges().await {
+            Ok(n) => report.purges_pushed = n,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pushing due purges failed"),
+        }
         match private_email_purge::overdue(&self.pool, PURGE_GRACE, 100).await {
             Ok(due) => {
                 for purge_id in due {
@@ -133,6 +187,10 @@ impl Dispatcher {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "looking for overdue purges failed"),
+        }
+        match idempotency::delete_expired(&self.pool, self.idempotency_retention, 1_000).await {
+            Ok(n) => report.idempotency_keys_expired = n,
+            Err(e) => tracing::warn!(error = %e, "deleting expired idempotency keys failed"),
         }
         report.scheduled_started = self.start_due_scheduled().await;
         match approval::expire_overdue(&self.pool, 100).await {
@@ -212,6 +270,10 @@ pub struct SweepReport {
     pub leases_expired: usize,
     pub redelivered: usize,
     pub purges_fired: usize,
+    /// Purges come due pushed to Redis by this sweep (the dispatcher pushes most).
+    pub purges_pushed: usize,
+    /// Idempotency keys past `OFFBOARD_IDEMPOTENCY_RETENTION` deleted (at most 1,000 a sweep).
+    pub idempotency_keys_expired: u64,
     /// An unfinished bulk operation was taken up.
     pub bulk_taken: bool,
     /// Scheduled runs whose time had come, started (or failed at their start).

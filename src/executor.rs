@@ -615,14 +615,7 @@ impl Executor {
     }
 
     async fn after_commit(&self, action: AfterCommit) {
-        match action {
-            AfterCommit::PurgeScheduled { purge_id, due_at } => {
-                if let Err(e) = self.queues.push_purge(purge_id, due_at).await {
-                    // The ledger row stands; the sweeper fires it when due.
-                    tracing::warn!(purge_id, error = %e, "purge task not pushed; the sweeper will fire it");
-                }
-            }
-        }
+        match action {}
     }
 
     async fn record_failure(&self, claim: &Claim, error: &StepError) -> anyhow::Result<Outcome> {

@@ -1,15 +1,11 @@
 //! Redis, through apalis-redis: it carries step and purge tasks, nothing more. A task is
-//! only ids; what to do and whether it was done is in the ledger. Only the dispatcher,
-//! the sweeper and a finished deactivation (its punctual purge task) push here.
+//! only ids; what to do and whether it was done is in the ledger. Only the dispatcher and
+//! the sweeper push here, a bounded number at a time.
 
-use std::{
-    fmt,
-    time::{Duration, SystemTime},
-};
+use std::{fmt, time::Duration};
 
-use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis::prelude::TaskSink;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Run steps: one step, or several steps of one run on their first attempt, which the
@@ -24,6 +20,9 @@ pub struct StepTask {
 pub struct PurgeTask {
     pub purge_id: i64,
 }
+
+/// Purge tasks one worker fetches at a time.
+const PURGE_FETCH: usize = 32;
 
 /// Tasks pushed per Redis call; keeps each call far below the client's response timeout.
 const PUSH_CHUNK: usize = 256;
@@ -70,8 +69,10 @@ impl Queues {
     pub fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
         let steps =
             RedisStorage::new(conn.clone()).with_config(Self::config(&format!("{prefix}:steps")));
-        let purges =
-            RedisStorage::new(conn.clone()).with_config(Self::config(&format!("{prefix}:purges")));
+        // Purges come due in bursts (a layoff's, 30 days later) and have no fairness to keep:
+        // larger fetches.
+        let purges = RedisStorage::new(conn.clone())
+            .with_config(Self::config(&format!("{prefix}:purges")).batch_size(PURGE_FETCH));
         Self { prefix: prefix.to_string(), conn, steps, purges }
     }
 
@@ -122,21 +123,17 @@ impl Queues {
         Ok(())
     }
 
-    /// A delayed task that fires the purge at `due_at`. The ledger row is the promise; this
-    /// only makes it punctual.
-    pub async fn push_purge(&self, purge_id: i64, due_at: DateTime<Utc>) -> anyhow::Result<()> {
+    /// One task per purge, to run at once (a purge is pushed only when it is due).
+    pub async fn push_purges(&self, purge_ids: &[i64]) -> anyhow::Result<()> {
         let mut storage = self.purges.clone();
-        // apalis-redis schedules in whole seconds and fires at the start of the second: round
-        // up, or the task would arrive before the purge is due and find nothing to do.
-        let due = due_at.timestamp() + i64::from(due_at.timestamp_subsec_nanos() > 0);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let task = TaskBuilder::new(PurgeTask { purge_id })
-            .run_at_timestamp((due.max(0) as u64).max(now))
-            .build();
-        storage.push_task(task).await.map_err(|e| anyhow::anyhow!("pushing a purge to Redis: {e}"))
+        for chunk in purge_ids.chunks(PUSH_CHUNK) {
+            let tasks = chunk.iter().map(|&purge_id| PurgeTask { purge_id }).collect();
+            storage
+                .push_bulk(tasks)
+                .await
+                .map_err(|e| anyhow::anyhow!("pushing purges to Redis: {e}"))?;
+        }
+        Ok(())
     }
 
     async fn depth_of(&self, queue: &str) -> anyhow::Result<Depth> {

@@ -55,8 +55,14 @@ impl Workers {
             Deliverer::new(pool.clone(), settings.webhooks.clone())
                 .expect("the webhook HTTP client builds"),
         );
-        let dispatcher =
-            Dispatcher { pool, queues, settings: settings.worker.clone(), nudge, samples };
+        let dispatcher = Dispatcher {
+            pool,
+            queues,
+            settings: settings.worker.clone(),
+            idempotency_retention: settings.idempotency_retention,
+            nudge,
+            samples,
+        };
         Self { executor, dispatcher, deliverer }
     }
 
@@ -95,11 +101,12 @@ impl Workers {
             let executor = self.executor.clone();
             let queues = self.executor.queues.clone();
             let name = name.clone();
+            let poll = settings.poll_interval;
             supervise("purges", shutdown.clone(), move |restarts, stop| {
                 WorkerBuilder::new(format!("{name}-purges-{restarts}"))
-                    .backend(queues.purge_storage().poll_with_interval(Duration::from_millis(500)))
+                    .backend(queues.purge_storage().poll_with_interval(poll))
                     .data(executor.clone())
-                    .concurrency(2)
+                    .concurrency(8)
                     .build(handle_purge)
                     .run_until(stop)
             })

@@ -26,6 +26,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
+use secrecy::SecretSlice;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -41,6 +42,10 @@ pub struct AppState {
     pub queues: Queues,
     pub settings: Arc<Settings>,
     pub tokens: Arc<Vec<ApiToken>>,
+    /// The key of the hash kept of idempotent requests: `OFFBOARD_IDEMPOTENCY_SECRET`, or a
+    /// random one for this process (development; `offboard serve` requires the setting
+    /// otherwise).
+    pub idempotency_secret: SecretSlice<u8>,
     /// Wakes the dispatcher of this process after a commit made steps ready.
     pub nudge: Arc<Notify>,
     /// The ledger's counts for `/metrics`, read at most once per `OFFBOARD_STATS_MAX_AGE`.
@@ -52,12 +57,17 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: PgPool, queues: Queues, settings: Settings, nudge: Arc<Notify>) -> Self {
         let tokens = Arc::new(settings.accepted_tokens());
+        let idempotency_secret = settings
+            .idempotency_secret
+            .clone()
+            .unwrap_or_else(|| SecretSlice::from(rand::random::<[u8; 32]>().to_vec()));
         let max_age = settings.stats_max_age;
         Self {
             pool,
             queues,
             settings: Arc::new(settings),
             tokens,
+            idempotency_secret,
             nudge,
             ledger_snapshot: Arc::new(LedgerSnapshot::new(max_age)),
             stats_cache: Arc::new(dashboard::StatsCache::new(max_age)),

@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -74,9 +75,13 @@ pub async fn create(
     let request = OffboardingRequest::parse(&body).map_err(ApiError::invalid_request)?;
     caller.check_company(request.company_id.get())?;
     let key = idempotency_key(&headers)?;
-    let hash =
-        key.map(|_| idempotency::request_hash(&serde_json::to_vec(&body).unwrap_or_default()));
-    let (run_id, replayed) = submit(&app, &request, key, hash.as_deref()).await?;
+    let hash = key.map(|_| {
+        idempotency::RequestHash::of(
+            app.idempotency_secret.expose_secret(),
+            &serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    });
+    let (run_id, replayed) = submit(&app, &request, key, hash.as_ref()).await?;
     // A run this request created is in the status it was written in, just now; only a
     // replay has a status worth reading.
     // A deletion may have been written awaiting approval (the company's policy decides,
@@ -104,7 +109,7 @@ pub(crate) async fn submit(
     app: &AppState,
     request: &OffboardingRequest,
     key: Option<&str>,
-    hash: Option<&str>,
+    hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), ApiError> {
     // A concurrent request with the same key loses the race on the key's primary key;
     // the second pass then finds the winner's run.
@@ -167,7 +172,7 @@ async fn enqueue(
     app: &AppState,
     request: &OffboardingRequest,
     key: Option<&str>,
-    hash: Option<&str>,
+    hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let named = named_targets(&request.transfer);
     let one_statement = request.actor_user_id != request.user_id
@@ -186,7 +191,13 @@ async fn enqueue(
         let mut conn = app.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         users::lock_for_enqueue(&mut tx, request.user_id.get(), clearance.leaves, &targets).await?;
-        let written = runs::insert_if_clear(&mut tx, &run, key.zip(hash), &clearance).await;
+        let written = runs::insert_if_clear(
+            &mut tx,
+            &run,
+            key.zip(hash.map(idempotency::RequestHash::stored)),
+            &clearance,
+        )
+        .await;
         if written.map_err(|e| insert_error(e, request, key))? {
             return match tx.commit().await {
                 Ok(()) => Ok((run.id, false)),
@@ -230,7 +241,7 @@ async fn enqueue_checked(
     request: &OffboardingRequest,
     named: &[(i64, String)],
     key: Option<&str>,
-    hash: Option<&str>,
+    hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let company_id = request.company_id.get();
     let user_id = request.user_id.get();
@@ -250,7 +261,7 @@ async fn enqueue_checked(
     .await?;
 
     if let (Some(hash), Some((run_id, stored))) = (hash, &subject.idempotent_run) {
-        if stored != hash {
+        if !hash.matches(stored) {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -424,10 +435,12 @@ async fn write_run(
     plan: TransferPlan,
     params: RunParams,
     key: Option<&str>,
-    hash: Option<&str>,
+    hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let run = new_run(app, request, &plan, &params, key);
-    runs::insert(conn, &run, key.zip(hash)).await.map_err(|e| insert_error(e, request, key))?;
+    runs::insert(conn, &run, key.zip(hash.map(idempotency::RequestHash::stored)))
+        .await
+        .map_err(|e| insert_error(e, request, key))?;
     Ok((run.id, false))
 }
 

@@ -34,7 +34,7 @@ pub struct ErrorDetail {
 
 /// The body of `POST /v1/offboardings`. The handler reads it field by field so that each
 /// refusal names its field; this struct is the contract.
-#[derive(Debug, ToSchema)]
+#[derive(ToSchema)]
 #[schema(example = json!({
     "company_id": 1, "user_id": 3, "actor_user_id": 1, "action": "deactivate",
     "transfer": {"default": {"mode": "single", "targets": [{"user_id": 4}]},
@@ -76,6 +76,16 @@ pub struct RescheduleBody {
     /// The new start (RFC 3339, in the future, at most 366 days ahead).
     pub effective_at: DateTime<Utc>,
 }
+
+crate::domain::debug_without_personal_data!(CreateOffboarding {
+    company_id,
+    user_id,
+    actor_user_id,
+    action,
+    transfer,
+    replacement,
+    remove_picture,
+});
 
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "snake_case")]
@@ -128,13 +138,15 @@ pub struct TargetBody {
     pub count: Option<i64>,
 }
 
-#[derive(Debug, ToSchema)]
+#[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ReplacementBody {
     pub first_name: String,
     pub last_name: String,
     pub email: String,
 }
+
+crate::domain::debug_without_personal_data!(ReplacementBody {});
 
 /// The body of a dry run.
 #[derive(Debug, ToSchema)]

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::domain::debug_without_personal_data;
+
 /// What an identity provider sets on a user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UserAttributes {
     pub user_name: String,
     pub external_id: Option<String>,
@@ -26,8 +28,10 @@ pub struct UserAttributes {
     pub email_primary: Option<bool>,
 }
 
+debug_without_personal_data!(UserAttributes { email_type, email_primary });
+
 /// A provisioned user with the run an identity provider sees on it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ProvisionedUser {
     pub id: i64,
     /// `active` or `deactivated` (deleted users and users a run is deleting are gone).
@@ -128,8 +132,21 @@ pub async fn find<'e>(
         .await
 }
 
+debug_without_personal_data!(ProvisionedUser {
+    id,
+    status,
+    email_type,
+    email_primary,
+    created_at,
+    last_modified,
+    run_id,
+    run_action,
+    run_status,
+    run_active,
+});
+
 /// Equality filters on a list (all must hold; `None` means any).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UserFilter {
     pub id: Option<i64>,
     /// Compared case-insensitively.
@@ -140,6 +157,8 @@ pub struct UserFilter {
     /// The email's type the email filter asks for (`emails[type eq "work"]`).
     pub email_type: Option<String>,
 }
+
+debug_without_personal_data!(UserFilter { id, email_type });
 
 /// The conditions of a [`UserFilter`] on `u`, as `$2`-`$6`.
 macro_rules! filter_condition {

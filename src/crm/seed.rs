@@ -26,12 +26,14 @@ impl Default for SeedOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct SeededUser {
     pub id: i64,
     pub email: String,
     pub is_admin: bool,
 }
+
+crate::domain::debug_without_personal_data!(SeededUser { id, is_admin });
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Seeded {

@@ -1,6 +1,22 @@
 //! The vocabulary of offboarding, parsed and validated once at the boundary: ids, actions,
 //! transfer plans and their distribution arithmetic. No I/O lives here.
 
+/// Implements `Debug` for a type holding personal data (names, emails, user names): it
+/// shows the type and the fields named here (ids, flags, statuses) and hides the rest as
+/// `..`, so a `{:?}` in a log line or a panic message never carries a name or an email.
+macro_rules! debug_without_personal_data {
+    ($ty:ident { $($shown:ident),* $(,)? }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($shown), &self.$shown))*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+pub(crate) use debug_without_personal_data;
+
 pub mod action;
 pub mod field_error;
 pub mod ids;

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// A user created by "delete and replace", who inherits the seat and can be a target.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Replacement {
     pub first_name: String,
     pub last_name: String,
@@ -19,12 +19,16 @@ pub struct Replacement {
     pub email: String,
 }
 
+super::debug_without_personal_data!(Replacement {});
+
 /// What a redaction changes on a deactivated user.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Redaction {
     pub display_name: Option<String>,
     pub remove_picture: bool,
 }
+
+super::debug_without_personal_data!(Redaction { remove_picture });
 
 /// Who started a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{AfterCommit, Finished, Progress, Stage, Step, StepContext, StepError};
+use super::{Finished, Progress, Stage, Step, StepContext, StepError};
 
 /// Registered in [`super::REGISTRY`].
 pub(super) const STEP: Step = Step {
@@ -112,6 +112,7 @@ pub(super) async fn apply(
         }),
         done: 1,
         total: 1,
-        after_commit: vec![AfterCommit::PurgeScheduled { purge_id, due_at }],
+        // The purge stays in the ledger until due; the dispatcher pushes it then.
+        after_commit: Vec::new(),
     }))
 }

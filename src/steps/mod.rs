@@ -50,7 +50,6 @@ mod uninstall_apps;
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -330,7 +329,8 @@ pub struct Finished {
     pub counts: Value,
     pub done: i64,
     pub total: i64,
-    /// Work that must follow the commit, such as the punctual Redis task of a purge.
+    /// Work that must follow the commit (none today: a purge is pushed to Redis by the
+    /// dispatcher when it comes due, not when it is scheduled).
     pub after_commit: Vec<AfterCommit>,
 }
 
@@ -340,10 +340,10 @@ impl Finished {
     }
 }
 
+/// What a step needs done after its transaction commits (a remote call that must not run
+/// inside it). No step needs one today.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterCommit {
-    PurgeScheduled { purge_id: i64, due_at: DateTime<Utc> },
-}
+pub enum AfterCommit {}
 
 /// A failed step says at its source whether trying again can help.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The private-email purge, due 30 days (by default) after deactivation: delete the user's
-//! private emails linked to deals, persons, leads or projects. It fires from a delayed
-//! Redis task or, if Redis lost that task, from the sweeper; the purge row is locked and
-//! its status checked in the same transaction as the delete, so it fires at most once and
-//! never after a reactivation canceled it.
+//! private emails linked to deals, persons, leads or projects. Until it is due a purge is
+//! only a ledger row: Redis never holds a month of future work (apalis-redis fails for good
+//! past ~8,000 due tasks). When due, the dispatcher pushes it in bounded batches
+//! ([`take_due`]) and the purge queue fires it; a pushed purge Redis lost is pushed again,
+//! and one still not fired past a grace is fired by the sweeper itself. The purge row is
+//! locked and its status checked in the same transaction as the delete, so it fires at
+//! most once and never after a reactivation canceled it.
 
 use sqlx::PgPool;
 
@@ -66,6 +69,30 @@ pub async fn fire(pool: &PgPool, purge_id: i64, by: FiredBy) -> Result<Option<u6
         "private emails purged"
     );
     Ok(Some(deleted))
+}
+
+/// Marks up to `limit` due purges as pushed and returns them, oldest first: those never
+/// pushed, and those pushed more than `repush_after` ago and still scheduled (their Redis
+/// task was lost). The caller pushes them to Redis after this commits.
+pub async fn take_due(
+    pool: &PgPool,
+    limit: i64,
+    repush_after: std::time::Duration,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE offboard.scheduled_purges SET pushed_at = now()
+         WHERE id IN (
+             SELECT id FROM offboard.scheduled_purges
+             WHERE status = 'scheduled' AND due_at <= now()
+               AND (pushed_at IS NULL OR pushed_at < now() - make_interval(secs => $2))
+             ORDER BY due_at, id LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(limit)
+    .bind(repush_after.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }
 
 /// Purges still scheduled `grace` after they were due, oldest first: the ones whose Redis

@@ -118,7 +118,10 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
     OFFBOARD_QUEUE_PREFIX: `offboard-browser-${suffix}`,
     OFFBOARD_BIND: `127.0.0.1:${port}`,
     OFFBOARD_LOG_FORMAT: 'text',
+    // The dashboard's prefilled development token: on for this test's server alone.
+    OFFBOARD_DEV_TOKEN: '1',
   };
+  delete env.OFFBOARD_API_TOKENS;
 
   // Everything started here is stopped and removed, whatever happens.
   const cleanups = [];

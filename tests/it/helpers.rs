@@ -30,6 +30,10 @@ use uuid::Uuid;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The unscoped token a test app accepts beside the tokens a test configures (the
+/// development token is never accepted beside configured ones).
+pub const ADMIN_TOKEN: &str = "offboard-test-unscoped-token";
+
 pub struct TestApp {
     pub pool: PgPool,
     pub settings: Settings,
@@ -40,7 +44,9 @@ pub struct TestApp {
     pub company: Seeded,
 }
 
-/// Settings for tests: short leases and backoff so recovery paths run in seconds.
+/// Settings for tests: short leases and backoff so recovery paths run in seconds. The
+/// development token is on, unless the test configures `OFFBOARD_API_TOKENS`: then
+/// [`ADMIN_TOKEN`] is configured beside them instead.
 pub fn test_settings(database_url: &str, prefix: &str, overrides: &[(&str, &str)]) -> Settings {
     let mut vars: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), database_url.into()),
@@ -53,13 +59,22 @@ pub fn test_settings(database_url: &str, prefix: &str, overrides: &[(&str, &str)
         ("OFFBOARD_POLL_INTERVAL".into(), "20ms".into()),
         ("OFFBOARD_SHUTDOWN_TIMEOUT".into(), "5s".into()),
         ("OFFBOARD_DB_POOL".into(), "10".into()),
+        ("OFFBOARD_DEV_TOKEN".into(), "1".into()),
+        ("OFFBOARD_IDEMPOTENCY_SECRET".into(), "a-test-secret-of-32-characters-at-least".into()),
     ];
     if let Ok(redis) = std::env::var("REDIS_URL") {
         vars.push(("REDIS_URL".into(), redis));
     }
     for (k, v) in overrides {
         vars.retain(|(name, _)| name != k);
-        vars.push((k.to_string(), v.to_string()));
+        let v = match *k {
+            "OFFBOARD_API_TOKENS" => {
+                vars.retain(|(name, _)| name != "OFFBOARD_DEV_TOKEN");
+                format!("{v},{ADMIN_TOKEN}")
+            }
+            _ => v.to_string(),
+        };
+        vars.push((k.to_string(), v));
     }
     Settings::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
         .expect("test settings")
@@ -103,6 +118,11 @@ impl TestApp {
         Self { pool, settings, queues, router, nudge, workers, company }
     }
 
+    /// The unscoped token this app's router accepts.
+    pub fn token(&self) -> &'static str {
+        if self.settings.dev_token { DEV_TOKEN } else { ADMIN_TOKEN }
+    }
+
     pub fn admin(&self) -> i64 {
         self.company.admin_ids[0]
     }
@@ -126,7 +146,7 @@ impl TestApp {
             request = request.header(*k, *v);
         }
         if !has_auth {
-            request = request.header("authorization", format!("Bearer {DEV_TOKEN}"));
+            request = request.header("authorization", format!("Bearer {}", self.token()));
         }
         let request = match body {
             Some(b) => {

@@ -19,5 +19,6 @@ mod refusals;
 mod retries;
 mod scheduled;
 mod scim;
+mod security;
 mod transfer;
 mod webhooks;

@@ -121,7 +121,7 @@ async fn repeated_okta_and_entra_deactivations_answer_at_once_and_make_one_run(p
         .clone()
         .oneshot(
             axum::http::Request::get("/metrics")
-                .header("authorization", format!("Bearer {}", offboard::config::DEV_TOKEN))
+                .header("authorization", format!("Bearer {}", app.token()))
                 .body(axum::body::Body::empty())
                 .unwrap(),
         )

@@ -502,6 +502,10 @@ impl ApiServer {
                             .await?;
                     let queues =
                         Queues::connect(&settings.redis_url, &settings.queue_prefix).await?;
+                    // The bench's own API, on loopback, for the bench's own requests.
+                    let mut settings = settings;
+                    settings.dev_token = true;
+                    settings.api_tokens.clear();
                     let state = AppState::new(pool, queues, settings, Arc::new(Notify::new()));
                     app::start_api(state, SocketAddr::from(([127, 0, 0, 1], 0)), stop).await
                 }

@@ -262,6 +262,9 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     api_settings.database_url = database_url.clone();
     api_settings.queue_prefix = prefix.clone();
     api_settings.bind = "127.0.0.1:0".parse().expect("valid address");
+    // The chaos API lives in this process, on loopback, for the lab's own requests.
+    api_settings.dev_token = true;
+    api_settings.api_tokens.clear();
     api_settings.db_pool_size = 10;
     api_settings.faults = Vec::new();
     let core = app::Services::connect(api_settings).await?;

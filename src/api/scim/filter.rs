@@ -15,10 +15,20 @@ pub struct Filter {
     pub matches_nothing: bool,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 enum Token {
     Word(String),
     Text(String),
+}
+
+/// A quoted value is an email or a user name: not shown.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Word(w) => f.debug_tuple("Word").field(w).finish(),
+            Token::Text(_) => f.write_str("Text(..)"),
+        }
+    }
 }
 
 fn invalid(detail: &str) -> ScimError {
