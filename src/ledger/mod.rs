@@ -5,6 +5,7 @@
 pub mod approval;
 pub mod audit;
 pub mod bulk;
+pub mod calls;
 pub mod filter;
 pub mod idempotency;
 pub mod policies;

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod openapi;
 mod operators;
+mod outside;
 mod processes;
 mod purge;
 mod recovery;

@@ -285,12 +285,14 @@ impl Services {
             .await?;
             return Ok((started.elapsed(), cut));
         }
-        let version = std::fs::read_dir("/etc/postgresql")
-            .context("no /etc/postgresql: cannot restart PostgreSQL here")?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .min()
-            .context("no PostgreSQL cluster under /etc/postgresql")?;
-        run("pg_ctlcluster", &["--skip-systemctl-redirect", &version, "main", "restart"]).await?;
+        // The cluster that serves the suite's database (by its port), never another one on
+        // this machine.
+        let port: i32 = sqlx::query_scalar("SELECT current_setting('port')::int")
+            .fetch_one(pool)
+            .await
+            .context("cannot read the port of the suite's PostgreSQL")?;
+        let (version, cluster) = cluster_on_port(port).await?;
+        run("pg_ctlcluster", &["--skip-systemctl-redirect", &version, &cluster, "restart"]).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while sqlx::query("SELECT 1").execute(pool).await.is_err() {
             if Instant::now() > deadline {
@@ -300,6 +302,26 @@ impl Services {
         }
         Ok((started.elapsed(), -1))
     }
+}
+
+/// The local cluster (version, name) listening on `port`, from `pg_lsclusters`.
+async fn cluster_on_port(port: i32) -> anyhow::Result<(String, String)> {
+    let output = Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run pg_lsclusters: cannot restart PostgreSQL here")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (version, cluster, on) = (fields.next()?, fields.next()?, fields.next()?);
+            (on.parse::<i32>().ok()? == port).then(|| (version.to_string(), cluster.to_string()))
+        })
+        .next()
+        .with_context(|| format!("no local PostgreSQL cluster listens on port {port}"))
 }
 
 async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -1,9 +1,11 @@
 //! `offboard-lab chaos`: the fault suite. Seeds a company in a database of its own, starts
 //! the API in this process and several worker processes (`offboard-lab worker`, the product's worker runtime), requests runs of every
 //! action (with random transfer plans, each checked against a dry run first) and, while
-//! they run, SIGKILLs workers, flushes and restarts Redis and restarts PostgreSQL. Then it
-//! reads the store and checks that nothing was lost or doubled ([`verify`] says exactly
-//! what counts as which).
+//! they run, SIGKILLs workers, flushes and restarts Redis and restarts PostgreSQL, cancels
+//! some deactivations mid-flight, and deactivates transfer targets while items flow to
+//! them (through the API, which must refuse, and outside offboard, which must stop the
+//! reassignment). Then it reads the store and checks that nothing was lost or doubled
+//! ([`verify`] says exactly what counts as which).
 //!
 //! Only ids and counts are printed: never a name or an email.
 
@@ -12,7 +14,7 @@ mod model;
 mod verify;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     sync::Arc,
     time::{Duration, Instant},
@@ -86,6 +88,29 @@ impl Default for ChaosOptions {
 const RETENTION: &str = "5s";
 /// Runs in flight at once at most.
 const MAX_RUNS_IN_FLIGHT: usize = 40;
+/// One deactivation with a plan in this many is canceled mid-flight.
+const CANCEL_ONE_IN: u32 = 4;
+/// Transfer targets deactivated (once through the API, once outside offboard) this many
+/// times during the faults.
+const TARGET_DEACTIVATIONS: u32 = 6;
+
+/// Cancels and target deactivations the suite did beside the faults.
+#[derive(Debug, Default, Clone)]
+pub struct Interference {
+    pub cancels_sent: usize,
+    /// The run had finished before the cancel came (answered 409).
+    pub cancels_too_late: usize,
+    /// Deactivations of a user receiving items from an active run, refused with 409
+    /// `user_is_transfer_target` as they must be.
+    pub target_deactivations_refused: usize,
+    /// Such deactivations accepted: only when the run had finished in between.
+    pub target_deactivations_accepted: usize,
+    /// Targets deactivated outside offboard (a direct update) while a run moved items to
+    /// them, and reactivated after.
+    pub targets_deactivated_outside: usize,
+    /// Reassignment steps that stopped with `target_inactive` because of it.
+    pub steps_stopped_target_inactive: i64,
+}
 
 /// One run the suite asked for.
 #[derive(Debug, Clone)]
@@ -105,6 +130,7 @@ pub struct Report {
     pub runs_by_action: BTreeMap<&'static str, usize>,
     pub runs_requested: usize,
     pub faults: FaultStats,
+    pub interference: Interference,
     pub findings: Findings,
     pub tally: Tally,
     pub wall_time: Duration,
@@ -183,6 +209,20 @@ impl fmt::Display for Report {
                 s.postgres_restarts, s.postgres_connections_cut
             )?;
         }
+        let i = &self.interference;
+        writeln!(
+            f,
+            "  cancels    {} sent mid-flight ({} came after the run finished), {} runs canceled and checked",
+            i.cancels_sent, i.cancels_too_late, t.canceled
+        )?;
+        writeln!(
+            f,
+            "  targets    {} deactivations of a target refused (409 user_is_transfer_target), {} accepted after its run ended; {} deactivated outside offboard ({} steps stopped with target_inactive)",
+            i.target_deactivations_refused,
+            i.target_deactivations_accepted,
+            i.targets_deactivated_outside,
+            i.steps_stopped_target_inactive
+        )?;
         writeln!(
             f,
             "  purges     {} fired ({} by the queue, {} by the sweeper), {} canceled by reactivation",
@@ -349,11 +389,78 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         .collect();
     let mut records: Vec<RunRecord> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
+    let mut interference = Interference::default();
+    // Cancels to send: (record, when).
+    let mut cancels: Vec<(usize, Instant)> = Vec::new();
+    let mut cancel_sent: HashSet<Uuid> = HashSet::new();
+    // Items the user owned when the suite saw its run `canceled`.
+    let mut owned_when_canceled: HashMap<Uuid, i64> = HashMap::new();
+    // Runs the suite's probes created (a target's deactivation accepted after its run ended).
+    let mut probe_runs: Vec<Uuid> = Vec::new();
+    let mut target_faults_done = 0u32;
     let pace = options.duration.mul_f64(0.8);
     let chaos_started = Instant::now();
     let mut last_progress = Instant::now();
     loop {
-        poll_lanes(&pool, &mut lanes, &records).await;
+        for k in poll_lanes(&pool, &mut lanes, &records).await {
+            if cancel_sent.contains(&records[k].id) {
+                match owned_by(&pool, company_id, records[k].user).await {
+                    Ok(n) => {
+                        owned_when_canceled.insert(records[k].id, n);
+                    }
+                    Err(e) => broken.push(format!(
+                        "could not count the items of user {} when run {} read canceled: {e:#}",
+                        records[k].user, records[k].id
+                    )),
+                }
+            }
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = cancels.drain(..).partition(|(_, at)| *at <= now);
+        cancels = later;
+        for (k, _) in due {
+            let id = records[k].id;
+            match api.post(&format!("/v1/offboardings/{id}/cancel"), &json!({}), None).await {
+                Ok((status, _)) if status < 300 => {
+                    interference.cancels_sent += 1;
+                    cancel_sent.insert(id);
+                }
+                Ok((409, _)) => interference.cancels_too_late += 1,
+                Ok((status, body)) => broken.push(format!(
+                    "cancel of run {id} answered {status}: {}",
+                    body["error"]["code"]
+                )),
+                Err(e) => broken.push(format!("cancel of run {id}: {e:#}")),
+            }
+        }
+        let since = chaos_started.elapsed();
+        if *phase_tx.borrow() == Phase::Chaos
+            && target_faults_done < TARGET_DEACTIVATIONS
+            && since
+                >= options.duration.mul_f64(
+                    0.8 * f64::from(target_faults_done + 1) / f64::from(TARGET_DEACTIVATIONS + 1),
+                )
+        {
+            target_faults_done += 1;
+            let outside = target_faults_done.is_multiple_of(2);
+            let outcome = deactivate_a_target(
+                &api,
+                &pool,
+                &lanes,
+                &records,
+                company_id,
+                actor,
+                admins,
+                outside,
+                target_faults_done,
+                &mut interference,
+                &mut probe_runs,
+            )
+            .await;
+            if let Err(e) = outcome {
+                broken.push(format!("deactivating a transfer target: {e:#}"));
+            }
+        }
         let in_flight = lanes.iter().filter(|l| l.active.is_some()).count();
         let waiting = lanes.iter().filter(|l| !l.stopped && !l.steps.is_empty()).count();
         if in_flight == 0 && waiting == 0 {
@@ -386,6 +493,13 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
             let seq = records.len();
             match request(&api, &mut ledger, &step, company_id, actor, seq).await {
                 Ok(record) => {
+                    if record.step.action == "deactivate"
+                        && record.step.plan.is_some()
+                        && rng.random_ratio(1, CANCEL_ONE_IN)
+                    {
+                        let after = Duration::from_millis(rng.random_range(100..1_500));
+                        cancels.push((records.len(), Instant::now() + after));
+                    }
                     lanes[k].active = Some(records.len());
                     records.push(record);
                     in_flight += 1;
@@ -412,6 +526,12 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     wait_for_purges(&pool, company_id).await;
     let _ = phase_tx.send(Phase::Stop);
     let faults = injector.await.context("the fault injector panicked")?;
+    interference.steps_stopped_target_inactive = sqlx::query_scalar(
+        "SELECT count(*) FROM offboard.steps WHERE company_id = $1 AND last_error_code = 'target_inactive'",
+    )
+    .bind(company_id)
+    .fetch_one(&pool)
+    .await?;
 
     eprintln!("chaos: checking the store…");
     let (mut findings, tally) = verify::verify(verify::Input {
@@ -420,6 +540,8 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         seats: i64::from(seats),
         records: &records,
         ledger: &ledger,
+        canceled: &owned_when_canceled,
+        probe_runs: &probe_runs,
         leavers: &leavers,
         keepers: &keepers,
         emails_at_start: &emails_at_start,
@@ -442,6 +564,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         runs_by_action,
         runs_requested: records.len(),
         faults,
+        interference,
         findings,
         tally,
         wall_time: started.elapsed(),
@@ -465,12 +588,13 @@ struct Lane {
     stopped: bool,
 }
 
-/// Frees the lanes whose run finished. A read that fails (PostgreSQL restarting) is
-/// simply tried again on the next tick.
-async fn poll_lanes(pool: &PgPool, lanes: &mut [Lane], records: &[RunRecord]) {
+/// Frees the lanes whose run finished, and returns the records that turned `canceled`. A
+/// read that fails (PostgreSQL restarting) is simply tried again on the next tick.
+async fn poll_lanes(pool: &PgPool, lanes: &mut [Lane], records: &[RunRecord]) -> Vec<usize> {
+    let mut canceled = Vec::new();
     let ids: Vec<Uuid> = lanes.iter().filter_map(|l| l.active).map(|k| records[k].id).collect();
     if ids.is_empty() {
-        return;
+        return canceled;
     }
     let Ok(rows) = sqlx::query_as::<_, (Uuid, String)>(
         "SELECT id, status FROM offboard.runs WHERE id = ANY ($1)",
@@ -479,20 +603,212 @@ async fn poll_lanes(pool: &PgPool, lanes: &mut [Lane], records: &[RunRecord]) {
     .fetch_all(pool)
     .await
     else {
-        return;
+        return canceled;
     };
     let status: HashMap<Uuid, String> = rows.into_iter().collect();
     for lane in lanes.iter_mut() {
         let Some(k) = lane.active else { continue };
         match status.get(&records[k].id).map(String::as_str) {
             Some("succeeded") => lane.active = None,
-            Some("failed" | "canceled") => {
+            Some(status @ ("failed" | "canceled")) => {
+                if status == "canceled" {
+                    canceled.push(k);
+                }
                 lane.active = None;
                 lane.stopped = true;
             }
             _ => {}
         }
     }
+    canceled
+}
+
+/// Items of every type `user` owns.
+async fn owned_by(pool: &PgPool, company_id: i64, user: i64) -> anyhow::Result<i64> {
+    let mut n = 0;
+    for item in ItemType::ALL {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE company_id = $1 AND owner_id = $2",
+            item.table()
+        );
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(company_id)
+            .bind(user)
+            .fetch_one(pool)
+            .await?;
+        n += count;
+    }
+    Ok(n)
+}
+
+/// Deactivates a user some in-flight run is moving items to. Through the API
+/// (`outside == false`) the request must be refused with 409 `user_is_transfer_target`.
+/// Outside offboard (a direct update of the store, as a host could), the run's
+/// reassignment must stop with `target_inactive` and write nothing more to the user; the
+/// user is made active again after, so the rest of the suite's plans stay valid.
+#[allow(clippy::too_many_arguments)]
+async fn deactivate_a_target(
+    api: &Api,
+    pool: &PgPool,
+    lanes: &[Lane],
+    records: &[RunRecord],
+    company_id: i64,
+    actor: i64,
+    admins: &[i64],
+    outside: bool,
+    n: u32,
+    interference: &mut Interference,
+    probe_runs: &mut Vec<Uuid>,
+) -> anyhow::Result<()> {
+    // An in-flight run with a reassignment still to do, and one of its targets.
+    let candidates: Vec<&RunRecord> = lanes
+        .iter()
+        .filter_map(|l| l.active)
+        .map(|k| &records[k])
+        .filter(|r| r.promise.values().any(|p| p.moved > 0))
+        .collect();
+    let mut chosen = None;
+    for record in candidates {
+        // A read that fails (PostgreSQL restarting) skips this deactivation.
+        let Ok(pending) = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM offboard.steps
+             WHERE run_id = $1 AND name LIKE 'reassign\\_%' AND status NOT IN ('succeeded', 'skipped', 'dead')",
+        )
+        .bind(record.id)
+        .fetch_all(pool)
+        .await
+        else {
+            return Ok(());
+        };
+        let target = record
+            .promise
+            .iter()
+            .filter(|(item, _)| pending.iter().any(|s| s == &format!("reassign_{}", item.key())))
+            .flat_map(|(_, p)| p.to.keys().copied())
+            // Not an admin: the company-wide admin rules would answer first.
+            .find(|u| !admins.contains(u));
+        if let Some(target) = target {
+            chosen = Some((record.id, target));
+            break;
+        }
+    }
+    let Some((run_id, target)) = chosen else { return Ok(()) };
+
+    if !outside {
+        let body = json!({"company_id": company_id, "user_id": target, "actor_user_id": actor,
+                          "action": "deactivate"});
+        let key = format!("chaos-target-probe-{n}");
+        let (status, answer) = api.post("/v1/offboardings", &body, Some(&key)).await?;
+        match (status, answer["error"]["code"].as_str()) {
+            (409, Some("user_is_transfer_target")) => {
+                interference.target_deactivations_refused += 1
+            }
+            (202, _) => {
+                // Only right if the run ended in between: cancel the probe at once.
+                let id: Uuid = answer["id"].as_str().and_then(|s| s.parse().ok()).context("id")?;
+                probe_runs.push(id);
+                interference.target_deactivations_accepted += 1;
+                let run_status: String = retrying(|| async {
+                    sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
+                        .bind(run_id)
+                        .fetch_one(pool)
+                        .await
+                })
+                .await?;
+                api.post(&format!("/v1/offboardings/{id}/cancel"), &json!({}), None).await?;
+                if matches!(run_status.as_str(), "queued" | "running" | "canceling") {
+                    bail!(
+                        "the deactivation of user {target} was accepted while run {run_id} moves items to it"
+                    );
+                }
+            }
+            (status, code) => {
+                bail!("the deactivation of target {target} answered {status} {code:?}")
+            }
+        }
+        return Ok(());
+    }
+
+    // The update waits for the batches that hold the user's row (`FOR SHARE`) to commit:
+    // what they moved landed while the user was active. Counted after it, then.
+    let deactivated = sqlx::query(
+        "UPDATE crm.users SET status = 'deactivated' WHERE id = $1 AND status = 'active'",
+    )
+    .bind(target)
+    .execute(pool)
+    .await;
+    let outcome = watch_inactive_target(pool, company_id, target, run_id, deactivated).await;
+    // Whatever happened, the user is active again before the suite goes on (through a
+    // PostgreSQL restart if need be).
+    retrying(|| async {
+        sqlx::query("UPDATE crm.users SET status = 'active' WHERE id = $1")
+            .bind(target)
+            .execute(pool)
+            .await
+    })
+    .await?;
+    if outcome? {
+        interference.targets_deactivated_outside += 1;
+    }
+    Ok(())
+}
+
+/// Retries a read or write of the suite's own through a PostgreSQL restart (a minute).
+async fn retrying<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if started.elapsed() > Duration::from_secs(60) => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// With `target` deactivated outside offboard (if `deactivated` went through), waits until
+/// the run's reassignment stops or ends, and fails if the user received items meanwhile.
+/// Returns whether the deactivation happened.
+async fn watch_inactive_target(
+    pool: &PgPool,
+    company_id: i64,
+    target: i64,
+    run_id: Uuid,
+    deactivated: Result<sqlx::postgres::PgQueryResult, sqlx::Error>,
+) -> anyhow::Result<bool> {
+    if !deactivated.is_ok_and(|r| r.rows_affected() == 1) {
+        return Ok(false);
+    }
+    let Ok(before) = owned_by(pool, company_id, target).await else { return Ok(true) };
+    // Until the run's step stops, or the run ends, or two seconds pass.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let stopped: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM offboard.steps WHERE run_id = $1
+                 AND status = 'dead' AND last_error_code = 'target_inactive')
+             OR NOT EXISTS (SELECT 1 FROM offboard.steps WHERE run_id = $1
+                 AND name LIKE 'reassign\\_%' AND status IN ('queued', 'running', 'ready', 'pending'))",
+        )
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false);
+        if stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Ok(after) = owned_by(pool, company_id, target).await else { return Ok(true) };
+    if after != before {
+        bail!(
+            "user {target} received {} items while deactivated outside offboard (run {run_id})",
+            after - before
+        );
+    }
+    Ok(true)
 }
 
 /// Dry-runs the plan, checks the dry run against the suite's own arithmetic, requests the

@@ -13,6 +13,12 @@
 //!   `succeeded` event for a run, a run that completed more steps than it has, a second
 //!   purge for one deactivation, emails deleted twice or without a purge, more seats held
 //!   than the company has, a status that undid the user's last run.
+//! - **canceled runs** (the suite canceled them mid-flight) are accepted when no item of the
+//!   user moved after the suite saw the run `canceled`, every item is with the user or its
+//!   promised target (never a third owner), no step did more than promised, no purge was
+//!   scheduled, and the user is active again with login unblocked; anything else is doubled
+//!   or lost. A reassignment stopped by a target deactivated outside offboard is a step dead
+//!   with `target_inactive`: a recorded reason.
 //! - **broken**: the service contradicted itself without losing or doubling — a dry run that
 //!   disagrees with the arithmetic, a request refused, a receipt whose counts are not what
 //!   happened, a purge fired before it was due.
@@ -49,6 +55,8 @@ pub struct Tally {
     pub purges_by_queue: usize,
     pub purges_by_sweeper: usize,
     pub purges_canceled: usize,
+    /// Runs the suite canceled that ended `canceled` and passed the checks of one.
+    pub canceled: usize,
     pub items_checked: usize,
     pub items_moved: u64,
 }
@@ -63,6 +71,10 @@ pub struct Input<'a> {
     pub keepers: &'a [i64],
     /// Private emails linked to an entity, per user, before the first run.
     pub emails_at_start: &'a HashMap<i64, i64>,
+    /// Runs the suite canceled and saw `canceled`, with the items their user owned then.
+    pub canceled: &'a HashMap<Uuid, i64>,
+    /// Runs the suite's target probes created (not part of any script).
+    pub probe_runs: &'a [Uuid],
 }
 
 #[derive(sqlx::FromRow)]
@@ -151,7 +163,7 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
 
     // Runs: each asked for once, each finished, each step's progress what was promised.
     let asked: HashSet<Uuid> = input.records.iter().map(|r| r.id).collect();
-    for id in runs.keys().filter(|id| !asked.contains(id)) {
+    for id in runs.keys().filter(|id| !asked.contains(id) && !input.probe_runs.contains(id)) {
         f.doubled.push(format!("run {id} exists though the suite never asked for it"));
     }
     // Users whose items and status cannot be predicted: one of their runs did not succeed.
@@ -195,7 +207,12 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
                 }
                 continue;
             }
-            "queued" | "running" => {
+            "canceled" if input.canceled.contains_key(&record.id) => {
+                check_canceled(&input, record, &run_steps, &mut f).await?;
+                t.canceled += 1;
+                continue;
+            }
+            "queued" | "running" | "canceling" => {
                 t.unfinished += 1;
                 f.lost.push(format!(
                     "run {} ({} of user {}) is still {} at the deadline",
@@ -233,13 +250,31 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
         check_steps(record, run, &run_steps, &mut f);
     }
 
-    // Items: each one where the dry run put it.
+    // Items: each one where the dry run put it; a canceled run's user's, where it was or
+    // where it was promised.
+    let canceled_users: HashSet<i64> = input
+        .records
+        .iter()
+        .filter(|r| input.canceled.contains_key(&r.id))
+        .map(|r| r.user)
+        .collect();
     for item in ItemType::ALL {
         let sql = format!("SELECT id, owner_id FROM {} WHERE company_id = $1", item.table());
         let owners: Vec<(i64, i64)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(company).fetch_all(pool).await?;
         let owners: HashMap<i64, i64> = owners.into_iter().collect();
         for (&(kind, id), &original) in &input.ledger.original {
+            if kind == item && canceled_users.contains(&original) {
+                let expected = input.ledger.expected[&(kind, id)];
+                match owners.get(&id) {
+                    None => f.lost.push(format!("{item} {id} is gone")),
+                    Some(&owner) if owner == original || owner == expected => {}
+                    Some(&owner) => f.doubled.push(format!(
+                        "{item} {id} of canceled user {original} is owned by user {owner}; \
+                         it was theirs or promised to user {expected}"
+                    )),
+                }
+            }
             if kind != item || unpredictable.contains(&original) {
                 continue;
             }
@@ -277,6 +312,70 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
         .collect();
     check_purges(&input, &canceled_by, &unpredictable, &mut f, &mut t).await?;
     Ok((f, t))
+}
+
+/// A run the suite canceled and saw `canceled`.
+async fn check_canceled(
+    input: &Input<'_>,
+    record: &RunRecord,
+    steps: &[&StepRow],
+    f: &mut Findings,
+) -> anyhow::Result<()> {
+    let user = record.user;
+    let mut owned = 0;
+    for item in ItemType::ALL {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE company_id = $1 AND owner_id = $2",
+            item.table()
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(input.company_id)
+            .bind(user)
+            .fetch_one(input.pool)
+            .await?;
+        owned += n;
+    }
+    let then = input.canceled[&record.id];
+    if owned != then {
+        f.doubled.push(format!(
+            "user {user} owned {then} items when run {} read canceled and {owned} now: items moved after the cancel",
+            record.id
+        ));
+    }
+    let (status, blocked): (String, bool) =
+        sqlx::query_as("SELECT status, login_blocked FROM crm.users WHERE id = $1")
+            .bind(user)
+            .fetch_one(input.pool)
+            .await?;
+    if status != "active" || blocked {
+        f.lost.push(format!(
+            "user {user} is {status} (login blocked: {blocked}) after run {} was canceled",
+            record.id
+        ));
+    }
+    for step in steps {
+        let Some(key) = step.name.strip_prefix("reassign_") else { continue };
+        let promised = key
+            .parse::<ItemType>()
+            .ok()
+            .and_then(|k| record.promise.get(&k))
+            .map_or(0, |p| p.moved as i64);
+        if step.done > promised {
+            f.doubled.push(format!(
+                "{} of canceled run {}: {} done, {promised} promised",
+                step.name, record.id, step.done
+            ));
+        }
+    }
+    let purges: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM offboard.scheduled_purges WHERE run_id = $1")
+            .bind(record.id)
+            .fetch_one(input.pool)
+            .await?;
+    if purges > 0 {
+        f.doubled.push(format!("canceled run {} scheduled a purge", record.id));
+    }
+    Ok(())
 }
 
 fn check_steps(record: &RunRecord, run: &RunRow, steps: &[&StepRow], f: &mut Findings) {
