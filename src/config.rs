@@ -49,6 +49,110 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub steps: StepSettings,
     pub webhooks: WebhookSettings,
+    pub outbound: OutboundSettings,
+}
+
+/// How steps call outside systems (OAuth providers, app vendors): per-call timeout,
+/// per-destination limits and breaker, and the OAuth clients.
+#[derive(Clone)]
+pub struct OutboundSettings {
+    /// One call's limit, connect to last byte (`OFFBOARD_OUTBOUND_TIMEOUT`).
+    pub timeout: Duration,
+    /// Plain http and private destinations (`OFFBOARD_OUTBOUND_ALLOW_PRIVATE`, by default
+    /// as `OFFBOARD_WEBHOOK_ALLOW_PRIVATE`).
+    pub allow_private: bool,
+    /// Calls in flight to one destination host from one process
+    /// (`OFFBOARD_OUTBOUND_MAX_IN_FLIGHT_PER_HOST`).
+    pub max_in_flight_per_host: usize,
+    /// Token bucket per destination host and process: calls per second and burst
+    /// (`OFFBOARD_OUTBOUND_RATE_PER_HOST`, `OFFBOARD_OUTBOUND_BURST_PER_HOST`).
+    pub rate_per_host: f64,
+    pub burst_per_host: u32,
+    /// Failed calls in a row that open a host's breaker, and how long it stays open before
+    /// one probe goes (`OFFBOARD_OUTBOUND_BREAKER_AFTER`, `OFFBOARD_OUTBOUND_BREAKER_PAUSE`).
+    pub breaker_after: i32,
+    pub breaker_pause: Duration,
+    /// OAuth client credentials per provider name (`OFFBOARD_OAUTH_CLIENTS`).
+    pub oauth_clients: Vec<OAuthClient>,
+}
+
+/// An OAuth client's credentials at one provider. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthClient {
+    pub provider: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("provider", &self.provider)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for OutboundSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundSettings")
+            .field("timeout", &self.timeout)
+            .field("allow_private", &self.allow_private)
+            .field("max_in_flight_per_host", &self.max_in_flight_per_host)
+            .field("rate_per_host", &self.rate_per_host)
+            .field("burst_per_host", &self.burst_per_host)
+            .field("breaker_after", &self.breaker_after)
+            .field("breaker_pause", &self.breaker_pause)
+            .field("oauth_clients", &self.oauth_clients)
+            .finish()
+    }
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            allow_private: false,
+            max_in_flight_per_host: 8,
+            rate_per_host: 50.0,
+            burst_per_host: 50,
+            breaker_after: 5,
+            breaker_pause: Duration::from_secs(30),
+            oauth_clients: Vec::new(),
+        }
+    }
+}
+
+impl OutboundSettings {
+    pub fn client(&self, provider: &str) -> Option<&OAuthClient> {
+        self.oauth_clients.iter().find(|c| c.provider == provider)
+    }
+}
+
+/// `provider=client_id:client_secret`, comma-separated (the secret is everything after the
+/// first `:`). Errors name the entry's position, never its text.
+fn parse_oauth_clients(raw: &str) -> anyhow::Result<Vec<OAuthClient>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let (provider, creds) = entry
+                .split_once('=')
+                .with_context(|| format!("entry {} is not provider=client_id:secret", i + 1))?;
+            let (id, secret) = creds
+                .split_once(':')
+                .with_context(|| format!("entry {} is not provider=client_id:secret", i + 1))?;
+            if provider.trim().is_empty() || id.is_empty() || secret.is_empty() {
+                bail!("entry {} has an empty provider, client id or secret", i + 1);
+            }
+            Ok(OAuthClient {
+                provider: provider.trim().to_string(),
+                client_id: id.to_string(),
+                client_secret: secret.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// One bearer token, optionally scoped to a single company. The token is held as a secret
@@ -473,6 +577,54 @@ impl Settings {
             bail!("OFFBOARD_WEBHOOK_TIMEOUT: must be above 0");
         }
 
+        let out_defaults = OutboundSettings::default();
+        let outbound = OutboundSettings {
+            timeout: duration("OFFBOARD_OUTBOUND_TIMEOUT", out_defaults.timeout)?,
+            allow_private: match var("OFFBOARD_OUTBOUND_ALLOW_PRIVATE").as_deref() {
+                None => webhooks.allow_private,
+                Some("0") | Some("false") => false,
+                Some("1") | Some("true") => true,
+                Some(other) => {
+                    bail!("OFFBOARD_OUTBOUND_ALLOW_PRIVATE: {other:?} is neither 1 nor 0")
+                }
+            },
+            max_in_flight_per_host: number(
+                "OFFBOARD_OUTBOUND_MAX_IN_FLIGHT_PER_HOST",
+                out_defaults.max_in_flight_per_host as i64,
+                1,
+            )? as usize,
+            rate_per_host: match var("OFFBOARD_OUTBOUND_RATE_PER_HOST") {
+                Some(v) => {
+                    let r: f64 = v.trim().parse().with_context(|| {
+                        format!("OFFBOARD_OUTBOUND_RATE_PER_HOST: {v:?} is not a number")
+                    })?;
+                    if !(r > 0.0 && r.is_finite()) {
+                        bail!("OFFBOARD_OUTBOUND_RATE_PER_HOST: must be above 0");
+                    }
+                    r
+                }
+                None => out_defaults.rate_per_host,
+            },
+            burst_per_host: number(
+                "OFFBOARD_OUTBOUND_BURST_PER_HOST",
+                out_defaults.burst_per_host as i64,
+                1,
+            )? as u32,
+            breaker_after: number(
+                "OFFBOARD_OUTBOUND_BREAKER_AFTER",
+                out_defaults.breaker_after as i64,
+                1,
+            )? as i32,
+            breaker_pause: duration("OFFBOARD_OUTBOUND_BREAKER_PAUSE", out_defaults.breaker_pause)?,
+            oauth_clients: match var("OFFBOARD_OAUTH_CLIENTS") {
+                Some(v) => parse_oauth_clients(&v).context("OFFBOARD_OAUTH_CLIENTS")?,
+                None => Vec::new(),
+            },
+        };
+        if outbound.timeout.is_zero() {
+            bail!("OFFBOARD_OUTBOUND_TIMEOUT: must be above 0");
+        }
+
         Ok(Self {
             database_url: var("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/offboard".into()),
@@ -499,6 +651,7 @@ impl Settings {
             worker,
             steps,
             webhooks,
+            outbound,
         })
     }
 
@@ -552,6 +705,7 @@ impl fmt::Debug for Settings {
             .field("worker", &self.worker)
             .field("steps", &self.steps)
             .field("webhooks", &self.webhooks)
+            .field("outbound", &self.outbound)
             .finish()
     }
 }
@@ -766,5 +920,18 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(!shown.contains("idempotency-secret-0123456789abcdef"), "{shown}");
         }
+    }
+
+    #[test]
+    fn oauth_clients_parse_and_never_show_their_secret() {
+        let clients =
+            parse_oauth_clients("google=abc.apps:s3cr:et, microsoft=id2:x").expect("parses");
+        assert_eq!(clients.len(), 2);
+        assert_eq!(clients[0].client_id, "abc.apps");
+        assert_eq!(clients[0].client_secret, "s3cr:et");
+        assert!(!format!("{:?}", clients).contains("s3cr"));
+        let err = parse_oauth_clients("google=nosecret").unwrap_err();
+        assert!(!format!("{err:#}").contains("nosecret"), "{err:#}");
+        assert!(parse_oauth_clients("=a:b").is_err());
     }
 }

@@ -27,6 +27,7 @@ use crate::{
         steps::{self, Claim, Failure},
     },
     metrics::METRICS,
+    outside::{CallKind, CallsEnd},
     queue::Queues,
     samples::Ended,
     steps::{
@@ -121,6 +122,8 @@ pub struct Executor {
     pub faults: Faults,
     /// Ended attempts, for the second's metric sample the sweeper writes.
     pub samples: Arc<crate::samples::Counters>,
+    /// The steps' calls to outside systems (revocations, vendors' callbacks).
+    pub outside: Arc<crate::outside::Outside>,
 }
 
 enum Attempt {
@@ -233,9 +236,24 @@ impl Executor {
         started: Instant,
     ) -> Result<Option<Vec<AfterCommit>>, StepError> {
         let deadline = tokio::time::Instant::from_std(started + self.worker.step_timeout);
-        match tokio::time::timeout_at(deadline, self.apply_until_done(claim, run, kind, first))
-            .await
-        {
+        let work = async {
+            let mut first = first;
+            if let Some(calls) = CallKind::of_step(&claim.name) {
+                match self
+                    .outside
+                    .run(calls, run, claim.step_id, claim.lease_token, self.worker.lease)
+                    .await?
+                {
+                    CallsEnd::Done => {}
+                    CallsEnd::LeaseLost => return Ok(None),
+                    CallsEnd::Failed(error) => return Err(error),
+                }
+                // The calls committed progress: read it back through the fence.
+                first = false;
+            }
+            self.apply_until_done(claim, run, kind, first).await
+        };
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(self.attempt_timed_out()),
         }
@@ -358,6 +376,23 @@ impl Executor {
         for (i, p) in group.iter().enumerate() {
             let claim = &p.claim;
             let reassigns = p.kind.moves_items();
+            // A step that calls outside goes on alone when it has calls to make: no call
+            // is made inside a transaction. Its calls are planned here, committed with the
+            // group.
+            if let Some(calls) = CallKind::of_step(&claim.name) {
+                match crate::outside::plan(&mut tx, calls, &p.run, claim.step_id).await {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        continuing.push((i, claim.done, claim.total, claim.cursor.clone()));
+                        continue;
+                    }
+                    Err(error) => {
+                        let culprit = claim.step_id;
+                        let rest = locked.iter().copied().filter(|id| *id != culprit).collect();
+                        return Ok(GroupEnd::StepFailed { culprit, error: error.into(), rest });
+                    }
+                }
+            }
             if reassigns && moved >= self.steps.reassign_batch {
                 continuing.push((i, claim.done, claim.total, claim.cursor.clone()));
                 continue;
@@ -620,7 +655,37 @@ impl Executor {
 
     async fn record_failure(&self, claim: &Claim, error: &StepError) -> anyhow::Result<Outcome> {
         let backoff = Backoff { base: self.worker.backoff_base, cap: self.worker.backoff_cap };
-        let retry_in = backoff.delay(claim.attempts, &mut rand::rng());
+        let mut retry_in = backoff.delay(claim.attempts, &mut rand::rng());
+        if let StepError::Later { pause, counted, .. } = error {
+            if !counted {
+                // Nothing was attempted: the attempt is given back and the step waits off
+                // its worker slot.
+                let status = steps::defer(
+                    &self.pool,
+                    claim.step_id,
+                    claim.lease_token,
+                    error.code(),
+                    error.message(),
+                    *pause,
+                )
+                .await?;
+                return Ok(match status.as_deref() {
+                    Some("canceled") => Outcome::Canceled,
+                    Some(_) => {
+                        tracing::debug!(
+                            code = error.code(),
+                            error = error.message(),
+                            retry_in_ms = pause.as_millis() as u64,
+                            "step waits for an outside destination"
+                        );
+                        Outcome::WillRetry
+                    }
+                    None => Outcome::LeaseLost,
+                });
+            }
+            // Honour the destination's Retry-After.
+            retry_in = retry_in.max(*pause);
+        }
         let failure = Failure {
             code: error.code(),
             message: error.message(),

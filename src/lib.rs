@@ -17,6 +17,8 @@
 //! - [`nudge`]: wakes the dispatcher across processes (`LISTEN`/`NOTIFY`).
 //! - [`outbound`]: calls that leave offboard — host webhooks (signed, from the ledger's
 //!   outbox), through one guarded HTTP client.
+//! - [`outside`]: the steps' calls to outside systems (OAuth revocations, vendors'
+//!   uninstall callbacks), one ledger row per call, limited and broken per destination.
 //! - [`faults`]: fault injection into steps (drills and tests).
 
 pub mod api;
@@ -35,6 +37,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod nudge;
 pub mod outbound;
+pub mod outside;
 pub mod queue;
 pub mod samples;
 pub mod shutdown;

@@ -70,6 +70,13 @@ struct SeedArgs {
     items_per_user: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Points the seeded company's OAuth providers (RFC 7009 revocation endpoints) at this
+    /// server, and gives each sync a refresh token to revoke.
+    #[arg(long)]
+    provider_base_url: Option<String>,
+    /// Points the app catalogue's vendor uninstall callbacks at this server.
+    #[arg(long)]
+    vendor_base_url: Option<String>,
 }
 
 impl From<SeedArgs> for SeedOptions {
@@ -218,8 +225,23 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Seed(args) => {
             let pool = ledger::connect_and_migrate(&settings.database_url, 4).await?;
+            let (provider, vendor) = (args.provider_base_url.clone(), args.vendor_base_url.clone());
             let seeded = seed::seed(&pool, args.into()).await?;
-            println!("{}", serde_json::to_string(&seeded)?);
+            let secrets = seed::connect_outside(
+                &pool,
+                seeded.company_id,
+                provider.as_deref(),
+                vendor.as_deref(),
+            )
+            .await?;
+            let mut out = serde_json::to_value(&seeded)?;
+            if !secrets.is_empty() {
+                // The vendors' signing secrets, for whoever plays the vendor.
+                out["vendor_signing_secrets"] = serde_json::json!(
+                    secrets.into_iter().collect::<std::collections::BTreeMap<_, _>>()
+                );
+            }
+            println!("{out}");
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args.into()).await,

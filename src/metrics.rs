@@ -56,6 +56,19 @@ struct EndpointLabel {
     endpoint_id: String,
 }
 
+/// Calls of steps to outside systems are labelled by destination host (a provider's or
+/// vendor's, from the catalogue: a bounded set), never by URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallOutcome {
+    destination: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     route: String,
@@ -76,6 +89,8 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     webhook_attempts: Family<WebhookOutcome, Counter>,
     webhook_seconds: Family<EndpointLabel, Histogram>,
+    outbound_calls: Family<CallOutcome, Counter>,
+    outbound_seconds: Family<DestinationLabel, Histogram>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -131,8 +146,25 @@ impl Metrics {
             "Time one webhook attempt took, by endpoint",
             webhook_seconds.clone(),
         );
+        let outbound_calls = Family::<CallOutcome, Counter>::default();
+        registry.register(
+            "offboard_outbound_calls",
+            "Calls of steps to outside systems by destination host and outcome \
+             (succeeded, retry, dead, waiting)",
+            outbound_calls.clone(),
+        );
+        let outbound_seconds = Family::<DestinationLabel, Histogram>::new_with_constructor(
+            step_histogram as fn() -> _,
+        );
+        registry.register(
+            "offboard_outbound_call_duration_seconds",
+            "Time one call to an outside system took, by destination host",
+            outbound_seconds.clone(),
+        );
         Self {
             registry,
+            outbound_calls,
+            outbound_seconds,
             step_attempts,
             step_seconds,
             items_reassigned,
@@ -163,6 +195,20 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// One call of a step to an outside system ended: `succeeded`, `retry`, `dead`; or
+    /// did not go (`waiting`: breaker open, rate limit, host at its in-flight limit).
+    pub fn outbound_call(&self, destination: &str, outcome: &'static str, took: Option<Duration>) {
+        let destination = destination.to_string();
+        self.outbound_calls
+            .get_or_create(&CallOutcome { destination: destination.clone(), outcome })
+            .inc();
+        if let Some(took) = took {
+            self.outbound_seconds
+                .get_or_create(&DestinationLabel { destination })
+                .observe(took.as_secs_f64());
+        }
+    }
+
     pub fn items_reassigned(&self, n: u64) {
         self.items_reassigned.inc_by(n);
     }
@@ -191,6 +237,9 @@ pub struct LedgerCounts {
     pub purges: (i64, i64, i64),
     pub step_queue_depth: Option<u64>,
     pub purge_queue_depth: Option<u64>,
+    /// Breakers of destination hosts: (host, state) with state `closed`, `open` or
+    /// `half_open`.
+    pub breakers: Vec<(String, String)>,
 }
 
 impl LedgerCounts {
@@ -207,10 +256,16 @@ impl LedgerCounts {
         )
         .fetch_one(pool)
         .await?;
+        let breakers = crate::ledger::calls::breakers(pool)
+            .await?
+            .into_iter()
+            .map(|b| (b.host, b.state))
+            .collect();
         Ok(Self {
             runs,
             steps,
             purges,
+            breakers,
             step_queue_depth: queues.step_depth().await.ok().map(|d| d.total()),
             purge_queue_depth: queues.purge_depth().await.ok().map(|d| d.total()),
         })
@@ -265,6 +320,24 @@ impl LedgerCounts {
             }
         }
         registry.register("offboard_queue_depth", "Tasks held in Redis by queue", depth);
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Breaker {
+            destination: String,
+            state: &'static str,
+        }
+        let breakers = Family::<Breaker, Gauge>::default();
+        for (host, state) in &self.breakers {
+            for s in ["closed", "open", "half_open"] {
+                breakers
+                    .get_or_create(&Breaker { destination: host.clone(), state: s })
+                    .set(i64::from(state == s));
+            }
+        }
+        registry.register(
+            "offboard_outbound_breaker",
+            "Breaker of each destination host outside calls reached: 1 for its state",
+            breakers,
+        );
         registry
     }
 }

@@ -50,6 +50,10 @@ impl Workers {
             nudge: nudge.clone(),
             faults,
             samples: samples.clone(),
+            outside: Arc::new(
+                crate::outside::Outside::new(pool.clone(), settings.outbound.clone())
+                    .expect("the outbound HTTP client builds"),
+            ),
         });
         let deliverer = Arc::new(
             Deliverer::new(pool.clone(), settings.webhooks.clone())

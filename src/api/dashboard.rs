@@ -74,7 +74,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// `GET /v1/stats[?company_id=N]`: runs and steps by status, steps in flight, throughput
 /// (steps succeeded in the last minute), private-email purges, and — for an unscoped
-/// token only, since Redis is shared by every company — the Redis queue depth.
+/// token only, since Redis and destinations are shared by every company — the Redis queue
+/// depth and the outside destinations whose breaker is open.
 /// The numbers the dashboard's header shows: runs and steps by status, steps in flight,
 /// throughput, due purges, and (for unscoped tokens) Redis queue depth.
 #[utoipa::path(
@@ -155,6 +156,14 @@ async fn read_stats(
         steps.iter().find(|(s, _, _)| s == "succeeded").map_or(0, |(_, _, recent)| *recent);
     let in_flight = count_of(&steps, "queued") + count_of(&steps, "running");
     let queue_depth = if scoped { Value::Null } else { queue_depth(app).await };
+    // Breakers of destination hosts that are not closed (open, or half-open awaiting a
+    // probe); hosts are shared by every company, so for unscoped tokens only.
+    let open_breakers = if scoped {
+        Value::Null
+    } else {
+        let breakers = crate::ledger::calls::breakers(&app.pool).await?;
+        json!(breakers.into_iter().filter(|b| b.state != "closed").collect::<Vec<_>>())
+    };
 
     Ok(json!({
         "company_id": company_id,
@@ -168,6 +177,7 @@ async fn read_stats(
         },
         "purges": {"due": purges.0, "scheduled": purges.1, "done": purges.2},
         "queue_depth": queue_depth,
+        "open_breakers": open_breakers,
     }))
 }
 

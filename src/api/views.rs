@@ -231,6 +231,9 @@ pub struct StepView {
     /// What the step changed, once it succeeded.
     #[schema(value_type = Option<Object>)]
     pub counts: Option<Value>,
+    /// The step's calls to outside systems (grant revocations, vendors' uninstall
+    /// callbacks): destination host, status, attempts, last code. Empty for other steps.
+    pub calls: Vec<crate::ledger::calls::CallView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -289,6 +292,7 @@ impl From<&RunDetail> for RunView {
                     message: s.last_error_message.clone(),
                 }),
                 counts: s.result.clone(),
+                calls: detail.calls.iter().filter(|c| c.step == s.name).cloned().collect(),
             })
             .collect();
         let steps_succeeded = detail

@@ -9,13 +9,14 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use super::FieldError;
 
 /// Every event type offboard sends.
-pub const EVENT_TYPES: [&str; 6] = [
+pub const EVENT_TYPES: [&str; 7] = [
     "offboarding.succeeded",
     "offboarding.failed",
     "offboarding.canceled",
     "offboarding.step_dead",
     "private_emails.purged",
     "items.transferred",
+    "app.uninstalled",
 ];
 
 /// Longest URL accepted.

@@ -3,6 +3,7 @@
 //! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
 pub mod bulk;
+pub mod calls;
 pub mod filter;
 pub mod idempotency;
 pub mod policies;

@@ -336,6 +336,8 @@ pub struct RunDetail {
     pub steps: Vec<StepRow>,
     pub events: Vec<EventRow>,
     pub purge: Option<PurgeRow>,
+    /// The steps' calls to outside systems.
+    pub calls: Vec<super::calls::CallView>,
 }
 
 /// Reads a run; with `company` given, a run of another company is not found.
@@ -369,7 +371,8 @@ pub async fn find<'e>(
     .bind(id)
     .fetch_optional(db)
     .await?;
-    Ok(Some(RunDetail { run, steps, events, purge }))
+    let calls = super::calls::of_run(db, id).await?;
+    Ok(Some(RunDetail { run, steps, events, purge, calls }))
 }
 
 async fn steps_of<'e>(db: impl PgExecutor<'e>, run_id: Uuid) -> Result<Vec<StepRow>, sqlx::Error> {

@@ -459,6 +459,56 @@ pub async fn fail(
     Ok(status)
 }
 
+/// `running -> ready` after `pause`, the attempt given back: the step could not start its
+/// work (an outside destination's breaker is open, its rate limit spent) and waits off its
+/// worker slot. `running -> canceled` when the run is canceling. Returns the new status, or
+/// `None` if the lease was already lost.
+pub async fn defer(
+    pool: &PgPool,
+    step_id: i64,
+    token: Uuid,
+    code: &str,
+    message: &str,
+    pause: Duration,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
+        return Ok(None);
+    };
+    let status: Option<String> = sqlx::query_scalar(
+        "WITH deferred AS (
+             UPDATE offboard.steps
+             SET status = CASE WHEN $6 THEN 'canceled' ELSE 'ready' END,
+                 attempts = greatest(attempts - 1, 0),
+                 next_attempt_at = now() + make_interval(secs => $5),
+                 finished_at = CASE WHEN $6 THEN now() END,
+                 lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                 last_error_code = $3, last_error_message = $4
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'
+             RETURNING run_id, name, status, attempts),
+         history AS (
+             INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
+             SELECT run_id, CASE status WHEN 'canceled' THEN 'step_canceled' ELSE 'step_deferred' END,
+                    name, 'system',
+                    jsonb_build_object('code', $3, 'delay_ms', round($5 * 1000)::bigint)
+             FROM deferred)
+         SELECT status FROM deferred",
+    )
+    .bind(step_id)
+    .bind(token)
+    .bind(code)
+    .bind(message)
+    .bind(secs(pause))
+    .bind(canceling)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if status.as_deref() == Some("canceled") {
+        super::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
+    }
+    tx.commit().await?;
+    Ok(status)
+}
+
 /// Locks the run of a step (`FOR NO KEY UPDATE`, the first lock every writer of a run's
 /// steps takes) and says whether it is canceling. `None`: no such step.
 async fn lock_run_of(

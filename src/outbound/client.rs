@@ -58,6 +58,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+        Self::with_agent(
+            timeout,
+            allow_private,
+            concat!("offboard-webhooks/", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    /// A client that names itself `user_agent` (steps' calls to providers and vendors say
+    /// `offboard/…`).
+    pub fn with_agent(
+        timeout: Duration,
+        allow_private: bool,
+        user_agent: &'static str,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
@@ -65,7 +79,7 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("offboard-webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .build()?;
         Ok(Self { http, allow_private })
     }

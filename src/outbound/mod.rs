@@ -5,16 +5,19 @@
 //! - [`client`]: the one HTTP client (guarded, no redirects, a timeout per attempt) and
 //!   the answer reduced to status, error code, latency and `Retry-After`.
 //! - [`signing`]: Standard Webhooks signatures (HMAC-SHA256, secret rotation).
+//! - [`limits`]: per destination host, calls in flight and a token bucket (never waiting).
 //! - [`schedule`]: when a failed call is tried again.
 //! - [`webhooks`]: the deliverer — outbox rows claimed from the ledger within
 //!   per-endpoint limits and a breaker, sent, and their outcome recorded.
 //!
-//! A step that calls out (the next issue) records its intent in the ledger, calls through
-//! [`client::Client`] (JSON or a form, signed with [`signing`] where the receiver expects
-//! it), and records the outcome with the pause [`schedule::next_pause`] gives.
+//! The steps that call out (`crate::outside`) record each call's intent in the ledger, call
+//! through [`client::Client`] (a form for RFC 7009 revocations, JSON signed with
+//! [`signing`] for vendors' callbacks) within [`limits`] and the host's breaker, and record
+//! the outcome.
 
 pub mod client;
 pub mod guard;
+pub mod limits;
 pub mod schedule;
 pub mod signing;
 pub mod webhooks;

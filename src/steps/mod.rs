@@ -360,6 +360,11 @@ pub enum StepError {
     /// A rule that cannot start holding by waiting: the step is dead at once.
     #[error("{code}: {message}")]
     Permanent { code: String, message: String },
+    /// An outside system asked for time: try again no sooner than `pause` (a
+    /// `Retry-After`), or — `counted: false` — nothing was attempted (a destination's
+    /// breaker is open, its rate limit spent) and the attempt is given back.
+    #[error("{code}: {message}")]
+    Later { code: String, message: String, pause: std::time::Duration, counted: bool },
 }
 
 impl StepError {
@@ -371,20 +376,33 @@ impl StepError {
         StepError::Retryable { code: code.into(), message: message.into() }
     }
 
+    pub fn later(
+        code: &str,
+        message: impl Into<String>,
+        pause: std::time::Duration,
+        counted: bool,
+    ) -> Self {
+        StepError::Later { code: code.into(), message: message.into(), pause, counted }
+    }
+
     pub fn code(&self) -> &str {
         match self {
-            StepError::Retryable { code, .. } | StepError::Permanent { code, .. } => code,
+            StepError::Retryable { code, .. }
+            | StepError::Permanent { code, .. }
+            | StepError::Later { code, .. } => code,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            StepError::Retryable { message, .. } | StepError::Permanent { message, .. } => message,
+            StepError::Retryable { message, .. }
+            | StepError::Permanent { message, .. }
+            | StepError::Later { message, .. } => message,
         }
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StepError::Retryable { .. })
+        matches!(self, StepError::Retryable { .. } | StepError::Later { .. })
     }
 }
 

@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod openapi;
 mod operators;
+mod outside;
 mod processes;
 mod purge;
 mod recovery;

@@ -257,7 +257,12 @@ async fn every_event_type_reaches_the_receiver_signed_with_ids_and_counts_only(p
         .collect();
     canceled_recipients.sort();
     canceled_recipients.dedup();
-    let expected = 7 + canceled_recipients.len();
+    // Each run's uninstalled apps are told too (app.uninstalled, one per install).
+    let uninstalled = app
+        .count("SELECT count(*) FROM offboard.webhook_events WHERE type = 'app.uninstalled'")
+        .await as usize;
+    assert!(uninstalled > 0);
+    let expected = 7 + canceled_recipients.len() + uninstalled;
     let got = receiver.wait_for("every event", |got| got.len() >= expected).await;
     let mut types: Vec<String> =
         got.iter().map(|r| r.json()["type"].as_str().unwrap().to_string()).collect();
@@ -266,6 +271,7 @@ async fn every_event_type_reaches_the_receiver_signed_with_ids_and_counts_only(p
     assert_eq!(
         types,
         vec![
+            "app.uninstalled",
             "items.transferred",
             "offboarding.canceled",
             "offboarding.failed",

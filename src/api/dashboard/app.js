@@ -218,6 +218,17 @@
     setText('#stat-purges-note', `${stats.purges.scheduled} scheduled · ${stats.purges.done} done`);
     setText('#stat-dead', stats.steps.dead);
     $('#stat-dead').classList.toggle('warn', stats.steps.dead > 0);
+    const breakers = stats.open_breakers;
+    if (Array.isArray(breakers)) {
+      setText('#stat-breakers', breakers.length);
+      $('#stat-breakers').classList.toggle('warn', breakers.length > 0);
+      setText('#stat-breakers-note', breakers.length
+        ? breakers.map((b) => `${b.host} ${b.state.replace('_', '-')}`).join(' · ')
+        : 'no outside destination paused');
+    } else {
+      setText('#stat-breakers', '–');
+      setText('#stat-breakers-note', 'shown to unscoped tokens');
+    }
     const runs = $('#stat-runs');
     runs.replaceChildren(
       ...Object.entries(stats.runs).map(([status, n]) =>

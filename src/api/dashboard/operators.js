@@ -312,8 +312,20 @@
           text: `${o.when(e.at)} ${e.kind} by ${e.actor} ${o.compact(e.detail)}` })))
         : o.el('p', { class: 'muted small', text: 'No event recorded for this step yet.' }),
       o.el('h4', { text: 'Calls to outside systems' }),
-      o.el('p', { class: 'muted small', id: 'step-calls',
-        text: 'None recorded: this step\'s calls to outside systems (OAuth revocations, vendor callbacks) will be listed here once steps make them.' }),
+      (step.calls || []).length
+        ? o.el('table', { class: 'grid compact calls', id: 'step-calls' },
+          o.el('thead', {}, o.el('tr', {}, ...['Call', 'Destination', 'Status', 'Attempts', 'Last code', 'Error', 'ms']
+            .map((h) => o.el('th', { text: h })))),
+          o.el('tbody', {}, ...step.calls.map((c) => o.el('tr', {},
+            o.el('td', { text: `${c.kind} ${c.target_id}` }),
+            o.el('td', {}, o.el('code', { text: c.destination })),
+            o.el('td', {}, o.badge(c.status)),
+            o.el('td', { text: String(c.attempts) }),
+            o.el('td', { text: c.last_status_code ?? '–' }),
+            o.el('td', { text: c.last_error ?? '' }),
+            o.el('td', { text: c.last_latency_ms ?? '–' })))))
+        : o.el('p', { class: 'muted small', id: 'step-calls',
+          text: 'None: this step made no call to an outside system (OAuth revocations and vendor callbacks are listed here).' }),
       restart, note);
   }
 
