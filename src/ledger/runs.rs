@@ -20,7 +20,7 @@ pub fn new_run_id() -> Uuid {
 }
 
 /// A run to write, with its steps.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewRun<'a> {
     pub id: Uuid,
     pub company_id: i64,
@@ -39,6 +39,22 @@ pub struct NewRun<'a> {
     pub status: &'static str,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// Ids and statuses only: the params may hold a redaction's new display name.
+impl std::fmt::Debug for NewRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRun")
+            .field("id", &self.id)
+            .field("company_id", &self.company_id)
+            .field("user_id", &self.user_id)
+            .field("action", &self.action)
+            .field("actor_user_id", &self.actor_user_id)
+            .field("steps", &self.steps)
+            .field("status", &self.status)
+            .field("effective_at", &self.effective_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The statement that writes a run, its steps (those without dependencies ready at once),
