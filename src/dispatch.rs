@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::{
     config::WorkerSettings,
     ledger::{
-        idempotency,
+        approval, idempotency,
         scheduled::{self, Start},
         steps::{self, DispatchLimits},
     },
@@ -193,6 +193,15 @@ impl Dispatcher {
             Err(e) => tracing::warn!(error = %e, "deleting expired idempotency keys failed"),
         }
         report.scheduled_started = self.start_due_scheduled().await;
+        match approval::expire_overdue(&self.pool, 100).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(runs = n, "runs awaiting approval expired");
+                }
+                report.approvals_expired = n as usize;
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring runs awaiting approval failed"),
+        }
         match crate::bulk::take_one(&self.pool, &self.settings, &self.nudge).await {
             Ok(taken) => report.bulk_taken = taken,
             Err(e) => tracing::warn!(error = %e, "looking for unfinished bulk operations failed"),
@@ -269,4 +278,6 @@ pub struct SweepReport {
     pub bulk_taken: bool,
     /// Scheduled runs whose time had come, started (or failed at their start).
     pub scheduled_started: usize,
+    /// Runs awaiting approval whose window passed, now expired.
+    pub approvals_expired: usize,
 }

@@ -180,6 +180,18 @@ enum RunsCommand {
         #[arg(long)]
         step: String,
     },
+    /// Approve a run awaiting approval, as a second admin of its company.
+    Approve {
+        id: String,
+        #[arg(long)]
+        approver: i64,
+    },
+    /// Reject a run awaiting approval.
+    Reject {
+        id: String,
+        #[arg(long)]
+        approver: i64,
+    },
     /// Move a scheduled run to a new start time (RFC 3339).
     Reschedule {
         id: String,
@@ -280,6 +292,24 @@ async fn main() -> anyhow::Result<()> {
                         .post(
                             &format!("/v1/offboardings/{id}/restart"),
                             &json!({"step": step}),
+                            None,
+                        )
+                        .await?,
+                ),
+                RunsCommand::Approve { id, approver } => print(
+                    client
+                        .post(
+                            &format!("/v1/offboardings/{id}/approve"),
+                            &json!({"approver_user_id": approver}),
+                            None,
+                        )
+                        .await?,
+                ),
+                RunsCommand::Reject { id, approver } => print(
+                    client
+                        .post(
+                            &format!("/v1/offboardings/{id}/reject"),
+                            &json!({"approver_user_id": approver}),
                             None,
                         )
                         .await?,

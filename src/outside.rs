@@ -97,6 +97,11 @@ macro_rules! host_of {
 /// Plans the step's calls in the caller's transaction: one row per grant still live (or
 /// per install a vendor wants to hear of) that has none yet. Returns how many of the
 /// step's calls have not succeeded.
+///
+/// The idempotency key of a revocation is drawn per call (a grant is revoked by one run:
+/// its user's). That of an uninstall callback derives from the install, so when two runs
+/// tell the vendor of one shared install (two admins leaving together), the vendor sees
+/// one `webhook-id` and dedupes.
 pub async fn plan(
     tx: &mut PgConnection,
     kind: CallKind,
@@ -120,7 +125,7 @@ pub async fn plan(
                  (run_id, step_id, company_id, kind, target_id, host, idempotency_key)
              SELECT $1, $2, i.company_id, 'uninstall_callback', i.id, ",
             host_of!("a.vendor_uninstall_url"),
-            ", gen_random_uuid()
+            ", md5('uninstall_callback:' || i.id)::uuid
              FROM crm.app_installs i JOIN crm.apps a ON a.key = i.app_key
              WHERE i.company_id = $3 AND i.status = 'installed'
                AND a.vendor_uninstall_url IS NOT NULL

@@ -2,6 +2,7 @@
 //! dashboard at `/`. Handlers parse at the boundary into domain types; every error is
 //! `{"error": {"code", "message"}}`.
 
+mod audit;
 mod auth;
 mod body;
 mod dashboard;
@@ -88,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}", get(offboardings::get).patch(offboardings::reschedule))
         .route("/v1/offboardings/{id}/retry", post(offboardings::retry))
         .route("/v1/offboardings/{id}/cancel", post(offboardings::cancel))
+        .route("/v1/offboardings/{id}/approve", post(offboardings::approve))
+        .route("/v1/offboardings/{id}/reject", post(offboardings::reject))
         .route("/v1/offboardings/{id}/restart", post(operators::restart))
         .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
         .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))
@@ -96,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(dashboard::stats))
         .route("/v1/stats/series", get(operators::series))
         .route("/v1/companies/{company_id}/offboarding-policy", get(policy::show).put(policy::put))
+        .route("/v1/companies/{company_id}/audit", get(audit::export))
         .nest("/scim/v2", scim::router())
         .route(
             "/v1/webhook-endpoints",

@@ -21,7 +21,8 @@ use super::{
     body::JsonBody,
     error::{ApiError, is_unique_violation},
     views::{
-        Accepted, Canceled, CreateOffboarding, ErrorBody, RescheduleBody, Retried, RunList, RunView,
+        Accepted, ApprovalBody, Canceled, CreateOffboarding, Decided, ErrorBody, RescheduleBody,
+        Retried, RunList, RunView,
     },
 };
 use crate::{
@@ -30,6 +31,7 @@ use crate::{
         Action, FieldError, OffboardingRequest, Origin, TransferPlan, UserId, transfer::Recipient,
     },
     ledger::{
+        approval::{self, Decision, Refusal},
         idempotency,
         runs::{self, NewRun, OperatorRefusal},
         scheduled,
@@ -82,14 +84,17 @@ pub async fn create(
     let (run_id, replayed) = submit(&app, &request, key, hash.as_ref()).await?;
     // A run this request created is in the status it was written in, just now; only a
     // replay has a status worth reading.
-    let (status, effective_at): (String, Option<DateTime<Utc>>) = if replayed {
-        sqlx::query_as("SELECT status, effective_at FROM offboard.runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_one(&app.pool)
-            .await?
-    } else {
-        (initial_status(&request).into(), request.effective_at)
-    };
+    // A deletion may have been written awaiting approval (the company's policy decides,
+    // in the statement that wrote it).
+    let (status, effective_at): (String, Option<DateTime<Utc>>) =
+        if replayed || matches!(request.action, Action::Delete | Action::DeactivateAndDelete) {
+            sqlx::query_as("SELECT status, effective_at FROM offboard.runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_one(&app.pool)
+                .await?
+        } else {
+            (initial_status(&request).into(), request.effective_at)
+        };
     let accepted = Accepted { id: run_id, status, effective_at, replayed };
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{run_id}")).expect("ascii");
@@ -739,5 +744,128 @@ pub async fn reschedule(
             "only a scheduled run can be rescheduled; this one has started or finished",
         )),
         Err(OperatorRefusal::Busy) => Err(run_busy()),
+    }
+}
+
+/// Approve a run awaiting approval, as a second admin of its company (not the one who
+/// asked): it starts (its plan checked again), or waits for its `effective_at`.
+#[utoipa::path(
+    post,
+    path = "/v1/offboardings/{id}/approve",
+    tag = "offboardings",
+    params(("id" = Uuid, Path)),
+    request_body = ApprovalBody,
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, description = "Malformed JSON or run id", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "`approver_not_admin`: not an active admin of the company; `approver_is_requester`: the admin who asked for the run", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the run does not await approval; `approval_expired`: its window passed (it is now `expired`)", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "`approver_user_id` is missing or not a positive id", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn approve(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Decided>, ApiError> {
+    decide(app, caller, id, body, Decision::Approve).await
+}
+
+/// Reject a run awaiting approval, as an admin of its company: it ends `rejected` and
+/// nothing of it runs.
+#[utoipa::path(
+    post,
+    path = "/v1/offboardings/{id}/reject",
+    tag = "offboardings",
+    params(("id" = Uuid, Path)),
+    request_body = ApprovalBody,
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, description = "Malformed JSON or run id", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "`approver_not_admin`: not an active admin of the company", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the run does not await approval; `approval_expired`: its window passed (it is now `expired`)", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "`approver_user_id` is missing or not a positive id", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn reject(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Decided>, ApiError> {
+    decide(app, caller, id, body, Decision::Reject).await
+}
+
+async fn decide(
+    app: AppState,
+    caller: Caller,
+    id: String,
+    body: serde_json::Value,
+    decision: Decision,
+) -> Result<Json<Decided>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let object = body.as_object().ok_or_else(|| {
+        ApiError::invalid_request(FieldError::new("body", "must be a JSON object"))
+    })?;
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "approver_user_id") {
+        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
+    }
+    let approver = object
+        .get("approver_user_id")
+        .and_then(serde_json::Value::as_i64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            ApiError::invalid_request(FieldError::new(
+                "approver_user_id",
+                "is required: a positive user id",
+            ))
+        })?;
+    let outcome = approval::decide(&app.pool, id, caller.company_scope, approver, decision).await?;
+    match outcome {
+        Ok(decided) => {
+            if decided.status == "queued" {
+                app.nudge.notify_one();
+            }
+            tracing::info!(run_id = %id, approver_user_id = approver, status = decided.status,
+                           "approval decided");
+            Ok(Json(Decided {
+                id,
+                status: decided.status.into(),
+                approver_user_id: approver,
+                error_code: decided.error_code.map(Into::into),
+            }))
+        }
+        Err(Refusal::Operator(OperatorRefusal::NotFound)) => {
+            Err(ApiError::not_found("offboarding run"))
+        }
+        Err(Refusal::Operator(OperatorRefusal::Busy)) => Err(run_busy()),
+        Err(Refusal::Operator(OperatorRefusal::WrongState)) | Err(Refusal::NotAwaiting) => {
+            Err(ApiError::conflict("invalid_state", "the run does not await approval"))
+        }
+        Err(Refusal::Expired) => Err(ApiError::conflict(
+            "approval_expired",
+            "the run's approval window has passed; it is now expired",
+        )),
+        Err(Refusal::Requester) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "approver_is_requester",
+            "the admin who asked for the run cannot approve it; a second admin must",
+        )),
+        Err(Refusal::NotAnAdmin) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "approver_not_admin",
+            format!("user {approver} is not an active admin of the run's company"),
+        )),
     }
 }

@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{dashboard, health, offboardings, operators, policy, preview, views, webhooks};
+use super::{audit, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,8 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views, 
         offboardings::retry,
         offboardings::cancel,
         offboardings::reschedule,
+        offboardings::approve,
+        offboardings::reject,
         preview::show,
         preview::dry_run,
         dashboard::stats,
@@ -38,6 +40,7 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views, 
         operators::series,
         policy::show,
         policy::put,
+        audit::export,
         webhooks::create_endpoint,
         webhooks::list_endpoints,
         webhooks::get_endpoint,
@@ -57,6 +60,8 @@ use super::{dashboard, health, offboardings, operators, policy, preview, views, 
         views::Retried,
         views::Canceled,
         views::RescheduleBody,
+        views::ApprovalBody,
+        views::Decided,
         views::Health,
         views::DryRunBody,
         operators::BulkRequest,

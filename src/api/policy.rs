@@ -44,6 +44,8 @@ fn view(company_id: i64, actor: i64, stored: StoredPolicy) -> PolicyView {
         on_deactivate: stored.policy.on_deactivate.as_str().into(),
         on_delete: stored.policy.on_delete.as_str().into(),
         delete_after_days: stored.policy.delete_after_days,
+        require_approval: stored.policy.require_approval,
+        approval_ttl_hours: stored.policy.approval_ttl_hours,
         actor: ServiceActorView {
             kind: "service".into(),
             user_id: actor,

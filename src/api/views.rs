@@ -185,6 +185,11 @@ pub struct RunView {
     pub requested_by: String,
     /// When a scheduled run starts (or started); null for a run that started at once.
     pub effective_at: Option<DateTime<Utc>>,
+    /// While `awaiting_approval`: until when a second admin may approve it (then it is
+    /// `expired`).
+    pub approval_expires_at: Option<DateTime<Utc>>,
+    /// The admin who approved or rejected the run.
+    pub approver_user_id: Option<i64>,
     /// The validated transfer plan (user ids only).
     #[schema(value_type = Object)]
     pub transfer: Value,
@@ -309,6 +314,8 @@ impl From<&RunDetail> for RunView {
             actor_user_id: run.actor_user_id,
             requested_by: run.requested_by.clone(),
             effective_at: run.effective_at,
+            approval_expires_at: run.approval_expires_at,
+            approver_user_id: run.approver_user_id,
             transfer: run.plan.clone(),
             created_at: run.created_at,
             started_at: run.started_at,
@@ -348,6 +355,36 @@ pub struct PolicyBody {
     /// scheduled delete run (cancel or reschedule it like any). Default: never.
     #[schema(minimum = 1, maximum = 365)]
     pub delete_after_days: Option<u16>,
+    /// `delete` and `deactivate_and_delete` runs (from the API, SCIM or a policy) wait in
+    /// `awaiting_approval` until a second admin of the company approves them. Default
+    /// false.
+    pub require_approval: Option<bool>,
+    /// Hours a run awaits approval before it is `expired` (counted from its
+    /// `effective_at` when it is scheduled later). Default 168 (7 days).
+    #[schema(minimum = 1, maximum = 2160)]
+    pub approval_ttl_hours: Option<u16>,
+}
+
+/// `POST /v1/offboardings/{id}/approve` and `/reject`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ApprovalBody {
+    /// The deciding admin: an active admin of the run's company; for an approval, not
+    /// the user who asked for the run.
+    #[schema(minimum = 1)]
+    pub approver_user_id: i64,
+}
+
+/// What an approval or rejection did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decided {
+    pub id: Uuid,
+    /// `queued` (approved, starting), `scheduled` (approved, waiting for its
+    /// `effective_at`), `failed` (approved, but its plan no longer held: `error_code`) or
+    /// `rejected`.
+    pub status: String,
+    pub approver_user_id: i64,
+    pub error_code: Option<String>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -376,6 +413,11 @@ pub struct PolicyView {
     pub on_delete: String,
     /// Days after a deactivation that the user is deleted; null: never.
     pub delete_after_days: Option<u16>,
+    /// `delete` and `deactivate_and_delete` runs wait in `awaiting_approval` for a second
+    /// admin.
+    pub require_approval: bool,
+    /// How long a run awaits approval before it is `expired`.
+    pub approval_ttl_hours: u16,
     pub actor: ServiceActorView,
     /// When the policy was last set; null while the company has the defaults.
     pub updated_at: Option<DateTime<Utc>>,

@@ -69,7 +69,16 @@ pub struct OffboardingPolicy {
     /// A user a deactivation run deactivated is deleted this many days after it finished,
     /// by a scheduled delete run; `None`: never.
     pub delete_after_days: Option<u16>,
+    /// `delete` and `deactivate_and_delete` runs wait for a second admin's approval.
+    pub require_approval: bool,
+    /// Hours a run awaits approval before it expires.
+    pub approval_ttl_hours: u16,
 }
+
+/// The default approval window: 7 days.
+pub const DEFAULT_APPROVAL_TTL_HOURS: u16 = 168;
+/// The longest approval window: 90 days.
+pub const MAX_APPROVAL_TTL_HOURS: u16 = 2160;
 
 /// The longest `delete_after_days` a policy may set.
 pub const MAX_DELETE_AFTER_DAYS: u16 = 365;
@@ -83,12 +92,21 @@ impl Default for OffboardingPolicy {
             on_deactivate: OnDeactivate::Deactivate,
             on_delete: OnDelete::DeactivateAndDelete,
             delete_after_days: None,
+            require_approval: false,
+            approval_ttl_hours: DEFAULT_APPROVAL_TTL_HOURS,
         }
     }
 }
 
 /// The fields a policy body may hold (`actor` is shown, never set).
-const FIELDS: &[&str] = &["transfer", "on_deactivate", "on_delete", "delete_after_days"];
+const FIELDS: &[&str] = &[
+    "transfer",
+    "on_deactivate",
+    "on_delete",
+    "delete_after_days",
+    "require_approval",
+    "approval_ttl_hours",
+];
 
 impl OffboardingPolicy {
     /// Parses a policy body; a field left out keeps its default. Errors name the field.
@@ -144,6 +162,24 @@ impl OffboardingPolicy {
                     })?,
             ),
         };
+        policy.require_approval = match object.get("require_approval") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(FieldError::new("require_approval", "must be true or false")),
+        };
+        policy.approval_ttl_hours = match object.get("approval_ttl_hours") {
+            None | Some(Value::Null) => DEFAULT_APPROVAL_TTL_HOURS,
+            Some(v) => v
+                .as_u64()
+                .filter(|h| (1..=u64::from(MAX_APPROVAL_TTL_HOURS)).contains(h))
+                .map(|h| h as u16)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "approval_ttl_hours",
+                        format!("must be a whole number from 1 to {MAX_APPROVAL_TTL_HOURS}"),
+                    )
+                })?,
+        };
         Ok(policy)
     }
 
@@ -154,6 +190,8 @@ impl OffboardingPolicy {
             "on_deactivate": self.on_deactivate.as_str(),
             "on_delete": self.on_delete.as_str(),
             "delete_after_days": self.delete_after_days,
+            "require_approval": self.require_approval,
+            "approval_ttl_hours": self.approval_ttl_hours,
         })
     }
 
@@ -188,8 +226,12 @@ mod tests {
             "transfer": {"default": {"mode": "ratio", "targets": [{"user_id": 3, "weight": 2}, {"user_id": 4, "weight": 1}]}},
             "on_delete": "delete",
             "delete_after_days": 30,
+            "require_approval": true,
+            "approval_ttl_hours": 48,
         }))
         .unwrap();
+        assert!(policy.require_approval);
+        assert_eq!(policy.approval_ttl_hours, 48);
         assert_eq!(policy.delete_after_days, Some(30));
         assert_eq!(policy.on_delete, OnDelete::Delete);
         assert_eq!(OffboardingPolicy::parse(&policy.to_json()).unwrap(), policy);
@@ -206,6 +248,9 @@ mod tests {
         assert_eq!(field(json!({"delete_after_days": 0})), "delete_after_days");
         assert_eq!(field(json!({"delete_after_days": 366})), "delete_after_days");
         assert_eq!(field(json!({"delete_after_days": "30"})), "delete_after_days");
+        assert_eq!(field(json!({"require_approval": "yes"})), "require_approval");
+        assert_eq!(field(json!({"approval_ttl_hours": 0})), "approval_ttl_hours");
+        assert_eq!(field(json!({"approval_ttl_hours": 2161})), "approval_ttl_hours");
         assert_eq!(
             field(json!({"transfer": {"deals": {"mode": "single", "targets": [{"user_id": 0}]}}})),
             "transfer.deals.targets[0].user_id"

@@ -2,6 +2,8 @@
 //! purges, and host webhooks (endpoints, events, deliveries). PostgreSQL is the record of
 //! every run and step; Redis only carries work, so anything Redis loses is found here again.
 
+pub mod approval;
+pub mod audit;
 pub mod bulk;
 pub mod calls;
 pub mod filter;

@@ -15,22 +15,32 @@ pub struct StoredPolicy {
     pub updated_by: Option<String>,
 }
 
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    transfer: serde_json::Value,
+    on_deactivate: String,
+    on_delete: String,
+    delete_after_days: Option<i32>,
+    require_approval: bool,
+    approval_ttl_hours: i32,
+    updated_at: DateTime<Utc>,
+    updated_by: String,
+}
+
 /// The company's policy, or the default one when none was set.
 pub async fn find<'e>(
     db: impl PgExecutor<'e>,
     company_id: i64,
 ) -> Result<StoredPolicy, sqlx::Error> {
-    #[allow(clippy::type_complexity)]
-    let row: Option<(serde_json::Value, String, String, Option<i32>, DateTime<Utc>, String)> =
-        sqlx::query_as(
-            "SELECT transfer, on_deactivate, on_delete, delete_after_days, updated_at, updated_by
+    let row: Option<PolicyRow> = sqlx::query_as(
+        "SELECT transfer, on_deactivate, on_delete, delete_after_days, require_approval,
+                approval_ttl_hours, updated_at, updated_by
          FROM offboard.offboarding_policies WHERE company_id = $1",
-        )
-        .bind(company_id)
-        .fetch_optional(db)
-        .await?;
-    let Some((transfer, on_deactivate, on_delete, delete_after_days, updated_at, updated_by)) = row
-    else {
+    )
+    .bind(company_id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else {
         return Ok(StoredPolicy {
             policy: OffboardingPolicy::default(),
             updated_at: None,
@@ -38,13 +48,14 @@ pub async fn find<'e>(
         });
     };
     let stored = serde_json::json!({
-        "transfer": transfer, "on_deactivate": on_deactivate, "on_delete": on_delete,
-        "delete_after_days": delete_after_days,
+        "transfer": row.transfer, "on_deactivate": row.on_deactivate, "on_delete": row.on_delete,
+        "delete_after_days": row.delete_after_days, "require_approval": row.require_approval,
+        "approval_ttl_hours": row.approval_ttl_hours,
     });
     // Written only after the same parse; a row that no longer parses is a bug, not input.
     let policy = OffboardingPolicy::parse(&stored)
         .map_err(|e: FieldError| sqlx::Error::Decode(format!("stored policy: {e}").into()))?;
-    Ok(StoredPolicy { policy, updated_at: Some(updated_at), updated_by: Some(updated_by) })
+    Ok(StoredPolicy { policy, updated_at: Some(row.updated_at), updated_by: Some(row.updated_by) })
 }
 
 /// Writes the company's policy (insert or replace).
@@ -57,12 +68,14 @@ pub async fn put<'e>(
     sqlx::query_scalar(
         "INSERT INTO offboard.offboarding_policies
              (company_id, transfer, on_deactivate, on_delete, updated_at, updated_by,
-              delete_after_days)
-         VALUES ($1, $2, $3, $4, now(), $5, $6)
+              delete_after_days, require_approval, approval_ttl_hours)
+         VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8)
          ON CONFLICT (company_id) DO UPDATE
          SET transfer = EXCLUDED.transfer, on_deactivate = EXCLUDED.on_deactivate,
              on_delete = EXCLUDED.on_delete, updated_at = EXCLUDED.updated_at,
              delete_after_days = EXCLUDED.delete_after_days,
+             require_approval = EXCLUDED.require_approval,
+             approval_ttl_hours = EXCLUDED.approval_ttl_hours,
              updated_by = EXCLUDED.updated_by
          RETURNING updated_at",
     )
@@ -75,6 +88,8 @@ pub async fn put<'e>(
     })
     .bind(updated_by)
     .bind(policy.delete_after_days.map(i32::from))
+    .bind(policy.require_approval)
+    .bind(i32::from(policy.approval_ttl_hours))
     .fetch_one(db)
     .await
 }

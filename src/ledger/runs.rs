@@ -20,7 +20,7 @@ pub fn new_run_id() -> Uuid {
 }
 
 /// A run to write, with its steps.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewRun<'a> {
     pub id: Uuid,
     pub company_id: i64,
@@ -32,11 +32,29 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
     pub steps: Vec<StepSpec>,
     pub max_attempts: i32,
-    /// `queued`, or a waiting status (`scheduled`, `awaiting_approval`): a waiting run's
-    /// steps are all written pending, and [`crate::ledger::scheduled::start`] readies them.
+    /// `queued` or `scheduled`: a scheduled run's steps are all written pending, and
+    /// [`crate::ledger::scheduled::start_locked`] readies them. A `delete` or
+    /// `deactivate_and_delete` of a company whose policy asks for approval is written
+    /// `awaiting_approval` instead, whatever this says ([`crate::ledger::approval`]).
     pub status: &'static str,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// Ids and statuses only: the params may hold a redaction's new display name.
+impl std::fmt::Debug for NewRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRun")
+            .field("id", &self.id)
+            .field("company_id", &self.company_id)
+            .field("user_id", &self.user_id)
+            .field("action", &self.action)
+            .field("actor_user_id", &self.actor_user_id)
+            .field("steps", &self.steps)
+            .field("status", &self.status)
+            .field("effective_at", &self.effective_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The statement that writes a run, its steps (those without dependencies ready at once),
@@ -49,14 +67,23 @@ macro_rules! insert_run_sql {
             "WITH ",
             $gate,
             "
+             approval AS (
+                 SELECT approval_ttl_hours AS ttl FROM offboard.offboarding_policies
+                 WHERE company_id = $2 AND require_approval
+                   AND $4::text IN ('delete', 'deactivate_and_delete')),
              run AS (
                  INSERT INTO offboard.runs
                      (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
-                      steps_total, steps_remaining, status, effective_at)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $15, $16 ",
+                      steps_total, steps_remaining, status, effective_at, approval_expires_at)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9,
+                        CASE WHEN EXISTS (SELECT 1 FROM approval) THEN 'awaiting_approval'
+                             ELSE $15 END,
+                        $16,
+                        greatest(now(), $16::timestamptz)
+                            + make_interval(hours => (SELECT ttl FROM approval)) ",
             $from,
             "
-                 RETURNING id),
+                 RETURNING id, status, effective_at),
              planned AS (
                  SELECT name, position,
                         CASE WHEN deps = '' THEN '{}'::text[] ELSE string_to_array(deps, ',') END AS depends_on
@@ -65,16 +92,16 @@ macro_rules! insert_run_sql {
                  INSERT INTO offboard.steps
                      (run_id, company_id, name, position, depends_on, deps_remaining, status, max_attempts)
                  SELECT run.id, $2, name, position, depends_on, cardinality(depends_on),
-                        CASE WHEN cardinality(depends_on) = 0 AND $15::text = 'queued' THEN 'ready'
+                        CASE WHEN cardinality(depends_on) = 0 AND run.status = 'queued' THEN 'ready'
                              ELSE 'pending' END, $12
                  FROM planned, run),
              history AS (
                  INSERT INTO offboard.run_events (run_id, kind, actor, detail)
                  SELECT id, 'enqueued',
                         coalesce('service:' || ($6::jsonb ->> 'started_by'), 'user:' || $7),
-                        CASE WHEN $15::text = 'queued' THEN '{}'::jsonb
+                        CASE WHEN status = 'queued' THEN '{}'::jsonb
                              ELSE jsonb_strip_nulls(jsonb_build_object(
-                                 'status', $15::text, 'effective_at', $16::timestamptz)) END
+                                 'status', status, 'effective_at', effective_at)) END
                  FROM run),
              key AS (
                  INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
@@ -266,9 +293,14 @@ pub struct RunRow {
     pub requested_by: String,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
+    /// Until when a run awaiting approval may be approved.
+    pub approval_expires_at: Option<DateTime<Utc>>,
+    /// The admin who approved (or rejected) the run.
+    pub approver_user_id: Option<i64>,
 }
 
 const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, effective_at, \
+     approval_expires_at, approver_user_id, \
      steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, \
      coalesce('service:' || (params ->> 'started_by'), 'user:' || actor_user_id) AS requested_by";
 
@@ -478,6 +510,7 @@ pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>
         "action": run.action,
         "actor_user_id": run.actor_user_id,
         "requested_by": run.requested_by,
+        "approved_by": run.approver_user_id.map(|id| format!("user:{id}")),
         "requested_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": finished_at,

@@ -54,8 +54,8 @@ struct Recheck {
 /// are skipped. Returns the run and how it started; `None` when nothing is due.
 pub async fn start_next_due(pool: &PgPool) -> Result<Option<(Uuid, Start)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let due: Option<Due> = sqlx::query_as(
-        "SELECT id, company_id, user_id, action, plan FROM offboard.runs
+    let due: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM offboard.runs
          WHERE status = 'scheduled' AND effective_at <= now()
          ORDER BY effective_at
          LIMIT 1
@@ -63,7 +63,22 @@ pub async fn start_next_due(pool: &PgPool) -> Result<Option<(Uuid, Start)>, sqlx
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(due) = due else { return Ok(None) };
+    let Some(run_id) = due else { return Ok(None) };
+    let start = start_locked(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok(Some((run_id, start)))
+}
+
+/// Starts a waiting run (`scheduled`, or `awaiting_approval` just approved) whose row the
+/// caller's transaction has locked: the re-check and the transition of
+/// [`start_next_due`].
+pub async fn start_locked(tx: &mut PgConnection, run_id: Uuid) -> Result<Start, sqlx::Error> {
+    let due: Due = sqlx::query_as(
+        "SELECT id, company_id, user_id, action, plan FROM offboard.runs WHERE id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let recheck: Recheck = sqlx::query_as(concat!(
         "WITH targets AS (
              SELECT DISTINCT (t #>> '{}')::bigint AS id
@@ -130,7 +145,8 @@ pub async fn start_next_due(pool: &PgPool) -> Result<Option<(Uuid, Start)>, sqlx
         None => {
             sqlx::query(
                 "WITH started AS (
-                     UPDATE offboard.runs SET status = 'queued' WHERE id = $1 AND status = 'scheduled'
+                     UPDATE offboard.runs SET status = 'queued'
+                     WHERE id = $1 AND status IN ('scheduled', 'awaiting_approval')
                      RETURNING id, effective_at),
                  steps AS (
                      UPDATE offboard.steps SET status = 'ready', next_attempt_at = now()
@@ -152,7 +168,7 @@ pub async fn start_next_due(pool: &PgPool) -> Result<Option<(Uuid, Start)>, sqlx
                      WHERE run_id = $1 AND status = 'pending'),
                  failed AS (
                      UPDATE offboard.runs SET status = 'failed', error_code = $2, error_message = $3
-                     WHERE id = $1 AND status = 'scheduled'
+                     WHERE id = $1 AND status IN ('scheduled', 'awaiting_approval')
                      RETURNING id)
                  INSERT INTO offboard.run_events (run_id, kind, actor, detail)
                  SELECT id, 'failed', 'system', jsonb_build_object('code', $2::text) FROM failed",
@@ -165,8 +181,7 @@ pub async fn start_next_due(pool: &PgPool) -> Result<Option<(Uuid, Start)>, sqlx
             Start::Refused(code)
         }
     };
-    tx.commit().await?;
-    Ok(Some((due.id, start)))
+    Ok(start)
 }
 
 /// Moves a scheduled run to `at`, recorded in its history with `actor`. Only a run still

@@ -262,7 +262,7 @@ fn plan_in(registry: &'static [Step], action: Action, transfer: &TransferPlan) -
 
 /// Action parameters stored with the run. Only ids and flags, except a redaction's new
 /// display name, which the redaction step removes from the ledger once applied.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement_user_id: Option<UserId>,
@@ -275,6 +275,12 @@ pub struct RunParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
 }
+
+crate::domain::debug_without_personal_data!(RunParams {
+    replacement_user_id,
+    remove_picture,
+    started_by
+});
 
 /// The run a step belongs to.
 #[derive(Clone, Debug)]

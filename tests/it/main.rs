@@ -2,6 +2,8 @@
 //! area. Each test gets its own database (`#[sqlx::test]`) and its own Redis key prefix.
 
 mod actions;
+mod approval;
+mod audit;
 mod bad_input;
 mod dashboard;
 mod deactivation;

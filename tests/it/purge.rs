@@ -214,7 +214,7 @@ async fn ten_thousand_purges_due_at_once_fire_exactly_once_in_batches_and_never_
     let started = Instant::now();
     let mut deepest = 0;
     while pending().await > 0 {
-        assert!(started.elapsed() < DEADLINE * 3, "{} purges still scheduled", pending().await);
+        assert!(started.elapsed() < DEADLINE * 5, "{} purges still scheduled", pending().await);
         deepest = deepest.max(app.queues.purge_depth().await.unwrap().total());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

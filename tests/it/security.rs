@@ -8,6 +8,7 @@ use offboard::{
     config::{DEV_TOKEN, Settings},
     crm::provisioning::{ProvisionedUser, UserAttributes, UserFilter},
     domain::OffboardingRequest,
+    steps::RunParams,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -122,6 +123,11 @@ async fn types_holding_names_or_emails_never_show_them_in_debug(pool: PgPool) {
         run_status: None,
         run_active: false,
     };
+    let params = RunParams {
+        display_name: Some(format!("{name} {surname}")),
+        remove_picture: true,
+        ..RunParams::default()
+    };
     let seeded_email = app.company.users[0].email.clone();
     for shown in [
         format!("{request:?}"),
@@ -132,6 +138,7 @@ async fn types_holding_names_or_emails_never_show_them_in_debug(pool: PgPool) {
         format!("{filter:?}"),
         format!("{provisioned:?}"),
         format!("{:?}", app.company),
+        format!("{params:?}"),
     ] {
         for secret in [name, surname, email, seeded_email.as_str()] {
             assert!(!shown.contains(secret), "{secret:?} shown in {shown}");

@@ -11,6 +11,7 @@
 
 mod faults;
 mod model;
+mod remote;
 mod verify;
 
 use std::{
@@ -133,6 +134,7 @@ pub struct Report {
     pub interference: Interference,
     pub findings: Findings,
     pub tally: Tally,
+    pub outside: remote::OutsideTally,
     pub wall_time: Duration,
     pub log_dir: String,
     pub database_kept: bool,
@@ -236,6 +238,12 @@ impl fmt::Display for Report {
             "  items      {} checked, {} reassigned by plans",
             t.items_checked, t.items_moved
         )?;
+        let x = &self.outside;
+        writeln!(
+            f,
+            "  outside    {} calls to a provider and a vendor failing ~30 % and hanging ~5 % ({} failed or hung): {} grants revoked, {} installs' vendors told; {} called again after a 200 (a worker killed before it recorded the outcome, or two admins' runs telling one shared install's vendor, under one key)",
+            x.calls, x.failed_or_hung, x.grants_revoked, x.installs_told, x.repeated_after_ok
+        )?;
         writeln!(f, "  lost       {}", self.lost())?;
         writeln!(f, "  doubled    {}", self.doubled())?;
         if !self.findings.broken.is_empty() {
@@ -322,6 +330,11 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     .await?;
     let company_id = seeded.company_id;
     let actor = seeded.admin_ids[0];
+    // Outside systems that fail and hang: the users' grants and the apps' vendors.
+    let provider = remote::Remote::start().await?;
+    let vendor = remote::Remote::start().await?;
+    seed::connect_outside(&pool, company_id, Some(&provider.base), Some(&vendor.base)).await?;
+    let tokens = remote::tokens(&pool, company_id).await?;
     // Targets are never offboarded and the offboarded are never targets, so a user's items
     // change only through that user's own runs: each run's promise is exact.
     let regular: Vec<i64> = seeded.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
@@ -548,6 +561,10 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     })
     .await?;
     findings.broken.extend(broken);
+    let (outside, lost_outside, broken_outside) =
+        remote::check(&pool, company_id, &tokens, &provider, &vendor).await?;
+    findings.lost.extend(lost_outside);
+    findings.broken.extend(broken_outside);
     let mut runs_by_action = BTreeMap::new();
     for record in &records {
         *runs_by_action.entry(record.step.action).or_default() += 1;
@@ -567,6 +584,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         interference,
         findings,
         tally,
+        outside,
         wall_time: started.elapsed(),
         log_dir: log_dir.display().to_string(),
         database_kept: true,
@@ -1050,6 +1068,13 @@ fn worker_env(
         ("OFFBOARD_POLL_INTERVAL", "20ms".into()),
         ("OFFBOARD_SHUTDOWN_TIMEOUT", "2s".into()),
         ("OFFBOARD_LOG_FORMAT", "text".into()),
+        ("OFFBOARD_OUTBOUND_ALLOW_PRIVATE", "1".into()),
+        (
+            "OFFBOARD_OAUTH_CLIENTS",
+            "google=chaos-client:chaos-secret,microsoft=chaos-client:chaos-secret".into(),
+        ),
+        ("OFFBOARD_OUTBOUND_TIMEOUT", "1s".into()),
+        ("OFFBOARD_OUTBOUND_BREAKER_PAUSE", "1s".into()),
         ("RUST_LOG", log),
     ];
     WorkerEnv {

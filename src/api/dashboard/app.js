@@ -316,6 +316,12 @@
     setText('#run-created', when(run.created_at));
     $('#run-due-row').hidden = !run.effective_at;
     setText('#run-due', run.effective_at ? when(run.effective_at) : '');
+    const approval = run.approver_user_id
+      ? `${run.status === 'rejected' ? 'rejected' : 'approved'} by user ${run.approver_user_id}`
+      : run.status === 'awaiting_approval' ? `awaiting a second admin until ${when(run.approval_expires_at)}`
+        : run.status === 'expired' ? 'expired unanswered' : '';
+    $('#run-approval-row').hidden = !approval;
+    setText('#run-approval', approval);
     setText('#run-started', when(run.started_at));
     const took = run.started_at ? duration(run.started_at, run.finished_at) : '';
     const going = ['queued', 'running', 'canceling'].includes(run.status);
