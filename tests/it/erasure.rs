@@ -14,7 +14,36 @@ use crate::helpers::TestApp;
 
 /// Collects everything the service logs, at every level, from every crate.
 #[derive(Clone, Default)]
-pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+/// Keeps the capture on while alive.
+pub struct Capturing {
+    _guard: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+impl Captured {
+    /// Captures what this thread logs, at every level, while the returned guard lives.
+    pub fn start() -> (Self, Capturing) {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        // With a single scoped subscriber alive, tracing-core computes each callsite's
+        // interest once, from whichever thread hits it first; another test's thread (no
+        // subscriber) would cache "never". A second live dispatcher makes it ask every
+        // subscriber instead.
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        (logs, Capturing { _guard: guard, _second: second })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -68,17 +97,7 @@ async fn scan(pool: &PgPool, needle: &str) -> Vec<(String, i64)> {
 
 #[sqlx::test]
 async fn a_deleted_user_leaves_no_personal_data_in_the_store_or_the_logs(pool: PgPool) {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // With a single scoped subscriber alive, tracing-core computes each callsite's interest
-    // once, from whichever thread hits it first; another test's thread (no subscriber) would
-    // cache "never". A second live dispatcher makes it ask every subscriber instead.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let (logs, _capture) = Captured::start();
 
     let app = TestApp::new(pool).await;
     let user = app.regular(0);
@@ -133,7 +152,7 @@ async fn a_deleted_user_leaves_no_personal_data_in_the_store_or_the_logs(pool: P
     }
 
     // The logs: nothing about the deleted user, the redaction or the replacement person.
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     assert!(logged.contains(&format!("user_id={user}")), "the capture saw the service log");
     for needle in [
         &name,

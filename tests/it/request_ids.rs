@@ -10,15 +10,7 @@ use crate::{erasure::Captured, helpers::TestApp};
 
 #[sqlx::test]
 async fn each_request_is_logged_under_its_id_and_route_never_its_query(pool: PgPool) {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // See the erasure test: a second live dispatcher keeps callsite interest per subscriber.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let (logs, _capture) = Captured::start();
     let app = TestApp::new(pool).await;
 
     // None sent: one is made (a UUID) and echoed.
@@ -38,7 +30,7 @@ async fn each_request_is_logged_under_its_id_and_route_never_its_query(pool: PgP
     let replaced = headers["x-request-id"].to_str().unwrap();
     assert!(Uuid::parse_str(replaced).is_ok(), "{replaced}");
 
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     let line = logged
         .lines()
         .find(|l| l.contains(r#"request_id="lb-7f3a_91""#) && l.contains("status="))
