@@ -722,3 +722,67 @@ async fn endpoints_are_company_scoped_and_checked_at_the_boundary(pool: PgPool) 
     }
     assert_eq!(app.count("SELECT count(*) FROM offboard.webhook_endpoints").await, 2);
 }
+
+#[sqlx::test]
+async fn a_run_an_identity_provider_started_is_told_like_any_other(pool: PgPool) {
+    let token = "scim-hooks-token-0123456789";
+    let tokens = format!("{token}@1");
+    let settings = [HOOKS, &[("OFFBOARD_API_TOKENS", tokens.as_str())]].concat();
+    let app =
+        TestApp::with(pool, &settings, SeedOptions { users: 8, items_per_user: 10, seed: 7 }).await;
+    let (leaver, heir) = (app.regular(0), app.regular(1));
+    let (status, _, policy) = app
+        .call(
+            Method::PUT,
+            "/v1/companies/1/offboarding-policy",
+            Some(&json!({"transfer": {"default": {"mode": "single", "targets": [{"user_id": heir}]}}}).to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let receiver = Receiver::answering(200).await;
+    let (_, secret) = register(&app, 1, &receiver.url, json!([])).await;
+    let deliverer = start_deliverer(&app);
+    let workers = app.start_workers();
+
+    // Okta deactivates the user over SCIM.
+    let auth = format!("Bearer {token}");
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "value": {"active": false}}]})
+    .to_string();
+    let (status, _, user) = app
+        .call(
+            Method::PATCH,
+            &format!("/scim/v2/Users/{leaver}"),
+            Some(&patch),
+            &[("authorization", auth.as_str()), ("content-type", "application/scim+json")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+
+    let got = receiver
+        .wait_for("offboarding.succeeded", |got| {
+            got.iter().any(|r| r.json()["type"] == "offboarding.succeeded")
+        })
+        .await;
+    let done = got.iter().find(|r| r.json()["type"] == "offboarding.succeeded").unwrap();
+    assert!(signed_by(done, &secret));
+    let data = done.json()["data"].clone();
+    assert_eq!(
+        (data["user_id"].as_i64(), data["action"].as_str()),
+        (Some(leaver), Some("deactivate"))
+    );
+    let run_id: Uuid = data["run_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(app.run(run_id).await["requested_by"], "service:scim");
+    // The items the policy sent to the heir are told too, with counts and ids only.
+    let got = receiver
+        .wait_for("items.transferred", |got| {
+            got.iter().any(|r| r.json()["type"] == "items.transferred")
+        })
+        .await;
+    let moved = got.iter().find(|r| r.json()["type"] == "items.transferred").unwrap().json();
+    assert_eq!(moved["data"]["recipient_user_id"].as_i64(), Some(heir), "{moved}");
+    workers.stop().await;
+    deliverer.trigger();
+    app.cleanup().await;
+}
