@@ -433,6 +433,12 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         cancels = later;
         for (k, _) in due {
             let id = records[k].id;
+            // A run whose lane has let it go ended (succeeded or failed) before its cancel was
+            // due: canceling a failed run would end it `canceled` unseen by the lanes.
+            if !lanes.iter().any(|l| l.active == Some(k)) {
+                interference.cancels_too_late += 1;
+                continue;
+            }
             match api.post(&format!("/v1/offboardings/{id}/cancel"), &json!({}), None).await {
                 Ok((status, _)) if status < 300 => {
                     interference.cancels_sent += 1;
