@@ -30,19 +30,8 @@ use crate::{
     steps::StepKind,
 };
 
-/// Every status a run can be in.
-pub const RUN_STATUSES: [&str; 10] = [
-    "scheduled",
-    "awaiting_approval",
-    "queued",
-    "running",
-    "canceling",
-    "succeeded",
-    "failed",
-    "canceled",
-    "expired",
-    "rejected",
-];
+/// Every status a run can be in (one list, in the domain).
+pub use crate::domain::run_status::RUN_STATUSES;
 /// Every status a step can be in.
 pub const STEP_STATUSES: [&str; 8] =
     ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
