@@ -21,7 +21,7 @@ use crate::ledger::audit::{self, AuditRange, AuditRow};
 const PAGE: i64 = 500;
 
 /// The columns of the CSV export, in order.
-const CSV_COLUMNS: [&str; 17] = [
+const CSV_COLUMNS: [&str; 18] = [
     "record",
     "at",
     "run_id",
@@ -39,6 +39,7 @@ const CSV_COLUMNS: [&str; 17] = [
     "step_counts",
     "items_by_recipient",
     "detail",
+    "batch_id",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +250,7 @@ fn csv_chunk(rows: &[AuditRow], header: bool) -> Bytes {
                 json(&row.step_counts),
                 json(&row.items_by_recipient),
                 json(&row.detail),
+                row.batch_id.map(|id| id.to_string()).unwrap_or_default(),
             ])
             .expect("in memory");
     }

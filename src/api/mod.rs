@@ -4,6 +4,8 @@
 
 mod audit;
 mod auth;
+mod batch_views;
+mod batches;
 mod body;
 mod dashboard;
 pub mod error;
@@ -94,6 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}/restart", post(operators::restart))
         .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
         .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))
+        .route(
+            "/v1/offboarding-batches",
+            post(batches::create).get(batches::list),
+        )
+        .route("/v1/offboarding-batches/{id}", get(batches::get))
+        .route("/v1/offboarding-batches/{id}/cancel", post(batches::cancel))
         .route("/v1/bulk-operations", get(operators::bulk_operations))
         .route("/v1/bulk-operations/{id}", get(operators::bulk_operation))
         .route("/v1/stats", get(dashboard::stats))

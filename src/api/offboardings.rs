@@ -134,7 +134,7 @@ pub(crate) async fn submit(
     Ok((run_id, replayed))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value
         .to_str()
@@ -243,15 +243,32 @@ async fn enqueue_checked(
     key: Option<&str>,
     hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
+    let mut conn = app.pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let written = enqueue_checked_in(&mut tx, app, request, named, key, hash).await?;
+    match tx.commit().await {
+        Ok(()) => Ok(written),
+        Err(e) => Err(insert_error(e, request, key)),
+    }
+}
+
+/// [`enqueue_checked`] in the caller's transaction, which commits it: a batch writes its
+/// rows this way, one transaction per chunk (a savepoint per row).
+pub(super) async fn enqueue_checked_in(
+    tx: &mut sqlx::PgConnection,
+    app: &AppState,
+    request: &OffboardingRequest,
+    named: &[(i64, String)],
+    key: Option<&str>,
+    hash: Option<&idempotency::RequestHash>,
+) -> Result<(Uuid, bool), EnqueueError> {
     let company_id = request.company_id.get();
     let user_id = request.user_id.get();
     let action = request.action;
     let target_ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
-    let mut conn = app.pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    users::lock_for_enqueue(&mut tx, user_id, leaves(action), &target_ids).await?;
+    users::lock_for_enqueue(&mut *tx, user_id, leaves(action), &target_ids).await?;
     let subject = users::request_subject(
-        &mut tx,
+        &mut *tx,
         company_id,
         request.actor_user_id.get(),
         user_id,
@@ -335,11 +352,7 @@ async fn enqueue_checked(
     if !counts_company {
         let plan = request.transfer.clone().resolve(None).map_err(ApiError::invalid_request)?;
         check_targets(named, &subject.targets, company_id, user_id)?;
-        let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
-        return match tx.commit().await {
-            Ok(()) => Ok(written),
-            Err(e) => Err(insert_error(e, request, key)),
-        };
+        return write_run(&mut *tx, app, request, plan, params, key, hash).await;
     }
 
     // Admin counts and seats are company-wide: those requests serialize on the company row.
@@ -390,11 +403,7 @@ async fn enqueue_checked(
         .resolve(params.replacement_user_id)
         .map_err(ApiError::invalid_request)?;
     check_targets(named, &subject.targets, company_id, user_id)?;
-    let written = write_run(&mut tx, app, request, plan, params, key, hash).await?;
-    match tx.commit().await {
-        Ok(()) => Ok(written),
-        Err(e) => Err(insert_error(e, request, key)),
-    }
+    write_run(&mut *tx, app, request, plan, params, key, hash).await
 }
 
 /// The status a request's new run is written in: `scheduled` when it has an
@@ -557,6 +566,7 @@ fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
         ("created_before" = Option<DateTime<Utc>>, Query, description = "Created before (RFC 3339)"),
         ("id_prefix" = Option<String>, Query, description = "The run id starts with these hex digits (dashes ignored)"),
         ("id_suffix" = Option<String>, Query, description = "The run id ends with these hex digits (dashes ignored)"),
+        ("batch_id" = Option<Uuid>, Query, description = "Runs of this batch (`POST /v1/offboarding-batches`)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 50"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
@@ -589,11 +599,11 @@ pub async fn list(
     Ok(Json(RunList { runs, next_cursor }))
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+pub(super) fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
     format!("{}_{id}", at.timestamp_micros())
 }
 
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+pub(super) fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let bad = || ApiError::bad_request("invalid_query", "cursor is not one this API returned");
     let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
     let at =

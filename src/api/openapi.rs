@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{audit, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
+use super::{audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,10 @@ use super::{audit, dashboard, health, offboardings, operators, policy, preview, 
         operators::bulk_operations,
         operators::restart,
         operators::series,
+        batches::create,
+        batches::list,
+        batches::get,
+        batches::cancel,
         policy::show,
         policy::put,
         audit::export,
@@ -73,6 +77,11 @@ use super::{audit, dashboard, health, offboardings, operators, policy, preview, 
         operators::Restarted,
         operators::Series,
         operators::SeriesPoint,
+        batch_views::BatchRequest,
+        batch_views::BatchView,
+        batch_views::BatchList,
+        batch_views::BatchProgress,
+        batch_views::RefusedRow,
         views::PolicyBody,
         views::PolicyView,
         webhooks::CreateEndpoint,
@@ -92,6 +101,7 @@ use super::{audit, dashboard, health, offboardings, operators, policy, preview, 
         (name = "offboardings", description = "Enqueue and follow runs"),
         (name = "preview", description = "What a user owns; dry runs of transfer plans"),
         (name = "operators", description = "Retry, cancel, restart from a step, bulk actions by filter, stats and their series"),
+        (name = "batches", description = "Bulk offboarding from a file (JSON, NDJSON or CSV), its progress and its cancel"),
         (name = "policy", description = "A company's offboarding policy: what runs an identity provider (SCIM, at /scim/v2, outside this document) starts do"),
         (name = "operations", description = "Health and metrics"),
         (name = "webhooks", description = "Endpoints the host hears back on (Standard Webhooks), their deliveries and replays"),

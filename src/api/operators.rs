@@ -37,7 +37,7 @@ pub const STEP_STATUSES: [&str; 8] =
     ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
 
 /// The filter's fields, as a query string or a JSON body names them.
-pub const FILTER_FIELDS: [&str; 10] = [
+pub const FILTER_FIELDS: [&str; 11] = [
     "company_id",
     "user_id",
     "status",
@@ -48,6 +48,7 @@ pub const FILTER_FIELDS: [&str; 10] = [
     "created_before",
     "id_prefix",
     "id_suffix",
+    "batch_id",
 ];
 
 /// Reads a [`RunFilter`] from named values (a query string's, or a JSON object's). Errors
@@ -95,6 +96,14 @@ pub fn parse_filter(get: impl Fn(&str) -> Option<Value>) -> Result<RunFilter, Fi
             })
             .transpose()
     };
+    let batch = |name: &str| -> Result<Option<Uuid>, FieldError> {
+        text(name)?
+            .map(|v| {
+                Uuid::parse_str(v.trim())
+                    .map_err(|_| FieldError::new(name, "must be a batch id (a UUID)"))
+            })
+            .transpose()
+    };
     let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
     let step = text("step")?;
     if let Some(name) = &step
@@ -113,6 +122,7 @@ pub fn parse_filter(get: impl Fn(&str) -> Option<Value>) -> Result<RunFilter, Fi
         created_before: time("created_before")?,
         id_prefix: fragment("id_prefix")?,
         id_suffix: fragment("id_suffix")?,
+        batch_id: batch("batch_id")?,
     })
 }
 
@@ -175,6 +185,8 @@ pub struct FilterBody {
     pub id_prefix: Option<String>,
     /// The run id ends with these hex digits (dashes ignored).
     pub id_suffix: Option<String>,
+    /// The batch the run came from (`POST /v1/offboarding-batches`).
+    pub batch_id: Option<Uuid>,
 }
 
 /// The answer to a dry run: how many runs the action would touch.

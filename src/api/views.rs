@@ -190,6 +190,8 @@ pub struct RunView {
     pub approval_expires_at: Option<DateTime<Utc>>,
     /// The admin who approved or rejected the run.
     pub approver_user_id: Option<i64>,
+    /// The batch (`POST /v1/offboarding-batches`) the run came from.
+    pub batch_id: Option<Uuid>,
     /// The validated transfer plan (user ids only).
     #[schema(value_type = Object)]
     pub transfer: Value,
@@ -316,6 +318,7 @@ impl From<&RunDetail> for RunView {
             effective_at: run.effective_at,
             approval_expires_at: run.approval_expires_at,
             approver_user_id: run.approver_user_id,
+            batch_id: run.batch_id,
             transfer: run.plan.clone(),
             created_at: run.created_at,
             started_at: run.started_at,

@@ -18,6 +18,7 @@ macro_rules! debug_without_personal_data {
 pub(crate) use debug_without_personal_data;
 
 pub mod action;
+pub mod batch;
 pub mod field_error;
 pub mod ids;
 pub mod policy;

@@ -1,5 +1,5 @@
 //! The audit trail of a company, read page by page for the export: its runs (who asked,
-//! who approved, where the request came from, counts per step, items per recipient) and
+//! who approved, where the request came from (an identity provider, a policy, a batch), counts per step, items per recipient) and
 //! every history entry of them. Ids, codes and counts only — the ledger holds no names or
 //! emails, and error messages are left out.
 
@@ -27,6 +27,8 @@ pub struct AuditRow {
     pub actor: String,
     /// The admin who approved or rejected the run.
     pub approver_user_id: Option<i64>,
+    /// The batch (`POST /v1/offboarding-batches`) the run came from.
+    pub batch_id: Option<Uuid>,
     /// The history entry's kind (`enqueued`, `started`, `approved`, `step_dead`, …);
     /// empty on a run row.
     pub event: Option<String>,
@@ -66,7 +68,7 @@ pub async fn runs_page(
         "SELECT 'run' AS record, r.created_at AS at, r.id AS run_id, r.company_id, r.user_id,
                 r.action, r.status,
                 coalesce('service:' || (r.params ->> 'started_by'), 'user:' || r.actor_user_id) AS actor,
-                r.approver_user_id, NULL::text AS event, NULL::text AS step, r.error_code,
+                r.approver_user_id, r.batch_id, NULL::text AS event, NULL::text AS step, r.error_code,
                 r.effective_at, r.finished_at,
                 (SELECT jsonb_object_agg(s.name, coalesce(s.result, '{}'::jsonb) - 'to')
                  FROM offboard.steps s WHERE s.run_id = r.id) AS step_counts,
@@ -106,7 +108,7 @@ pub async fn events_page(
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT 'event' AS record, e.at, r.id AS run_id, r.company_id, r.user_id, r.action,
-                r.status, e.actor, r.approver_user_id, e.kind AS event, e.step,
+                r.status, e.actor, r.approver_user_id, r.batch_id, e.kind AS event, e.step,
                 e.detail ->> 'code' AS error_code, r.effective_at, r.finished_at,
                 NULL::jsonb AS step_counts, NULL::jsonb AS items_by_recipient,
                 e.detail, e.id AS event_id

@@ -55,19 +55,21 @@ impl BulkKind {
                 "r.status IN ('queued', 'running', 'failed')
                  AND EXISTS (SELECT 1 FROM offboard.steps d WHERE d.run_id = r.id AND d.status = 'dead')"
             }
-            BulkKind::Cancel => "r.status IN ('queued', 'running', 'failed')",
+            BulkKind::Cancel => {
+                "r.status IN ('scheduled', 'awaiting_approval', 'queued', 'running', 'failed')"
+            }
         }
     }
 }
 
-/// The condition every run of an operation meets: the filter (`$1`–`$10`), the action's
-/// own condition, the token's company (`$11`) and created no later than `$12`.
+/// The condition every run of an operation meets: the filter (`$1`–`$11`), the action's
+/// own condition, the token's company (`$12`) and created no later than `$13`.
 fn matching_sql(kind: BulkKind) -> String {
     format!(
         "{FILTER_SQL}
            AND {}
-           AND ($11::bigint IS NULL OR r.company_id = $11)
-           AND r.created_at <= $12",
+           AND ($12::bigint IS NULL OR r.company_id = $12)
+           AND r.created_at <= $13",
         kind.applies_sql()
     )
 }
@@ -125,7 +127,7 @@ pub async fn create(
 ) -> Result<BulkOperation, sqlx::Error> {
     let sql = format!(
         "INSERT INTO offboard.bulk_operations (id, kind, operator, filter, company_scope, created_at, matched)
-         SELECT $13, $14, $15, $16, $11, $12,
+         SELECT $14, $15, $16, $17, $12, $13,
                 (SELECT count(*) FROM offboard.runs r WHERE {})
          RETURNING {COLUMNS}",
         matching_sql(kind)
@@ -248,8 +250,8 @@ pub async fn run_chunk(
     // on it rather than skipping it) and checked again once locked.
     let sql = format!(
         "SELECT r.id FROM offboard.runs r
-         WHERE {} AND ($13::uuid IS NULL OR r.id > $13)
-         ORDER BY r.id LIMIT $14
+         WHERE {} AND ($14::uuid IS NULL OR r.id > $14)
+         ORDER BY r.id LIMIT $15
          FOR UPDATE OF r",
         matching_sql(kind)
     );

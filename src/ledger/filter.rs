@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Runs by company, user, status, action, a step in a given state, creation time and run
-/// id prefix or suffix. Every field is optional; together they all must hold.
+/// Runs by company, user, status, action, a step in a given state, creation time, run id
+/// prefix or suffix and batch. Every field is optional; together they all must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,9 +36,12 @@ pub struct RunFilter {
     /// the tail is the part that tells two runs of one second apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_suffix: Option<String>,
+    /// The batch (`POST /v1/offboarding-batches`) the run came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
 }
 
-/// The filter's condition on `offboard.runs r`, binding `$1`–`$10` in the order
+/// The filter's condition on `offboard.runs r`, binding `$1`–`$11` in the order
 /// [`bind_filter!`] binds them.
 pub const FILTER_SQL: &str = "($1::bigint IS NULL OR r.company_id = $1)
    AND ($2::bigint IS NULL OR r.user_id = $2)
@@ -51,9 +54,10 @@ pub const FILTER_SQL: &str = "($1::bigint IS NULL OR r.company_id = $1)
    AND ($7::timestamptz IS NULL OR r.created_at >= $7)
    AND ($8::timestamptz IS NULL OR r.created_at < $8)
    AND ($9::text IS NULL OR replace(r.id::text, '-', '') LIKE $9 || '%')
-   AND ($10::text IS NULL OR replace(r.id::text, '-', '') LIKE '%' || $10)";
+   AND ($10::text IS NULL OR replace(r.id::text, '-', '') LIKE '%' || $10)
+   AND ($11::uuid IS NULL OR r.batch_id = $11)";
 
-/// Binds a [`RunFilter`] as `$1`–`$10` of [`FILTER_SQL`].
+/// Binds a [`RunFilter`] as `$1`–`$11` of [`FILTER_SQL`].
 #[macro_export]
 macro_rules! bind_filter {
     ($query:expr, $filter:expr) => {{
@@ -69,6 +73,7 @@ macro_rules! bind_filter {
             .bind(f.created_before)
             .bind(f.id_prefix.as_deref())
             .bind(f.id_suffix.as_deref())
+            .bind(f.batch_id)
     }};
 }
 

@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod batches;
 pub mod bulk;
 pub mod calls;
 pub mod filter;

@@ -297,10 +297,12 @@ pub struct RunRow {
     pub approval_expires_at: Option<DateTime<Utc>>,
     /// The admin who approved (or rejected) the run.
     pub approver_user_id: Option<i64>,
+    /// The batch the run came from.
+    pub batch_id: Option<Uuid>,
 }
 
 const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, effective_at, \
-     approval_expires_at, approver_user_id, \
+     approval_expires_at, approver_user_id, batch_id, \
      steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, \
      coalesce('service:' || (params ->> 'started_by'), 'user:' || actor_user_id) AS requested_by";
 
@@ -418,6 +420,8 @@ pub struct RunSummary {
     pub error_code: Option<String>,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
+    /// The batch the run came from.
+    pub batch_id: Option<Uuid>,
 }
 
 /// Runs the filter matches, newest first, after the keyset cursor `before` (the
@@ -437,12 +441,12 @@ pub async fn list(
                  WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')) AS steps_succeeded,
                 (SELECT count(*) FROM offboard.steps s
                  WHERE s.run_id = r.id AND s.status = 'dead') AS steps_dead,
-                r.error_code, r.effective_at
+                r.error_code, r.effective_at, r.batch_id
          FROM offboard.runs r
          WHERE {FILTER_SQL}
-           AND ($11::timestamptz IS NULL OR (r.created_at, r.id) < ($11, $12))
+           AND ($12::timestamptz IS NULL OR (r.created_at, r.id) < ($12, $13))
          ORDER BY r.created_at DESC, r.id DESC
-         LIMIT $13"
+         LIMIT $14"
     );
     crate::bind_filter!(sqlx::query_as(AssertSqlSafe(sql)), filter)
         .bind(before_at)

@@ -4,6 +4,7 @@
 mod actions;
 mod approval;
 mod audit;
+mod batches;
 mod bad_input;
 mod dashboard;
 mod deactivation;

@@ -18,7 +18,7 @@
   // The runs list's filter fields, in the URL and in the form (operators.js adds the
   // fields of a step in a state, a time range and a run id fragment).
   const FILTER_FIELDS = ['company_id', 'status', 'action', 'step', 'step_status',
-    'created_after', 'created_before', 'id_prefix', 'id_suffix'];
+    'created_after', 'created_before', 'id_prefix', 'id_suffix', 'batch_id'];
   const emptyFilters = () => Object.fromEntries(FILTER_FIELDS.map((f) => [f, '']));
 
   const state = {

@@ -1,0 +1,368 @@
+//! A batch of offboarding requests from a file: JSON (`{"rows": [...]}`), NDJSON (one row
+//! a line) or CSV (`company_id,user_id,action,effective_at,plan`). All three become the
+//! same rows — each one the body a single `POST /v1/offboardings` takes — so that every row
+//! is then checked by the one request parser and the one enqueue path, with the same
+//! codes and fields. A row that cannot become such a body (a CSV line of the wrong width,
+//! an NDJSON line that is not JSON, a plan that is neither `policy` nor JSON) is refused
+//! here, by its row number.
+
+use serde_json::{Map, Value};
+
+use super::FieldError;
+
+/// The most rows one batch may hold.
+pub const MAX_ROWS: usize = 10_000;
+
+/// The CSV columns a batch file may have (`company_id`, `user_id` and `action` must be there).
+pub const CSV_COLUMNS: [&str; 6] =
+    ["company_id", "user_id", "action", "effective_at", "plan", "actor_user_id"];
+
+/// The plan value that stands for the company's offboarding policy's default plan.
+pub const POLICY_PLAN: &str = "policy";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+impl BatchFormat {
+    /// The format a `Content-Type` names (parameters such as `charset` ignored).
+    pub fn from_content_type(raw: &str) -> Option<Self> {
+        match raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            "application/json" => Some(Self::Json),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                Some(Self::Ndjson)
+            }
+            "text/csv" => Some(Self::Csv),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Ndjson => "ndjson",
+            Self::Csv => "csv",
+        }
+    }
+}
+
+/// One row, as the body of a single request (without the batch's defaults yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRow {
+    /// 1-based: the n-th row of `rows`, the n-th non-empty NDJSON line, the n-th CSV
+    /// record after the header.
+    pub row: usize,
+    pub body: Map<String, Value>,
+    /// The row asks for the company's policy plan (`"plan": "policy"`).
+    pub policy_plan: bool,
+}
+
+/// Why a row was refused: the code and field a single request would get.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowRefusal {
+    pub row: usize,
+    pub code: String,
+    pub field: Option<String>,
+    pub message: String,
+    /// The row's company, when it could be read (a scoped token sees its own rows only).
+    pub company_id: Option<i64>,
+}
+
+impl RowRefusal {
+    pub fn new(row: usize, code: &str, err: FieldError) -> Self {
+        Self { row, code: code.into(), message: err.to_string(), field: Some(err.field), company_id: None }
+    }
+}
+
+/// A batch as read: its rows (and those refused already), and the options a JSON body
+/// gives.
+#[derive(Debug, Default)]
+pub struct ParsedBatch {
+    pub rows: Vec<BatchRow>,
+    pub refused: Vec<RowRefusal>,
+    pub all_or_nothing: bool,
+    /// The actor of rows that name none (`actor_user_id` of a JSON body).
+    pub actor_user_id: Option<Value>,
+}
+
+impl ParsedBatch {
+    pub fn total(&self) -> usize {
+        self.rows.len() + self.refused.len()
+    }
+}
+
+/// Reads a batch. A whole-batch problem (not JSON, no `rows`, a CSV header without the
+/// needed columns, more than [`MAX_ROWS`] rows) is an error naming the field; a problem of
+/// one row refuses only that row.
+pub fn parse(format: BatchFormat, bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
+    let parsed = match format {
+        BatchFormat::Json => parse_json(bytes)?,
+        BatchFormat::Ndjson => parse_ndjson(bytes)?,
+        BatchFormat::Csv => parse_csv(bytes)?,
+    };
+    if parsed.total() > MAX_ROWS {
+        return Err(FieldError::new(
+            "rows",
+            format!("a batch holds at most {MAX_ROWS} rows; this one has {}", parsed.total()),
+        ));
+    }
+    if parsed.total() == 0 {
+        return Err(FieldError::new("rows", "the batch has no rows"));
+    }
+    Ok(parsed)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| FieldError::new("body", format!("is not valid JSON: {e}")))?;
+    let object = body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+    if let Some(unknown) =
+        object.keys().find(|k| !["rows", "all_or_nothing", "actor_user_id"].contains(&k.as_str()))
+    {
+        return Err(FieldError::new(unknown.as_str(), "unknown field"));
+    }
+    let rows = match object.get("rows") {
+        Some(Value::Array(rows)) => rows,
+        Some(_) => return Err(FieldError::new("rows", "must be an array of requests")),
+        None => return Err(FieldError::new("rows", "is required")),
+    };
+    let all_or_nothing = match object.get("all_or_nothing") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(FieldError::new("all_or_nothing", "must be true or false")),
+    };
+    let mut parsed = ParsedBatch {
+        all_or_nothing,
+        actor_user_id: object.get("actor_user_id").cloned(),
+        ..ParsedBatch::default()
+    };
+    if rows.len() > MAX_ROWS {
+        return Err(too_many(rows.len()));
+    }
+    for (i, row) in rows.iter().enumerate() {
+        push_json_row(&mut parsed, i + 1, row.clone());
+    }
+    Ok(parsed)
+}
+
+fn parse_ndjson(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| FieldError::new("body", "is not UTF-8 text"))?;
+    let mut parsed = ParsedBatch::default();
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        if i >= MAX_ROWS {
+            return Err(too_many(text.lines().filter(|l| !l.trim().is_empty()).count()));
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(row) => push_json_row(&mut parsed, i + 1, row),
+            Err(e) => parsed.refused.push(RowRefusal::new(
+                i + 1,
+                "invalid_json",
+                FieldError::new("row", format!("is not valid JSON: {e}")),
+            )),
+        }
+    }
+    Ok(parsed)
+}
+
+fn too_many(rows: usize) -> FieldError {
+    FieldError::new("rows", format!("a batch holds at most {MAX_ROWS} rows; this one has {rows}"))
+}
+
+/// A JSON row: a single request's body, where `plan` may stand for `transfer` (`"policy"`
+/// or a plan object), as in the CSV.
+fn push_json_row(parsed: &mut ParsedBatch, row: usize, value: Value) {
+    let Value::Object(mut body) = value else {
+        parsed.refused.push(RowRefusal::new(
+            row,
+            "invalid_request",
+            FieldError::new("body", "must be a JSON object"),
+        ));
+        return;
+    };
+    let plan = body.remove("plan");
+    let policy_plan = match plan {
+        None | Some(Value::Null) => false,
+        Some(_) if body.contains_key("transfer") => {
+            let err = FieldError::new("plan", "give either plan or transfer, not both");
+            parsed.refused.push(refusal_of(row, &body, "invalid_request", err));
+            return;
+        }
+        Some(Value::String(s)) if s == POLICY_PLAN => true,
+        Some(Value::Object(p)) => {
+            body.insert("transfer".into(), Value::Object(p));
+            false
+        }
+        Some(_) => {
+            let err = FieldError::new("plan", "must be \"policy\" or a transfer plan object");
+            parsed.refused.push(refusal_of(row, &body, "invalid_request", err));
+            return;
+        }
+    };
+    parsed.rows.push(BatchRow { row, body, policy_plan });
+}
+
+fn refusal_of(row: usize, body: &Map<String, Value>, code: &str, err: FieldError) -> RowRefusal {
+    RowRefusal { company_id: body.get("company_id").and_then(Value::as_i64), ..RowRefusal::new(row, code, err) }
+}
+
+fn parse_csv(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| FieldError::new("header", format!("is not a CSV header: {e}")))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    if let Some(unknown) = header.iter().find(|h| !CSV_COLUMNS.contains(&h.as_str())) {
+        return Err(FieldError::new(
+            "header",
+            format!("unknown column {unknown:?}; the columns are {}", CSV_COLUMNS.join(",")),
+        ));
+    }
+    for needed in ["company_id", "user_id", "action"] {
+        if !header.iter().any(|h| h == needed) {
+            return Err(FieldError::new("header", format!("needs a {needed} column")));
+        }
+    }
+    let mut parsed = ParsedBatch::default();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 1;
+        if row > MAX_ROWS {
+            return Err(too_many(row + reader.records().count()));
+        }
+        let record = match record {
+            Ok(r) if r.len() == header.len() => r,
+            Ok(r) => {
+                let err = FieldError::new(
+                    "row",
+                    format!("has {} fields; the header has {}", r.len(), header.len()),
+                );
+                parsed.refused.push(RowRefusal::new(row, "invalid_csv", err));
+                continue;
+            }
+            Err(e) => {
+                let err = FieldError::new("row", format!("is not valid CSV: {e}"));
+                parsed.refused.push(RowRefusal::new(row, "invalid_csv", err));
+                continue;
+            }
+        };
+        let mut body = Map::new();
+        let mut plan = None;
+        for (column, value) in header.iter().zip(record.iter()) {
+            if value.is_empty() {
+                continue;
+            }
+            match column.as_str() {
+                "plan" => plan = Some(value.to_string()),
+                "action" | "effective_at" => {
+                    body.insert(column.clone(), Value::String(value.into()));
+                }
+                // Ids as numbers when they are whole numbers; otherwise left as text for the
+                // request parser to refuse with its own message.
+                _ => {
+                    let id = value.parse::<i64>().map(Value::from);
+                    body.insert(column.clone(), id.unwrap_or_else(|_| Value::String(value.into())));
+                }
+            }
+        }
+        let plan = match plan {
+            None => None,
+            Some(p) if p == POLICY_PLAN => Some(Value::String(p)),
+            Some(p) => match serde_json::from_str::<Value>(&p) {
+                Ok(v @ Value::Object(_)) => Some(v),
+                _ => {
+                    let err = FieldError::new(
+                        "plan",
+                        "must be \"policy\" or a transfer plan as JSON (quoted CSV field)",
+                    );
+                    parsed.refused.push(refusal_of(row, &body, "invalid_request", err));
+                    continue;
+                }
+            },
+        };
+        if let Some(plan) = plan {
+            body.insert("plan".into(), plan);
+        }
+        push_json_row(&mut parsed, row, Value::Object(body));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn csv_rows_become_request_bodies() {
+        let csv = "company_id,user_id,action,effective_at,plan\n\
+                   1,17,deactivate,,policy\n\
+                   1,18,deactivate,2027-01-31T17:00:00Z,\"{\"\"default\"\": {\"\"mode\"\": \"\"single\"\", \"\"targets\"\": [{\"\"user_id\"\": 12}]}}\"\n\
+                   1,x,deactivate,,\n\
+                   1,19\n\
+                   1,20,delete,,nonsense\n";
+        let parsed = parse(BatchFormat::Csv, csv.as_bytes()).unwrap();
+        assert_eq!(parsed.total(), 5);
+        assert_eq!(parsed.rows[0].row, 1);
+        assert!(parsed.rows[0].policy_plan);
+        assert_eq!(parsed.rows[0].body.get("user_id"), Some(&json!(17)));
+        assert_eq!(
+            parsed.rows[1].body.get("transfer"),
+            Some(&json!({"default": {"mode": "single", "targets": [{"user_id": 12}]}}))
+        );
+        assert_eq!(parsed.rows[1].body.get("effective_at"), Some(&json!("2027-01-31T17:00:00Z")));
+        assert_eq!(parsed.rows[2].body.get("user_id"), Some(&json!("x")));
+        let refused: Vec<(usize, &str, Option<&str>)> =
+            parsed.refused.iter().map(|r| (r.row, r.code.as_str(), r.field.as_deref())).collect();
+        assert_eq!(
+            refused,
+            [(4, "invalid_csv", Some("row")), (5, "invalid_request", Some("plan"))]
+        );
+        assert_eq!(parsed.refused[1].company_id, Some(1));
+    }
+
+    #[test]
+    fn a_header_without_the_needed_columns_refuses_the_batch() {
+        let err = parse(BatchFormat::Csv, b"company_id,action\n1,deactivate\n").unwrap_err();
+        assert_eq!(err.field, "header");
+        let err = parse(BatchFormat::Csv, b"company_id,user_id,action,name\n").unwrap_err();
+        assert_eq!(err.field, "header");
+    }
+
+    #[test]
+    fn more_than_the_maximum_rows_refuses_the_batch() {
+        let mut csv = String::from("company_id,user_id,action\n");
+        for i in 0..=MAX_ROWS {
+            csv.push_str(&format!("1,{},deactivate\n", i + 1));
+        }
+        let err = parse(BatchFormat::Csv, csv.as_bytes()).unwrap_err();
+        assert_eq!(err.field, "rows");
+        assert!(err.message.contains("10001"), "{}", err.message);
+        let rows: Vec<Value> = (0..=MAX_ROWS).map(|i| json!({"user_id": i})).collect();
+        let body = serde_json::to_vec(&json!({"rows": rows})).unwrap();
+        assert_eq!(parse(BatchFormat::Json, &body).unwrap_err().field, "rows");
+    }
+
+    #[test]
+    fn ndjson_lines_are_rows_and_bad_lines_are_refused() {
+        let text = "{\"company_id\": 1, \"user_id\": 2, \"action\": \"deactivate\"}\n\n{oops\n[1]\n";
+        let parsed = parse(BatchFormat::Ndjson, text.as_bytes()).unwrap();
+        assert_eq!(parsed.rows.len(), 1);
+        let refused: Vec<(usize, &str)> =
+            parsed.refused.iter().map(|r| (r.row, r.code.as_str())).collect();
+        assert_eq!(refused, [(2, "invalid_json"), (3, "invalid_request")]);
+    }
+
+    #[test]
+    fn content_types_name_formats() {
+        assert_eq!(BatchFormat::from_content_type("text/csv; charset=utf-8"), Some(BatchFormat::Csv));
+        assert_eq!(BatchFormat::from_content_type("application/x-ndjson"), Some(BatchFormat::Ndjson));
+        assert_eq!(BatchFormat::from_content_type("Application/JSON"), Some(BatchFormat::Json));
+        assert_eq!(BatchFormat::from_content_type("text/plain"), None);
+    }
+}
