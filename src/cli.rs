@@ -42,6 +42,32 @@ impl ApiClient {
         Ok(body)
     }
 
+    /// Posts a raw body (a batch file) and answers the status and body, error or not;
+    /// waits up to `timeout` (a large batch is written before the answer).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .bearer_auth(&self.token)
+            .body(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response =
+            request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
@@ -307,7 +333,7 @@ pub fn render(run: &Value) -> Vec<String> {
     lines
 }
 
-fn bar(fraction: f64, width: usize) -> String {
+pub(crate) fn bar(fraction: f64, width: usize) -> String {
     let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round()) as usize;
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }

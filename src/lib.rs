@@ -11,6 +11,7 @@
 //!   transaction.
 //! - [`dispatch`]: the dispatcher (ready steps to Redis) and the sweeper.
 //! - [`queue`]: the Redis queues (apalis-redis).
+//! - [`cli`], [`batch_cli`]: the operator CLI (runs, bulk actions, batch files) over the API.
 //! - [`bulk`]: works through bulk retries and cancels, chunk by chunk.
 //! - [`samples`]: per-second samples of the workers' rates for the dashboard's charts.
 //! - [`worker`]: the apalis worker runtime.
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod batch_cli;
 pub mod bulk;
 pub mod cli;
 pub mod config;

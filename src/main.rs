@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use offboard::{
-    app,
+    app, batch_cli,
     cli::{self, ApiClient},
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions},
@@ -40,6 +40,13 @@ enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Bulk offboarding from a file (CSV, NDJSON or JSON) through the HTTP API.
+    Batch {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: BatchCommand,
     },
     /// Host webhooks through the HTTP API: endpoints, deliveries, replays.
     Webhooks {
@@ -98,7 +105,8 @@ struct ApiArgs {
 #[derive(clap::Args)]
 struct BulkArgs {
     /// Which runs: `key=value`, repeated or comma-separated (company_id, user_id, status,
-    /// action, step, step_status, created_after, created_before, id_prefix, id_suffix).
+    /// action, step, step_status, created_after, created_before, id_prefix, id_suffix,
+    /// batch_id).
     #[arg(long, conflicts_with = "id", value_delimiter = ',')]
     filter: Vec<String>,
     /// Only count the runs it would touch.
@@ -140,6 +148,29 @@ enum WebhooksCommand {
         #[arg(long)]
         endpoint: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Submit a batch file (.csv, .ndjson/.jsonl, else JSON): refused rows first, then one
+    /// progress bar until every run of it has ended.
+    Submit {
+        file: std::path::PathBuf,
+        /// Create nothing when any row is refused.
+        #[arg(long)]
+        all_or_nothing: bool,
+        /// The actor of rows that name none.
+        #[arg(long)]
+        actor: Option<i64>,
+        /// Submitting again with the same key returns the first batch.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Print the answer and return; do not follow the runs.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A batch's progress, as one bar until its runs have ended.
+    Show { id: String },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { .. }
         | Command::Runs { .. }
         | Command::Webhooks { .. }
+        | Command::Batch { .. }
         | Command::Preview { .. }
         | Command::Seed { .. } => "warn",
         _ => app::DEFAULT_LOG_FILTER,
@@ -322,6 +354,21 @@ async fn main() -> anyhow::Result<()> {
                 RunsCommand::Show { id } => {
                     print(client.get(&format!("/v1/offboardings/{id}")).await?)
                 }
+            }
+        }
+        Command::Batch { api, command } => {
+            let client = ApiClient::new(&api.api_url, &api.token);
+            match command {
+                BatchCommand::Submit { file, all_or_nothing, actor, idempotency_key, no_wait } => {
+                    let options = batch_cli::SubmitOptions {
+                        all_or_nothing,
+                        actor_user_id: actor,
+                        idempotency_key,
+                        no_wait,
+                    };
+                    batch_cli::submit(&client, &file, &options).await
+                }
+                BatchCommand::Show { id } => batch_cli::follow(&client, &id).await,
             }
         }
         Command::Webhooks { api, command } => {

@@ -111,8 +111,8 @@ pub async fn create(
 
     let key = idempotency_key(&headers)?;
     let hash = key.map(|_| {
-        let mut canonical = format!("{}|{}|{actor:?}|", format.as_str(), parsed.all_or_nothing)
-            .into_bytes();
+        let mut canonical =
+            format!("{}|{}|{actor:?}|", format.as_str(), parsed.all_or_nothing).into_bytes();
         canonical.extend_from_slice(&bytes);
         RequestHash::of(app.idempotency_secret.expose_secret(), &canonical)
     });
@@ -134,9 +134,9 @@ pub async fn create(
                 "this Idempotency-Key was used for a different batch",
             ));
         }
-        let batch = batches::find(&app.pool, held, None).await?.ok_or_else(|| {
-            ApiError::conflict("idempotency_conflict", "retry the request")
-        })?;
+        let batch = batches::find(&app.pool, held, None)
+            .await?
+            .ok_or_else(|| ApiError::conflict("idempotency_conflict", "retry the request"))?;
         let mut view = BatchView::of(batch, caller.company_scope);
         view.replayed = Some(true);
         return Ok((StatusCode::OK, Json(view)).into_response());
@@ -199,7 +199,11 @@ pub async fn create(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "rows_refused",
-            format!("{} of {} rows are refused; nothing was created", refused.len(), new.rows_total),
+            format!(
+                "{} of {} rows are refused; nothing was created",
+                refused.len(),
+                new.rows_total
+            ),
         )
         .with_details(json!({"batch_id": batch_id, "refused": list})));
     }
@@ -210,8 +214,8 @@ pub async fn create(
     tracing::info!(%batch_id, rows = new.rows_total, refused = refused.len(), "batch written");
 
     let batch = batches::find(&app.pool, batch_id, None).await?.expect("just written");
-    let location = HeaderValue::from_str(&format!("/v1/offboarding-batches/{batch_id}"))
-        .expect("ascii");
+    let location =
+        HeaderValue::from_str(&format!("/v1/offboarding-batches/{batch_id}")).expect("ascii");
     let mut view = BatchView::of(batch, caller.company_scope);
     view.replayed = Some(false);
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
@@ -303,7 +307,8 @@ async fn write_chunks(
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_id", "the batch id is not a UUID"))
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("invalid_id", "the batch id is not a UUID"))
 }
 
 /// A batch: its rows, refused rows, runs by status, items moved and an ETA from the rate
@@ -403,8 +408,14 @@ pub async fn cancel(
         .ok_or_else(|| ApiError::not_found("batch"))?;
     let filter =
         RunFilter { batch_id: Some(id), company_id: caller.company_scope, ..RunFilter::default() };
-    let op = bulk::create(&app.pool, BulkKind::Cancel, &filter, caller.company_scope, &operator(&caller))
-        .await?;
+    let op = bulk::create(
+        &app.pool,
+        BulkKind::Cancel,
+        &filter,
+        caller.company_scope,
+        &operator(&caller),
+    )
+    .await?;
     tracing::info!(batch_id = %id, bulk_operation = %op.id, matched = op.matched, "batch cancel recorded");
     let location = HeaderValue::from_str(&format!("/v1/bulk-operations/{}", op.id)).expect("ascii");
     let mut response = (StatusCode::ACCEPTED, Json(BulkOperationView::from(op))).into_response();

@@ -28,6 +28,8 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 /// Bulk actions, the run's graph and the charts (kept apart from app.js).
 const OPERATORS_JS: &str = include_str!("dashboard/operators.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
+/// The batch views (kept apart from app.js).
+const BATCHES_JS: &str = include_str!("dashboard/batches.js");
 
 /// Only this origin's own script and style run; the page calls only this origin. A bearer
 /// token sits in localStorage, so nothing foreign may run beside it.
@@ -52,6 +54,10 @@ pub async fn script() -> Response {
 
 pub async fn operators_script() -> Response {
     asset("text/javascript; charset=utf-8", OPERATORS_JS)
+}
+
+pub async fn batches_script() -> Response {
+    asset("text/javascript; charset=utf-8", BATCHES_JS)
 }
 
 pub async fn stylesheet() -> Response {

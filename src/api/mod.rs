@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/operators.js", get(dashboard::operators_script))
+        .route("/dashboard/batches.js", get(dashboard::batches_script))
         .route("/dashboard/style.css", get(dashboard::stylesheet))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
@@ -96,10 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}/restart", post(operators::restart))
         .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
         .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))
-        .route(
-            "/v1/offboarding-batches",
-            post(batches::create).get(batches::list),
-        )
+        .route("/v1/offboarding-batches", post(batches::create).get(batches::list))
         .route("/v1/offboarding-batches/{id}", get(batches::get))
         .route("/v1/offboarding-batches/{id}/cancel", post(batches::cancel))
         .route("/v1/bulk-operations", get(operators::bulk_operations))

@@ -10,7 +10,10 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
+use super::{
+    audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview,
+    views, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(

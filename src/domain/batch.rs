@@ -73,7 +73,13 @@ pub struct RowRefusal {
 
 impl RowRefusal {
     pub fn new(row: usize, code: &str, err: FieldError) -> Self {
-        Self { row, code: code.into(), message: err.to_string(), field: Some(err.field), company_id: None }
+        Self {
+            row,
+            code: code.into(),
+            message: err.to_string(),
+            field: Some(err.field),
+            company_id: None,
+        }
     }
 }
 
@@ -118,7 +124,8 @@ pub fn parse(format: BatchFormat, bytes: &[u8]) -> Result<ParsedBatch, FieldErro
 fn parse_json(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|e| FieldError::new("body", format!("is not valid JSON: {e}")))?;
-    let object = body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
+    let object =
+        body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
     if let Some(unknown) =
         object.keys().find(|k| !["rows", "all_or_nothing", "actor_user_id"].contains(&k.as_str()))
     {
@@ -206,11 +213,15 @@ fn push_json_row(parsed: &mut ParsedBatch, row: usize, value: Value) {
 }
 
 fn refusal_of(row: usize, body: &Map<String, Value>, code: &str, err: FieldError) -> RowRefusal {
-    RowRefusal { company_id: body.get("company_id").and_then(Value::as_i64), ..RowRefusal::new(row, code, err) }
+    RowRefusal {
+        company_id: body.get("company_id").and_then(Value::as_i64),
+        ..RowRefusal::new(row, code, err)
+    }
 }
 
 fn parse_csv(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
+    let mut reader =
+        csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| FieldError::new("header", format!("is not a CSV header: {e}")))?
@@ -350,7 +361,8 @@ mod tests {
 
     #[test]
     fn ndjson_lines_are_rows_and_bad_lines_are_refused() {
-        let text = "{\"company_id\": 1, \"user_id\": 2, \"action\": \"deactivate\"}\n\n{oops\n[1]\n";
+        let text =
+            "{\"company_id\": 1, \"user_id\": 2, \"action\": \"deactivate\"}\n\n{oops\n[1]\n";
         let parsed = parse(BatchFormat::Ndjson, text.as_bytes()).unwrap();
         assert_eq!(parsed.rows.len(), 1);
         let refused: Vec<(usize, &str)> =
@@ -360,8 +372,14 @@ mod tests {
 
     #[test]
     fn content_types_name_formats() {
-        assert_eq!(BatchFormat::from_content_type("text/csv; charset=utf-8"), Some(BatchFormat::Csv));
-        assert_eq!(BatchFormat::from_content_type("application/x-ndjson"), Some(BatchFormat::Ndjson));
+        assert_eq!(
+            BatchFormat::from_content_type("text/csv; charset=utf-8"),
+            Some(BatchFormat::Csv)
+        );
+        assert_eq!(
+            BatchFormat::from_content_type("application/x-ndjson"),
+            Some(BatchFormat::Ndjson)
+        );
         assert_eq!(BatchFormat::from_content_type("Application/JSON"), Some(BatchFormat::Json));
         assert_eq!(BatchFormat::from_content_type("text/plain"), None);
     }

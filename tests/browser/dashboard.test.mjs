@@ -3,7 +3,8 @@
 // with the first four stop_syncs attempts failing permanently, then, in the browser: watches
 // a run progress to succeeded, opens a run that failed, clicks Retry and sees it recover;
 // filters the list to runs with a dead stop_syncs, bulk-retries them after the dry-run
-// count, opens a run's graph and a node's details, and checks the charts drew. Saves
+// count, opens a run's graph and a node's details, checks the charts drew, and opens a
+// batch submitted as CSV (one progress bar, its refused row, its runs in the list). Saves
 // target/browser/*.png. Every wait polls with a deadline.
 //
 //   cd tests/browser && npm ci && npm test
@@ -354,6 +355,33 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
     await page.waitForFunction(() => Number(document.querySelector('#chart-failures').dataset.max) > 0, null, { timeout: WAIT_MS });
     await (await page.$('#charts')).screenshot({ path: path.join(OUT, 'charts.png') });
     log(`charts: ${(await page.textContent('#charts-note')).trim()}`);
+
+    // A batch from a CSV file: its view draws one bar over its runs, lists the refused row,
+    // and links to its runs in the list (filter batch_id).
+    const batchUsers = others.slice(3, 5);
+    const csv = ['company_id,user_id,action,actor_user_id',
+      ...batchUsers.map((u) => `${company.company_id},${u},deactivate,${actor}`),
+      `${company.company_id},not-a-user,deactivate,${actor}`].join('\n');
+    const submitted = await fetch(`${base}/v1/offboarding-batches`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'text/csv' },
+      body: csv,
+    });
+    const batch = await submitted.json();
+    assert.equal(submitted.status, 202, JSON.stringify(batch));
+    assert.deepEqual(batch.refused.map((r) => [r.row, r.code, r.field]), [[3, 'invalid_request', 'user_id']]);
+    await page.goto(`${base}/#/batches/${batch.id}`);
+    await page.waitForSelector('#batch-detail', { state: 'visible', timeout: WAIT_MS });
+    await page.waitForSelector('#batch-refused tbody tr', { timeout: WAIT_MS });
+    await waitFor('the batch view to show both runs ended', async () =>
+      /^2 of 2 runs ended/.test((await page.textContent('#batch-progress')).trim()));
+    assert.ok(await page.isHidden('#batch-cancel'), 'no Cancel once every run ended');
+    await page.screenshot({ path: path.join(OUT, 'batch.png'), fullPage: true });
+    log(`batch view: ${(await page.textContent('#batch-progress')).trim()}`);
+    await page.click('#batch-runs-link');
+    await waitFor('the list to show the batch\'s two runs', async () =>
+      (await page.$$('#runs tbody tr')).length === 2);
+    assert.equal(await page.inputValue('#filter-batch-id'), batch.id);
 
     // The list, unfiltered: both runs succeeded.
     await page.goto(`${base}/#/runs/${failing}`);

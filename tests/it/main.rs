@@ -4,8 +4,8 @@
 mod actions;
 mod approval;
 mod audit;
-mod batches;
 mod bad_input;
+mod batches;
 mod dashboard;
 mod deactivation;
 mod erasure;

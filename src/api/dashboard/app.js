@@ -172,6 +172,8 @@
     const hash = location.hash.replace(/^#/, '') || '/';
     const match = hash.match(/^\/runs\/([0-9a-fA-F-]{36})$/);
     if (match) return { view: 'run', id: match[1] };
+    const batch = hash.match(/^\/batches(?:\/([0-9a-fA-F-]{36}))?$/);
+    if (batch) return { view: 'batches', id: batch[1] || null };
     const query = new URLSearchParams(hash.split('?')[1] || '');
     if (hash.startsWith('/webhooks')) {
       return {
@@ -195,6 +197,7 @@
     $('#list-view').hidden = view !== 'list';
     $('#run-view').hidden = view !== 'run';
     $('#webhooks-view').hidden = view !== 'webhooks';
+    $('#batches-view').hidden = view !== 'batches';
   }
 
   // ---- Stats -----------------------------------------------------------------------
@@ -467,6 +470,8 @@
         syncFilterForm(current.filters);
         const charts = window.offboardOperators ? window.offboardOperators.refreshCharts() : null;
         await Promise.all([refreshList(current.filters, stillCurrent), refreshStats(stillCurrent), charts]);
+      } else if (current.view === 'batches') {
+        await Promise.all([window.offboardBatches.refresh(current.id, stillCurrent), refreshStats(stillCurrent)]);
       } else if (current.view === 'webhooks') {
         await Promise.all([refreshDeliveries(current.filters, stillCurrent), refreshStats(stillCurrent)]);
       } else {
@@ -561,6 +566,7 @@
     // Shared with operators.js (bulk actions, the run's graph, the charts).
     window.offboard = { api, el, badge, bar, when, compact, shortId, poll, state, ApiError };
     if (window.offboardOperators) window.offboardOperators.start();
+    if (window.offboardBatches) window.offboardBatches.start();
     onRoute();
   }
 
