@@ -7,9 +7,13 @@
 //!   identical company.
 //! - Fairness: a single deactivation in a small company, timed on an idle system and
 //!   again while the layoff runs.
+//! - As one batch file: the same layoff as one CSV to `POST /v1/offboarding-batches`, on
+//!   another identical company with the same worker process ([`batch`]).
 //! - Scale-out: the same layoff on a third identical company with 2 worker processes.
 //!
 //! Workers run as `offboard worker` child processes; the API runs in this process.
+
+mod batch;
 
 use std::{
     sync::{
@@ -98,6 +102,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let one = Layoff::new(seed_company(users, 1).await?, leaving);
     let two = Layoff::new(seed_company(users, 2).await?, leaving);
     let direct_company = Layoff::new(seed_company(users, 3).await?, leaving);
+    let as_batch = Layoff::new(seed_company(users, 4).await?, leaving);
     sqlx::raw_sql("VACUUM ANALYZE").execute(&env.pool).await?;
     println!("# seeded in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -143,6 +148,8 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         (elapsed, loaded)
     };
     let cpu = Cpu::sample(env, &[&workers[0]]).await?.since(&cpu_before);
+    // The same layoff as one batch file, on the same worker process.
+    let batch = batch::layoff_as_batch(env, &api, &as_batch).await?;
     let mut rss = workers.pop().expect("one worker").stop().await?;
     let (one_elapsed, loaded) = layoff_one;
     let one_rate = leaving as f64 / one_elapsed.as_secs_f64();
@@ -180,6 +187,12 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         "offboard layoff steps: {:.0} steps/s",
         totals.steps as f64 / one_elapsed.as_secs_f64()
     );
+    println!(
+        "offboard layoff as one batch file: {:.1} runs/s ({} rows checked and written in {:.1} s)",
+        leaving as f64 / batch.elapsed.as_secs_f64(),
+        leaving,
+        batch.written.as_secs_f64()
+    );
     println!("baseline direct SQL: {direct_rate:.1} runs/s");
     println!("ratio: {:.2}", one_rate / direct_rate);
     println!("offboard layoff, 2 worker processes: {two_rate:.1} runs/s");
@@ -202,7 +215,6 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
 /// Enqueues every deactivation of the layoff over HTTP and waits until all succeeded.
 /// Timed from the first request to the last run's finish (as the ledger recorded it).
 async fn layoff(env: &BenchEnv, api: &ApiServer, layoff: &Layoff) -> anyhow::Result<Duration> {
-    let company_id = layoff.company.company_id;
     let started = Instant::now();
     let requests: Vec<Value> = layoff.leaving.iter().map(|who| layoff.request(*who)).collect();
     let sent = http_load(
@@ -220,6 +232,17 @@ async fn layoff(env: &BenchEnv, api: &ApiServer, layoff: &Layoff) -> anyhow::Res
         sent.failed,
         sent.first_failure.unwrap_or_default()
     );
+    wait_for_layoff(env, layoff, started).await
+}
+
+/// Waits until every run of the layoff succeeded; the time from `started` to the last
+/// run's finish (as the ledger recorded it).
+async fn wait_for_layoff(
+    env: &BenchEnv,
+    layoff: &Layoff,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    let company_id = layoff.company.company_id;
     let expected = layoff.leaving.len() as i64;
     loop {
         let (succeeded, failed): (i64, i64) = sqlx::query_as(
