@@ -183,6 +183,9 @@ enum RunsCommand {
         status: Option<String>,
         #[arg(long)]
         action: Option<String>,
+        /// The runs of this batch.
+        #[arg(long)]
+        batch: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[arg(long)]
@@ -292,11 +295,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Runs { api, command } => {
             let client = ApiClient::new(&api.api_url, &api.token);
             match command {
-                RunsCommand::List { company, status, action, limit, cursor } => {
+                RunsCommand::List { company, status, action, batch, limit, cursor } => {
                     let mut query = vec![format!("limit={limit}")];
                     query.extend(company.map(|c| format!("company_id={c}")));
                     query.extend(status.map(|s| format!("status={s}")));
                     query.extend(action.map(|a| format!("action={a}")));
+                    query.extend(batch.map(|b| format!("batch_id={b}")));
                     query.extend(cursor.map(|c| format!("cursor={c}")));
                     cli::list(&client, &query.join("&")).await
                 }

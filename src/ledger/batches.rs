@@ -129,27 +129,28 @@ pub struct BatchRow {
     pub last_finished_at: Option<DateTime<Utc>>,
 }
 
+/// A batch with its progress; `$1` is the company a scoped token is held to (or null).
 const BATCH_SQL: &str = "
     SELECT b.id, b.submitted_by, b.company_scope, b.companies, b.format, b.all_or_nothing,
            b.status, b.rows_total, b.rows_accepted, b.refused, b.created_at, b.written_at,
            coalesce((SELECT jsonb_object_agg(status, n) FROM
                         (SELECT r.status, count(*) AS n FROM offboard.runs r
-                         WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)
+                         WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)
                          GROUP BY r.status) s), '{}'::jsonb) AS runs_by_status,
            (SELECT count(*) FROM offboard.runs r
-            WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)) AS runs_total,
+            WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)) AS runs_total,
            (SELECT count(*) FROM offboard.runs r
-            WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)
+            WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)
               AND r.status IN ('succeeded', 'failed', 'canceled', 'expired', 'rejected')
               AND r.finished_at IS NOT NULL) AS runs_finished,
            (SELECT coalesce(sum(s.done), 0)::bigint FROM offboard.runs r
             JOIN offboard.steps s ON s.run_id = r.id
-            WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)
+            WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)
               AND s.name LIKE 'reassign\\_%') AS items_moved,
            (SELECT min(r.started_at) FROM offboard.runs r
-            WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)) AS first_started_at,
+            WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)) AS first_started_at,
            (SELECT max(r.finished_at) FROM offboard.runs r
-            WHERE r.batch_id = b.id AND ($2::bigint IS NULL OR r.company_id = $2)) AS last_finished_at
+            WHERE r.batch_id = b.id AND ($1::bigint IS NULL OR r.company_id = $1)) AS last_finished_at
     FROM offboard.offboarding_batches b";
 
 /// A batch; with `company` given, only one that scope submitted or that holds runs of the
@@ -160,10 +161,10 @@ pub async fn find<'e>(
     company: Option<i64>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
     let sql = format!(
-        "{BATCH_SQL} WHERE b.id = $1
-           AND ($2::bigint IS NULL OR b.company_scope = $2 OR $2 = ANY(b.companies))"
+        "{BATCH_SQL} WHERE b.id = $2
+           AND ($1::bigint IS NULL OR b.company_scope = $1 OR $1 = ANY(b.companies))"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(company).fetch_optional(db).await
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(company).bind(id).fetch_optional(db).await
 }
 
 /// Batches newest first after the keyset cursor `before` (`(created_at, id)` of the last
@@ -176,13 +177,11 @@ pub async fn list<'e>(
 ) -> Result<Vec<BatchRow>, sqlx::Error> {
     let (before_at, before_id) = before.unzip();
     let sql = format!(
-        "{BATCH_SQL} WHERE ($1::uuid IS NULL OR TRUE)
-           AND ($2::bigint IS NULL OR b.company_scope = $2 OR $2 = ANY(b.companies))
-           AND ($3::timestamptz IS NULL OR (b.created_at, b.id) < ($3, $4))
-         ORDER BY b.created_at DESC, b.id DESC LIMIT $5"
+        "{BATCH_SQL} WHERE ($1::bigint IS NULL OR b.company_scope = $1 OR $1 = ANY(b.companies))
+           AND ($2::timestamptz IS NULL OR (b.created_at, b.id) < ($2, $3))
+         ORDER BY b.created_at DESC, b.id DESC LIMIT $4"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(None::<Uuid>)
         .bind(company)
         .bind(before_at)
         .bind(before_id)
@@ -205,4 +204,45 @@ pub fn eta_seconds(batch: &BatchRow, now: DateTime<Utc>) -> Option<i64> {
     }
     let rate = batch.runs_finished as f64 / elapsed;
     Some((remaining as f64 / rate).ceil() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use serde_json::json;
+
+    use super::*;
+
+    fn batch(total: i64, finished: i64, started_ago: Option<i64>, now: DateTime<Utc>) -> BatchRow {
+        BatchRow {
+            id: Uuid::nil(),
+            submitted_by: "token:operator".into(),
+            company_scope: None,
+            companies: vec![1],
+            format: "csv".into(),
+            all_or_nothing: false,
+            status: "written".into(),
+            rows_total: total as i32,
+            rows_accepted: total as i32,
+            refused: json!([]),
+            created_at: now,
+            written_at: Some(now),
+            runs_by_status: json!({}),
+            runs_total: total,
+            runs_finished: finished,
+            items_moved: 0,
+            first_started_at: started_ago.map(|s| now - Duration::seconds(s)),
+            last_finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_eta_follows_the_rate_runs_have_been_ending_at() {
+        let now = Utc::now();
+        // 100 of 1,000 ended in 50 s: 2 runs/s, 900 left, 450 s.
+        assert_eq!(eta_seconds(&batch(1_000, 100, Some(50), now), now), Some(450));
+        assert_eq!(eta_seconds(&batch(1_000, 0, Some(50), now), now), None, "no rate yet");
+        assert_eq!(eta_seconds(&batch(1_000, 0, None, now), now), None, "nothing started");
+        assert_eq!(eta_seconds(&batch(10, 10, Some(5), now), now), Some(0));
+    }
 }
