@@ -12,7 +12,7 @@ use utoipa::{
 
 use super::{
     audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview,
-    views, webhooks,
+    undo, views, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +32,8 @@ use super::{
         offboardings::reschedule,
         offboardings::approve,
         offboardings::reject,
+        undo::preview,
+        undo::undo,
         preview::show,
         preview::dry_run,
         dashboard::stats,
@@ -69,6 +71,9 @@ use super::{
         views::RescheduleBody,
         views::ApprovalBody,
         views::Decided,
+        undo::UndoPreview,
+        undo::UndoCounts,
+        undo::UndoTransferBody,
         views::Health,
         views::DryRunBody,
         operators::BulkRequest,

@@ -21,6 +21,7 @@ pub mod action;
 pub mod batch;
 pub mod field_error;
 pub mod ids;
+pub mod journal;
 pub mod policy;
 pub mod request;
 pub mod run_status;

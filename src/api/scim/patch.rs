@@ -36,10 +36,17 @@ pub fn apply(
         if let Some(p) = &path
             && is_extension(p)
         {
-            // The offboarding extension is the service's: writing nothing to it is nothing,
-            // writing a value is refused.
+            // The offboarding extension's attributes are the service's: writing nothing to
+            // them is nothing, writing a value is refused. The extension itself can be taken
+            // off the resource (remove) and put back (add or replace with nothing in it).
+            if !matches!(op.as_deref(), Some("add" | "replace" | "remove")) {
+                return Err(ScimError::bad("invalidSyntax", "op must be add, replace or remove"));
+            }
             if writes_something(&value) {
                 return Err(ScimError::bad("mutability", "the offboarding extension is read-only"));
+            }
+            if p.eq_ignore_ascii_case(super::resource::OFFBOARDING_SCHEMA) {
+                attributes.extension_hidden = op.as_deref() == Some("remove");
             }
             continue;
         }
@@ -168,6 +175,22 @@ mod tests {
         assert_eq!(attributes.email.as_deref(), Some("a@b.test"));
         assert_eq!(attributes.email_type.as_deref(), Some("work"));
         assert_eq!(attributes.family_name.as_deref(), Some("Lovelace"));
+    }
+
+    #[test]
+    fn the_offboarding_extension_can_be_taken_off_and_put_back() {
+        let urn = crate::api::scim::resource::OFFBOARDING_SCHEMA;
+        let (attributes, _) = run(json!({"Operations": [{"op": "remove", "path": urn}]})).unwrap();
+        assert!(attributes.extension_hidden);
+        let mut attributes = attributes;
+        let mut active = None;
+        let body = json!({"Operations": [{"op": "add", "path": urn, "value": {}}]});
+        apply(body.as_object().unwrap(), &mut attributes, &mut active).unwrap();
+        assert!(!attributes.extension_hidden);
+        // Removing one of its attributes leaves the extension on.
+        let sub = format!("{urn}:runId");
+        let (attributes, _) = run(json!({"Operations": [{"op": "remove", "path": sub}]})).unwrap();
+        assert!(!attributes.extension_hidden);
     }
 
     #[test]

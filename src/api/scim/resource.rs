@@ -42,17 +42,20 @@ pub fn render(user: &ProvisionedUser, base: &str) -> Value {
         out.insert("emails".into(), json!([{"value": email, "type": kind, "primary": primary}]));
     }
     out.insert("active".into(), json!(user.is_active()));
-    // Its attributes are returned on request (`attributes=`), see [`Projection::apply`].
-    schemas.push(json!(OFFBOARDING_SCHEMA));
-    let mut run = Map::new();
-    if let (Some(id), Some(action), Some(status)) =
-        (&user.run_id, &user.run_action, &user.run_status)
-    {
-        run.insert("runId".into(), json!(id));
-        run.insert("runAction".into(), json!(action));
-        run.insert("runStatus".into(), json!(status));
+    // Its attributes are returned on request (`attributes=`), see [`Projection::apply`];
+    // an identity provider that took the extension off the resource sees none of it.
+    if !user.extension_hidden {
+        schemas.push(json!(OFFBOARDING_SCHEMA));
+        let mut run = Map::new();
+        if let (Some(id), Some(action), Some(status)) =
+            (&user.run_id, &user.run_action, &user.run_status)
+        {
+            run.insert("runId".into(), json!(id));
+            run.insert("runAction".into(), json!(action));
+            run.insert("runStatus".into(), json!(status));
+        }
+        out.insert(OFFBOARDING_SCHEMA.into(), Value::Object(run));
     }
-    out.insert(OFFBOARDING_SCHEMA.into(), Value::Object(run));
     out.insert(
         "meta".into(),
         json!({
