@@ -5,7 +5,7 @@
 //! written one chunk per transaction (a savepoint per row); `all_or_nothing` first checks
 //! every row the same way in transactions that are rolled back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use axum::{
     Json,
@@ -157,9 +157,9 @@ pub async fn create(
         if row.policy_plan
             && let Some(company) = company_id.filter(|c| *c > 0)
         {
-            if !policy_plans.contains_key(&company) {
+            if let Entry::Vacant(slot) = policy_plans.entry(company) {
                 let policy = policies::find(&app.pool, company).await?.policy;
-                policy_plans.insert(company, policy.transfer.to_json());
+                slot.insert(policy.transfer.to_json());
             }
             row.body.insert("transfer".into(), policy_plans[&company].clone());
         }

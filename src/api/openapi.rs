@@ -11,8 +11,8 @@ use utoipa::{
 };
 
 use super::{
-    audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview,
-    undo, views, webhooks,
+    audit, batch_views, batches, dashboard, health, offboardings, operators, policy, preview, undo,
+    views, webhooks,
 };
 
 #[derive(OpenApi)]

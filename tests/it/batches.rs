@@ -383,7 +383,7 @@ async fn cancel_stops_every_unfinished_run_of_the_batch_and_the_counts_show_it(p
     let response = app.router.clone().oneshot(request).await.unwrap();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
     let mut reader = csv::Reader::from_reader(&bytes[..]);
-    assert_eq!(reader.headers().unwrap().iter().last(), Some("batch_id"));
+    assert_eq!(reader.headers().unwrap().iter().next_back(), Some("batch_id"));
     let run_rows: Vec<(String, String)> = reader
         .records()
         .map(|r| r.unwrap())
@@ -426,7 +426,7 @@ async fn batch_of(app: &TestApp, users: &[i64]) -> (String, Vec<Uuid>) {
         .collect();
     let body = json!({"rows": rows, "actor_user_id": app.admin()}).to_string();
     let (status, answer) =
-        send(&app, app.token(), "/v1/offboarding-batches", "application/json", body, &[]).await;
+        send(app, app.token(), "/v1/offboarding-batches", "application/json", body, &[]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let batch = answer["id"].as_str().unwrap().to_string();
     let runs: Vec<Uuid> =
