@@ -197,7 +197,12 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         let at = Duration::from_secs(2 + 4 * k as u64);
         tokio::time::sleep(at.saturating_sub(layoff_started.elapsed())).await;
         let who = fairness_pending.next().expect("enough small-company users");
+        let busy = busy_slots(&env.pool, hanging.company.company_id).await?;
         loaded.push(single_offboarding(env, &api, &client, &small, who).await?);
+        println!(
+            "# at sample {k}: {} of the layoff's steps running, {} of them uninstall_apps",
+            busy.0, busy.1
+        );
     }
     let unfinished = unfinished(&env.pool, hanging.company.company_id).await?;
     let rss = workers.pop().expect("one worker").stop().await?;
@@ -209,6 +214,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let fairness = median(&loaded_ms) / median(&idle_ms);
     let samples = |v: &[f64]| v.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(", ");
     println!("# {slow_calls} calls received in the 100 ms layoff");
+    profile(&env.pool, small.company.company_id).await?;
     println!(
         "# fairness samples (ms): idle {}; under the layoff with {HANGING_APP}'s vendor hanging {} ({unfinished} of its runs unfinished at the end)",
         samples(&idle_ms),
@@ -240,4 +246,41 @@ async fn unfinished(pool: &PgPool, company_id: i64) -> anyhow::Result<i64> {
     .bind(company_id)
     .fetch_one(pool)
     .await?)
+}
+
+/// The layoff's steps running now, and how many of them are `uninstall_apps`.
+async fn busy_slots(pool: &PgPool, company_id: i64) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE name = 'uninstall_apps')
+         FROM offboard.steps WHERE company_id = $1 AND status = 'running'",
+    )
+    .bind(company_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Where each of the small company's runs spent its time: from request to finish, and for
+/// each outside-calling step its attempts, its time from first claim to finish, and the
+/// slowest of its calls' own latencies (the rest of the step's time is waiting: for a
+/// host's in-flight slot or rate, a re-scheduled attempt, a worker slot).
+async fn profile(pool: &PgPool, company_id: i64) -> anyhow::Result<()> {
+    let rows: Vec<(f64, String, i32, f64, i32)> = sqlx::query_as(
+        "SELECT extract(epoch FROM r.finished_at - r.created_at)::float8 * 1000, s.name, s.attempts,
+                extract(epoch FROM s.finished_at - s.started_at)::float8 * 1000,
+                (SELECT coalesce(max(c.last_latency_ms), 0) FROM offboard.outbound_calls c
+                 WHERE c.step_id = s.id)
+         FROM offboard.runs r JOIN offboard.steps s ON s.run_id = r.id
+         WHERE r.company_id = $1 AND r.status = 'succeeded'
+           AND s.name IN ('stop_syncs', 'uninstall_apps')
+         ORDER BY r.created_at, s.name",
+    )
+    .bind(company_id)
+    .fetch_all(pool)
+    .await?;
+    for (total, step, attempts, took, slowest) in rows {
+        println!(
+            "# small run of {total:.0} ms: {step} {attempts} attempt(s), {took:.0} ms from claim to finish, slowest call {slowest} ms"
+        );
+    }
+    Ok(())
 }
