@@ -17,6 +17,10 @@ pub const DEV_TOKEN: &str = "offboard-dev-token";
 /// plus as many re-pushed after a lost delivery, so half of that, with a margin.
 pub const MAX_IN_FLIGHT_LIMIT: i64 = 3_000;
 
+/// Purges fire from the sweeper only this long after they were due (by default:
+/// `OFFBOARD_PURGE_GRACE`); before that they are the purge queue's to fire.
+pub const PURGE_GRACE: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
@@ -379,7 +383,7 @@ impl Default for WorkerSettings {
             db_pool_size: 16 + 8,
             bulk_chunk: 100,
             bulk_pause: Duration::from_millis(20),
-            purge_grace: crate::dispatch::PURGE_GRACE,
+            purge_grace: PURGE_GRACE,
             step_timeout: Duration::from_secs(600),
         }
     }

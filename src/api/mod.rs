@@ -15,6 +15,7 @@ mod policy;
 mod preview;
 mod scim;
 mod trace;
+mod undo;
 pub mod views;
 mod webhooks;
 
@@ -92,6 +93,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offboardings/{id}/approve", post(offboardings::approve))
         .route("/v1/offboardings/{id}/reject", post(offboardings::reject))
         .route("/v1/offboardings/{id}/restart", post(operators::restart))
+        .route("/v1/offboardings/{id}/undo-transfer", post(undo::undo))
+        .route("/v1/offboardings/{id}/undo-transfer/preview", get(undo::preview))
         .route("/v1/offboardings/bulk-retry", post(operators::bulk_retry))
         .route("/v1/offboardings/bulk-cancel", post(operators::bulk_cancel))
         .route("/v1/bulk-operations", get(operators::bulk_operations))

@@ -10,7 +10,9 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{audit, dashboard, health, offboardings, operators, policy, preview, views, webhooks};
+use super::{
+    audit, dashboard, health, offboardings, operators, policy, preview, undo, views, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +31,8 @@ use super::{audit, dashboard, health, offboardings, operators, policy, preview, 
         offboardings::reschedule,
         offboardings::approve,
         offboardings::reject,
+        undo::preview,
+        undo::undo,
         preview::show,
         preview::dry_run,
         dashboard::stats,
@@ -62,6 +66,9 @@ use super::{audit, dashboard, health, offboardings, operators, policy, preview, 
         views::RescheduleBody,
         views::ApprovalBody,
         views::Decided,
+        undo::UndoPreview,
+        undo::UndoCounts,
+        undo::UndoTransferBody,
         views::Health,
         views::DryRunBody,
         operators::BulkRequest,

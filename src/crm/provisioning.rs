@@ -26,9 +26,11 @@ pub struct UserAttributes {
     pub email_type: Option<String>,
     /// Whether the identity provider marked the email primary; `None` when it did not say.
     pub email_primary: Option<bool>,
+    /// Whether the identity provider took the offboarding extension off the resource.
+    pub extension_hidden: bool,
 }
 
-debug_without_personal_data!(UserAttributes { email_type, email_primary });
+debug_without_personal_data!(UserAttributes { email_type, email_primary, extension_hidden });
 
 /// A provisioned user with the run an identity provider sees on it.
 #[derive(Clone, sqlx::FromRow)]
@@ -44,6 +46,7 @@ pub struct ProvisionedUser {
     pub email: Option<String>,
     pub email_type: Option<String>,
     pub email_primary: Option<bool>,
+    pub extension_hidden: bool,
     pub created_at: DateTime<Utc>,
     pub last_modified: DateTime<Utc>,
     /// The user's active run, else the latest one.
@@ -65,6 +68,7 @@ impl ProvisionedUser {
             email: self.email.clone(),
             email_type: self.email_type.clone(),
             email_primary: self.email_primary,
+            extension_hidden: self.extension_hidden,
         }
     }
 
@@ -93,7 +97,7 @@ macro_rules! provisioned_sql {
         concat!(
             "SELECT u.id, u.status, coalesce(u.user_name, u.email) AS user_name, u.external_id,
                     u.given_name, u.family_name, u.name AS display_name, u.email, u.email_type,
-                    u.email_primary,
+                    u.email_primary, u.scim_extension_hidden AS extension_hidden,
                     u.created_at,
                     greatest(u.created_at, u.deactivated_at, r.created_at, r.finished_at) AS last_modified,
                     r.id AS run_id, r.action AS run_action, r.status AS run_status,
@@ -137,6 +141,7 @@ debug_without_personal_data!(ProvisionedUser {
     status,
     email_type,
     email_primary,
+    extension_hidden,
     created_at,
     last_modified,
     run_id,
@@ -295,9 +300,9 @@ pub async fn create(
         "INSERT INTO crm.users
              (company_id, name, email, role, account_settings_access, status, holds_seat,
               deactivated_at, user_name, external_id, given_name, family_name, email_type,
-              email_primary)
+              email_primary, scim_extension_hidden)
          VALUES ($1, $2, $3, 'regular', false, CASE WHEN $4 THEN 'active' ELSE 'deactivated' END,
-                 $4, CASE WHEN $4 THEN NULL ELSE now() END, $5, $6, $7, $8, $9, $10)
+                 $4, CASE WHEN $4 THEN NULL ELSE now() END, $5, $6, $7, $8, $9, $10, $11)
          RETURNING id",
     )
     .bind(company_id)
@@ -310,6 +315,7 @@ pub async fn create(
     .bind(attributes.family_name.as_deref())
     .bind(attributes.email_type.as_deref())
     .bind(attributes.email_primary)
+    .bind(attributes.extension_hidden)
     .fetch_one(&mut *tx)
     .await;
     let id = match inserted {
@@ -333,7 +339,8 @@ pub async fn update(
     let updated = sqlx::query(
         "UPDATE crm.users
          SET name = $3, email = $4, user_name = $5, external_id = $6, given_name = $7,
-             family_name = $8, email_type = $9, email_primary = $10
+             family_name = $8, email_type = $9, email_primary = $10,
+             scim_extension_hidden = $11
          WHERE id = $2 AND company_id = $1 AND status <> 'deleted'",
     )
     .bind(company_id)
@@ -346,6 +353,7 @@ pub async fn update(
     .bind(attributes.family_name.as_deref())
     .bind(attributes.email_type.as_deref())
     .bind(attributes.email_primary)
+    .bind(attributes.extension_hidden)
     .execute(&mut *conn)
     .await;
     match updated {

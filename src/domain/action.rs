@@ -17,15 +17,19 @@ pub enum Action {
     Redact,
     /// Give a deactivated user a seat again and cancel the private-email purge.
     Reactivate,
+    /// Give back what an earlier run transferred, to the reactivated user or another one
+    /// (`POST /v1/offboardings/{id}/undo-transfer`; never a request of its own).
+    UndoTransfer,
 }
 
 impl Action {
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::Deactivate,
         Action::Delete,
         Action::DeactivateAndDelete,
         Action::Redact,
         Action::Reactivate,
+        Action::UndoTransfer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,7 @@ impl Action {
             Action::DeactivateAndDelete => "deactivate_and_delete",
             Action::Redact => "redact",
             Action::Reactivate => "reactivate",
+            Action::UndoTransfer => "undo_transfer",
         }
     }
 
@@ -43,12 +48,25 @@ impl Action {
         match self {
             Action::Deactivate | Action::DeactivateAndDelete => "active",
             Action::Delete | Action::Redact | Action::Reactivate => "deactivated",
+            // Only checked when an undo is asked for: the user, unless another is named.
+            Action::UndoTransfer => "active",
         }
     }
 
     /// Whether the action takes the user out of the active set (and so must leave an admin).
     pub fn deactivates(self) -> bool {
         matches!(self, Action::Deactivate | Action::DeactivateAndDelete)
+    }
+
+    /// Whether a host may ask for the action in `POST /v1/offboardings` (an undo is asked
+    /// for on the run it undoes).
+    pub fn requestable(self) -> bool {
+        !matches!(self, Action::UndoTransfer)
+    }
+
+    /// Whether the action's runs move items to other users (and journal them).
+    pub fn transfers(self) -> bool {
+        matches!(self, Action::Deactivate | Action::Delete | Action::DeactivateAndDelete)
     }
 
     /// Whether a transfer plan makes sense for the action.

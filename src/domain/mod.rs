@@ -20,6 +20,7 @@ pub(crate) use debug_without_personal_data;
 pub mod action;
 pub mod field_error;
 pub mod ids;
+pub mod journal;
 pub mod policy;
 pub mod request;
 pub mod run_status;

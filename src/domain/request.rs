@@ -89,7 +89,15 @@ impl OffboardingRequest {
         let actor_user_id = user_id_field(object, "actor_user_id")?;
         let action = match object.get("action") {
             Some(Value::String(s)) => {
-                s.parse::<Action>().map_err(|m| FieldError::new("action", m))?
+                match s.parse::<Action>().map_err(|m| FieldError::new("action", m))? {
+                    action if action.requestable() => action,
+                    _ => {
+                        return Err(FieldError::new(
+                            "action",
+                            "an undo is asked for on the run it undoes: POST /v1/offboardings/{id}/undo-transfer",
+                        ));
+                    }
+                }
             }
             Some(_) => return Err(FieldError::new("action", "must be a string")),
             None => return Err(FieldError::new("action", "is required")),

@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod calls;
 pub mod filter;
 pub mod idempotency;
+pub mod journal;
 pub mod policies;
 pub mod restart;
 pub mod runs;

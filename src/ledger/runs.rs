@@ -503,7 +503,7 @@ pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>
     let purge = result_of("finish_deactivation").map(|r| {
         json!({"id": r.get("private_email_purge_id"), "due_at": r.get("private_email_purge_due_at")})
     });
-    json!({
+    let mut receipt = json!({
         "run_id": run.id,
         "company_id": run.company_id,
         "user_id": run.user_id,
@@ -525,7 +525,12 @@ pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>
         "needs_review": needs_review,
         "reassigned": reassigned,
         "private_email_purge": purge,
-    })
+    });
+    // An undo's receipt says what went back and what was left (changed since).
+    if let Some(undo) = result_of("undo_transfer") {
+        receipt["undo_transfer"] = undo;
+    }
+    receipt
 }
 
 /// Why an operator action was refused.

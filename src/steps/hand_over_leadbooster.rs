@@ -1,6 +1,8 @@
 //! LeadBooster: open live chats lose their operator (so the team picks them up); chatbot
 //! playbooks and web forms get the company's first admin as responsible user, flagged so
-//! someone checks the notification email they send to.
+//! someone checks the notification email they send to. Playbooks and forms handed over are
+//! journaled (`offboard.transfer_journal`), so an undo can give them back; chats are not
+//! (nobody owns them after).
 
 use serde_json::json;
 use sqlx::PgConnection;
@@ -32,6 +34,7 @@ pub(super) async fn apply(
     .bind(cx.company())
     .bind(cx.user())
     .bind(admin)
+    .bind(cx.run.id)
     .fetch_one(&mut *tx)
     .await?;
     Ok(Finished::with_counts(json!({

@@ -46,6 +46,7 @@ mod redact_profile;
 mod review_automations;
 mod stop_syncs;
 mod transfer_dashboards;
+mod undo_transfer;
 mod uninstall_apps;
 
 use std::fmt;
@@ -75,6 +76,7 @@ pub const REGISTRY: &[Step] = &[
     erase_personal_data::STEP,
     redact_profile::STEP,
     reactivate_user::STEP,
+    undo_transfer::STEP,
     noop::STEP,
 ];
 
@@ -256,6 +258,7 @@ fn plan_in(registry: &'static [Step], action: Action, transfer: &TransferPlan) -
         }
         Action::Redact => specs.push(spec(fixed(&redact_profile::STEP), &[])),
         Action::Reactivate => specs.push(spec(fixed(&reactivate_user::STEP), &[])),
+        Action::UndoTransfer => specs.push(spec(fixed(&undo_transfer::STEP), &[])),
     }
     specs
 }
@@ -274,12 +277,20 @@ pub struct RunParams {
     /// service actor); absent for the host's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// An undo: the run whose transfer it gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_of: Option<Uuid>,
+    /// An undo: who gets the items back when it is not the run's (reactivated) user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_user_id: Option<UserId>,
 }
 
 crate::domain::debug_without_personal_data!(RunParams {
     replacement_user_id,
     remove_picture,
-    started_by
+    started_by,
+    undo_of,
+    to_user_id
 });
 
 /// The run a step belongs to.

@@ -11,6 +11,10 @@
 //! Every batch first locks its targets (`FOR SHARE`, so none can be deactivated while it
 //! moves items to them) and fails for good with `target_inactive` if one is no longer
 //! active: never an item written to an inactive user.
+//!
+//! The statement that moves a batch also writes its row of the transfer journal (the ids
+//! moved and each one's new owner; see `offboard.transfer_journal`), so what a run moved
+//! is recorded exactly when it commits, and an undo can give it back.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -154,7 +158,7 @@ async fn lock_active_targets(
     }
 }
 
-/// Single target: select and move one batch in one statement.
+/// Single target: select, move and journal one batch in one statement.
 async fn move_batch_to_one(
     tx: &mut PgConnection,
     cx: &StepContext<'_>,
@@ -164,33 +168,90 @@ async fn move_batch_to_one(
     wanted: i64,
     target: UserId,
 ) -> Result<(i64, Option<Cursor>), StepError> {
-    let sql = format!(
-        "WITH batch AS (
-             SELECT id, created_at FROM {table}
-             WHERE owner_id = $2 AND company_id = $1 AND {scope} AND (created_at, id) > ($4, $5)
-             ORDER BY created_at, id LIMIT $6 FOR UPDATE),
-         moved AS (
-             UPDATE {table} t SET owner_id = $3 FROM batch b WHERE t.id = b.id
-             RETURNING b.created_at, b.id)
-         SELECT c.n, l.created_at, l.id
-         FROM (SELECT count(*) AS n FROM moved) c
-         LEFT JOIN LATERAL (SELECT created_at, id FROM moved ORDER BY created_at DESC, id DESC LIMIT 1) l
-           ON true",
-        table = item.table(),
-        scope = item.scope_condition(scope),
-    );
     let (moved, created_at, id): (i64, Option<DateTime<Utc>>, Option<i64>) =
-        sqlx::query_as(AssertSqlSafe(sql))
+        sqlx::query_as(AssertSqlSafe(single_target_sql(item, scope, Journal::On)))
             .bind(cx.company())
             .bind(cx.user())
             .bind(target.get())
             .bind(cursor.created_at)
             .bind(cursor.id)
             .bind(wanted)
+            .bind(cx.run.id)
             .fetch_one(&mut *tx)
             .await?;
     let last = created_at.zip(id).map(|(created_at, id)| Cursor { created_at, id });
     Ok((moved, last))
+}
+
+/// Whether a batch's statement also writes its journal row. Always on in a run; the
+/// bench runs the same statement without it as the baseline of the journal's cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journal {
+    On,
+    Off,
+}
+
+/// The statement moving one batch to one target: binds `$1` company, `$2` user, `$3`
+/// target, `$4`/`$5` the cursor (created_at, id), `$6` the batch size, `$7` the run id;
+/// returns the number moved and the last item's (created_at, id). With the journal on,
+/// the moved ids go to one journal row (none when nothing moved).
+pub fn single_target_sql(item: ItemType, scope: Scope, journal: Journal) -> String {
+    let journal = match journal {
+        Journal::On => format!(
+            "journal AS (
+                 INSERT INTO offboard.transfer_journal
+                     (run_id, company_id, item_type, previous_owner_id, item_ids, new_owner_ids)
+                 SELECT $7, $1, '{key}', $2, array_agg(id), array_fill($3::bigint, ARRAY[count(*)::int])
+                 FROM moved HAVING count(*) > 0),",
+            key = item.key()
+        ),
+        Journal::Off => String::new(),
+    };
+    format!(
+        "WITH batch AS (
+             SELECT id, created_at FROM {table}
+             WHERE owner_id = $2 AND company_id = $1 AND {scope} AND (created_at, id) > ($4, $5)
+             ORDER BY created_at, id LIMIT $6 FOR UPDATE),
+         moved AS (
+             UPDATE {table} t SET owner_id = $3 FROM batch b WHERE t.id = b.id
+             RETURNING b.created_at, b.id),
+         {journal}
+         -- Every parameter typed, with the journal or without.
+         params AS (SELECT $7::uuid AS run)
+         SELECT c.n, l.created_at, l.id
+         FROM (SELECT count(*) AS n FROM moved) c
+         LEFT JOIN LATERAL (SELECT created_at, id FROM moved ORDER BY created_at DESC, id DESC LIMIT 1) l
+           ON true",
+        table = item.table(),
+        scope = item.scope_condition(scope),
+    )
+}
+
+/// The statement writing a read batch back by id, each item to its own owner: binds `$1`
+/// the ids, `$2` their new owners, `$3` the run id, `$4` company, `$5` the previous owner;
+/// with the journal on, the same arrays go to one journal row.
+pub fn by_position_update_sql(item: ItemType, journal: Journal) -> String {
+    let journal = match journal {
+        Journal::On => format!(
+            "journal AS (
+                 INSERT INTO offboard.transfer_journal
+                     (run_id, company_id, item_type, previous_owner_id, item_ids, new_owner_ids)
+                 SELECT $3, $4, '{key}', $5, $1, $2 WHERE cardinality($1::bigint[]) > 0),",
+            key = item.key()
+        ),
+        Journal::Off => String::new(),
+    };
+    format!(
+        "WITH moved AS (
+             UPDATE {table} t SET owner_id = v.owner
+             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, owner) WHERE t.id = v.id
+             RETURNING t.id),
+         {journal}
+         -- Every parameter typed, with the journal or without.
+         params AS (SELECT $3::uuid, $4::bigint, $5::bigint)
+         SELECT count(*) FROM moved",
+        table = item.table()
+    )
 }
 
 /// Ratio and hardcoded: the owner depends on each item's position in the order, so the
@@ -234,12 +295,14 @@ async fn move_batch_by_position(
         ids.push(*id);
         owners.push(owner.get());
     }
-    let update = format!(
-        "UPDATE {table} t SET owner_id = v.owner
-         FROM unnest($1::bigint[], $2::bigint[]) AS v(id, owner) WHERE t.id = v.id",
-        table = item.table()
-    );
-    sqlx::query(AssertSqlSafe(update)).bind(&ids).bind(&owners).execute(&mut *tx).await?;
+    let _: i64 = sqlx::query_scalar(AssertSqlSafe(by_position_update_sql(item, Journal::On)))
+        .bind(&ids)
+        .bind(&owners)
+        .bind(cx.run.id)
+        .bind(cx.company())
+        .bind(cx.user())
+        .fetch_one(&mut *tx)
+        .await?;
     Ok((batch.len() as i64, Some(Cursor { created_at: last_created, id: last_id })))
 }
 

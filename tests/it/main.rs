@@ -23,4 +23,5 @@ mod scheduled;
 mod scim;
 mod security;
 mod transfer;
+mod undo;
 mod webhooks;

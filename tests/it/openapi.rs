@@ -207,6 +207,8 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
         ("get", "/v1/stats"),
         ("get", "/v1/stats/series"),
         ("post", "/v1/offboardings/{id}/restart"),
+        ("post", "/v1/offboardings/{id}/undo-transfer"),
+        ("get", "/v1/offboardings/{id}/undo-transfer/preview"),
         ("post", "/v1/offboardings/bulk-retry"),
         ("post", "/v1/offboardings/bulk-cancel"),
         ("get", "/v1/bulk-operations"),

@@ -342,3 +342,44 @@ async fn users_are_paged_filtered_and_created_as_identity_providers_expect(pool:
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(err["status"], "403");
 }
+
+#[sqlx::test]
+async fn an_identity_provider_can_take_the_offboarding_extension_off_a_user_and_put_it_back(
+    pool: PgPool,
+) {
+    let app = scim_app(pool).await;
+    let path = format!("/Users/{}", app.regular(2));
+    let listed = |user: &Value| {
+        user["schemas"].as_array().unwrap().iter().any(|s| s == EXTENSION)
+            && user.get(EXTENSION).is_some()
+    };
+    let (_, user) = scim(&app, Method::GET, &path, None).await;
+    assert!(listed(&user), "shown by default: {user}");
+
+    let remove = json!({"Operations": [{"op": "remove", "path": EXTENSION}]});
+    let (status, user) = scim(&app, Method::PATCH, &path, Some(remove)).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert!(!listed(&user), "taken off: {user}");
+    // It stays off, even when asked for and across a replacement by PUT.
+    let (_, user) = scim(&app, Method::GET, &format!("{path}?attributes={EXTENSION}"), None).await;
+    assert!(!listed(&user), "{user}");
+    let (_, mut replacement) = scim(&app, Method::GET, &path, None).await;
+    replacement.as_object_mut().unwrap().remove("meta");
+    replacement["displayName"] = json!("Renamed");
+    let (status, user) = scim(&app, Method::PUT, &path, Some(replacement)).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert!(!listed(&user), "{user}");
+
+    // Its attributes stay the service's; writing one is refused and changes nothing.
+    let write = json!({"Operations": [{"op": "add", "path": format!("{EXTENSION}:runStatus"), "value": "x"}]});
+    let (status, error) = scim(&app, Method::PATCH, &path, Some(write)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["scimType"], "mutability");
+
+    let add = json!({"Operations": [{"op": "add", "path": EXTENSION, "value": {}}]});
+    let (status, user) = scim(&app, Method::PATCH, &path, Some(add)).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert!(listed(&user), "put back: {user}");
+    let (_, user) = scim(&app, Method::GET, &path, None).await;
+    assert!(listed(&user), "{user}");
+}

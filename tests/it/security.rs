@@ -97,6 +97,7 @@ async fn types_holding_names_or_emails_never_show_them_in_debug(pool: PgPool) {
         email: Some(email.into()),
         email_type: Some("work".into()),
         email_primary: Some(true),
+        extension_hidden: false,
     };
     let filter = UserFilter {
         id: None,
@@ -116,6 +117,7 @@ async fn types_holding_names_or_emails_never_show_them_in_debug(pool: PgPool) {
         email: Some(email.into()),
         email_type: None,
         email_primary: None,
+        extension_hidden: false,
         created_at: chrono::Utc::now(),
         last_modified: chrono::Utc::now(),
         run_id: None,

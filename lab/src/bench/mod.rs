@@ -10,6 +10,7 @@
 //! Output lines are `<name>: <value> <unit>`; lines starting with `#` describe the setup.
 
 mod enqueue;
+mod journal;
 mod layoff;
 mod outside;
 mod reassign;

@@ -2,7 +2,9 @@
 //! (every fifth row, so they are spread over the whole table, as a user's items are). In one
 //! run it times (a) one raw `UPDATE` moving those rows to one owner, the baseline, and (b)
 //! offboard's reassignment step moving the same rows — single target, then ratio over 4
-//! targets — through the whole path (ledger, dispatcher, Redis, a worker process).
+//! targets — through the whole path (ledger, dispatcher, Redis, a worker process). And
+//! (c) the transfer journal's cost: the step's own batch statements with the journal row
+//! each batch writes, next to the same statements without it ([`super::journal`]).
 //!
 //! Before each phase the rows go back to their owner (untimed), the table is vacuumed and
 //! a checkpoint is taken, so every phase starts from the same state.
@@ -12,13 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::{BenchEnv, BenchOptions, WorkerProcess, median, mib, verdict, wait_for_workers};
+use super::{
+    BenchEnv, BenchOptions, WorkerProcess, journal, median, mib, verdict, wait_for_workers,
+};
 use offboard::{
     config::Settings,
     crm::seed::{self, SeedOptions},
     domain::{TransferPlan, UserId},
     ledger::runs::{self, NewRun},
-    steps::{RunParams, StepSpec},
+    steps::{RunParams, StepSpec, reassign::Journal},
 };
 
 pub(super) async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<()> {
@@ -53,6 +57,9 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let ratio_plan = json!({"deals": {"mode": "ratio", "scope": "all",
         "targets": company.targets.iter().map(|t| json!({"user_id": t, "weight": 1})).collect::<Vec<_>>()}});
     let (mut raw, mut single, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    // (journal off, journal on), single target and ratio-4.
+    let (mut single_off, mut single_on, mut ratio_off, mut ratio_on) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut largest = (0, 0);
     for _ in 0..ROUNDS {
         // (a) The baseline: one statement, one transaction, every row at once.
@@ -67,6 +74,24 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         let phase = reassign_through_offboard(env, &company, &ratio_plan, owned).await?;
         ratio.push(phase.rate);
         largest.1 = largest.1.max(phase.largest_transaction);
+        // (c) The journal: the same batches, off then on, single target then ratio-4.
+        let one = &company.targets[..1];
+        for (targets, journal, rates) in [
+            (one, Journal::Off, &mut single_off),
+            (one, Journal::On, &mut single_on),
+            (&company.targets[..], Journal::Off, &mut ratio_off),
+            (&company.targets[..], Journal::On, &mut ratio_on),
+        ] {
+            prepare(env, &company).await?;
+            let (rate, moved) =
+                journal::move_all(&env.pool, company.id, company.owner, targets, batch, journal)
+                    .await?;
+            anyhow::ensure!(
+                moved as usize == owned,
+                "the journal phase moved {moved}, not {owned}"
+            );
+            rates.push(rate);
+        }
     }
     let rss = workers.pop().expect("one worker").stop().await?;
     let rounds = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
@@ -87,11 +112,36 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     println!("single largest transaction: {} rows", single.largest_transaction);
     println!("ratio-4 largest transaction: {} rows", ratio.largest_transaction);
     println!("worker peak RSS: {:.1} MiB", mib(rss));
+    println!(
+        "# journal rows/s per round: single off {}; single on {}; ratio-4 off {}; ratio-4 on {}",
+        rounds(&single_off),
+        rounds(&single_on),
+        rounds(&ratio_off),
+        rounds(&ratio_on)
+    );
+    let journal_single = median(&single_on) / median(&single_off);
+    let journal_ratio = median(&ratio_on) / median(&ratio_off);
+    println!(
+        "journal, single: off {:.0} rows/s, on {:.0} rows/s, ratio {journal_single:.2} (cost x{:.2})",
+        median(&single_off),
+        median(&single_on),
+        1.0 / journal_single
+    );
+    println!(
+        "journal, ratio-4: off {:.0} rows/s, on {:.0} rows/s, ratio {journal_ratio:.2} (cost x{:.2})",
+        median(&ratio_off),
+        median(&ratio_on),
+        1.0 / journal_ratio
+    );
     let bounded = single.largest_transaction <= batch && ratio.largest_transaction <= batch;
     println!("target no transaction over {batch} rows: {}", verdict(bounded));
     println!("target single >= 0.70 x raw update: {}", verdict(single_ratio >= 0.7));
     println!("target ratio-4 >= 0.50 x raw update: {}", verdict(ratio_ratio >= 0.5));
     println!("target worker RSS < 64 MiB: {}", verdict(mib(rss) < 64.0));
+    println!(
+        "target journal on >= 0.77 x off (cost <= 1.3x): {}",
+        verdict(journal_single >= 0.77 && journal_ratio >= 0.77)
+    );
     Ok(())
 }
 

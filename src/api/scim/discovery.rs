@@ -11,9 +11,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    LIST_SCHEMA, ScimCaller, ScimError, base_url,
-    resource::{OFFBOARDING_SCHEMA, USER_SCHEMA},
-    scim_json,
+    LIST_SCHEMA, OFFBOARDING_SCHEMA, ScimCaller, ScimError, USER_SCHEMA, base_url, scim_json,
 };
 
 /// Most users a page of `GET /Users` holds.
@@ -165,7 +163,7 @@ fn offboarding_schema(base: &str) -> Value {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
         "id": OFFBOARDING_SCHEMA,
         "name": "Offboarding",
-        "description": "The user's current offboarding run (read-only; returned when asked for with attributes=): the active one, else the latest",
+        "description": "The user's current offboarding run (read-only; returned when asked for with attributes=): the active one, else the latest. On every user until a PATCH remove of this URN takes it off; add or replace with {} puts it back",
         "attributes": [
             read_only("runId", "The run's id (GET /v1/offboardings/{id})"),
             read_only("runAction", "deactivate, delete, deactivate_and_delete, redact or reactivate"),

@@ -36,10 +36,17 @@ pub fn apply(
         if let Some(p) = &path
             && is_extension(p)
         {
-            // The offboarding extension is the service's: writing nothing to it is nothing,
-            // writing a value is refused.
+            // The offboarding extension's attributes are the service's: writing nothing to
+            // them is nothing, writing a value is refused. The extension itself can be taken
+            // off the resource (remove) and put back (add or replace with nothing in it).
+            if !matches!(op.as_deref(), Some("add" | "replace" | "remove")) {
+                return Err(ScimError::bad("invalidSyntax", "op must be add, replace or remove"));
+            }
             if writes_something(&value) {
                 return Err(ScimError::bad("mutability", "the offboarding extension is read-only"));
+            }
+            if p.eq_ignore_ascii_case(super::OFFBOARDING_SCHEMA) {
+                attributes.extension_hidden = op.as_deref() == Some("remove");
             }
             continue;
         }
@@ -89,7 +96,7 @@ pub fn apply(
 }
 
 fn is_extension(path: &str) -> bool {
-    path.to_ascii_lowercase().starts_with(&super::resource::OFFBOARDING_SCHEMA.to_ascii_lowercase())
+    path.to_ascii_lowercase().starts_with(&super::OFFBOARDING_SCHEMA.to_ascii_lowercase())
 }
 
 /// Whether a value sets anything: not null, and not an object of nulls (and `schemas`).
@@ -171,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn the_offboarding_extension_can_be_taken_off_and_put_back() {
+        let urn = crate::api::scim::OFFBOARDING_SCHEMA;
+        let (attributes, _) = run(json!({"Operations": [{"op": "remove", "path": urn}]})).unwrap();
+        assert!(attributes.extension_hidden);
+        let mut attributes = attributes;
+        let mut active = None;
+        let body = json!({"Operations": [{"op": "add", "path": urn, "value": {}}]});
+        apply(body.as_object().unwrap(), &mut attributes, &mut active).unwrap();
+        assert!(!attributes.extension_hidden);
+        // Removing one of its attributes leaves the extension on.
+        let sub = format!("{urn}:runId");
+        let (attributes, _) = run(json!({"Operations": [{"op": "remove", "path": sub}]})).unwrap();
+        assert!(!attributes.extension_hidden);
+    }
+
+    #[test]
     fn bad_operations_are_refused_with_their_scim_type() {
         let kind = |body: Value| run(body).unwrap_err().scim_type;
         assert_eq!(kind(json!({"Operations": []})), Some("invalidSyntax"));
@@ -187,7 +210,7 @@ mod tests {
             kind(json!({"Operations": [{"op": "replace", "path": "title", "value": "x"}]})),
             Some("invalidPath")
         );
-        let extension = format!("{}:runStatus", crate::api::scim::resource::OFFBOARDING_SCHEMA);
+        let extension = format!("{}:runStatus", crate::api::scim::OFFBOARDING_SCHEMA);
         assert_eq!(
             kind(
                 json!({"Operations": [{"op": "replace", "path": extension, "value": "succeeded"}]})

@@ -4,13 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{ScimError, filter::normalize_path};
+use super::{OFFBOARDING_SCHEMA, ScimError, USER_SCHEMA, filter::normalize_path};
 use crate::crm::provisioning::{ProvisionedUser, UserAttributes};
-
-pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-/// Read-only: the user's current offboarding run (`runId`, `runAction`, `runStatus`),
-/// returned when asked for (`?attributes=urn:…:Offboarding`).
-pub const OFFBOARDING_SCHEMA: &str = "urn:offboard:params:scim:schemas:extension:2.0:Offboarding";
 
 /// The longest text attribute accepted.
 const MAX_TEXT: usize = 320;
@@ -42,17 +37,20 @@ pub fn render(user: &ProvisionedUser, base: &str) -> Value {
         out.insert("emails".into(), json!([{"value": email, "type": kind, "primary": primary}]));
     }
     out.insert("active".into(), json!(user.is_active()));
-    // Its attributes are returned on request (`attributes=`), see [`Projection::apply`].
-    schemas.push(json!(OFFBOARDING_SCHEMA));
-    let mut run = Map::new();
-    if let (Some(id), Some(action), Some(status)) =
-        (&user.run_id, &user.run_action, &user.run_status)
-    {
-        run.insert("runId".into(), json!(id));
-        run.insert("runAction".into(), json!(action));
-        run.insert("runStatus".into(), json!(status));
+    // Its attributes are returned on request (`attributes=`), see [`Projection::apply`];
+    // an identity provider that took the extension off the resource sees none of it.
+    if !user.extension_hidden {
+        schemas.push(json!(OFFBOARDING_SCHEMA));
+        let mut run = Map::new();
+        if let (Some(id), Some(action), Some(status)) =
+            (&user.run_id, &user.run_action, &user.run_status)
+        {
+            run.insert("runId".into(), json!(id));
+            run.insert("runAction".into(), json!(action));
+            run.insert("runStatus".into(), json!(status));
+        }
+        out.insert(OFFBOARDING_SCHEMA.into(), Value::Object(run));
     }
-    out.insert(OFFBOARDING_SCHEMA.into(), Value::Object(run));
     out.insert(
         "meta".into(),
         json!({

@@ -159,7 +159,9 @@ pub async fn replace(
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
     let user = load(&app, caller.company_id, user_id(&id)?).await?;
-    let (attributes, active) = resource::read_resource(&body)?;
+    let (mut attributes, active) = resource::read_resource(&body)?;
+    // The extension is not an attribute a replacement sets: it stays as it was.
+    attributes.extension_hidden = user.extension_hidden;
     change(&app, caller.company_id, &user, attributes, active).await?;
     let user = load(&app, caller.company_id, user.id).await?;
     Ok(scim_json(
