@@ -34,9 +34,7 @@ use crate::{
     steps::private_email_purge::{self, FiredBy},
 };
 
-/// Purges fire from the sweeper only this long after they were due (by default:
-/// `OFFBOARD_PURGE_GRACE`); before that they are the purge queue's to fire.
-pub const PURGE_GRACE: Duration = Duration::from_secs(3);
+pub use crate::config::PURGE_GRACE;
 
 /// Purge tasks Redis may hold at once (due, not yet fired): far below the ~8,000 due
 /// tasks past which apalis-redis's fetch fails for good. The rest wait in the ledger.

@@ -11,9 +11,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    LIST_SCHEMA, ScimCaller, ScimError, base_url,
-    resource::{OFFBOARDING_SCHEMA, USER_SCHEMA},
-    scim_json,
+    LIST_SCHEMA, OFFBOARDING_SCHEMA, ScimCaller, ScimError, USER_SCHEMA, base_url, scim_json,
 };
 
 /// Most users a page of `GET /Users` holds.

@@ -6,7 +6,7 @@
 
 use crate::crm::provisioning::UserFilter;
 
-use super::{ScimError, resource::USER_SCHEMA};
+use super::{ScimError, USER_SCHEMA};
 
 /// A parsed filter; `matches_nothing` when two comparisons of one attribute disagree.
 #[derive(Debug, Default)]

@@ -28,6 +28,10 @@ use serde_json::{Value, json};
 
 use super::{AppState, auth::Caller, error::ApiError};
 
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+/// Read-only: the user's current offboarding run (`runId`, `runAction`, `runStatus`),
+/// returned when asked for (`?attributes=urn:…:Offboarding`).
+pub const OFFBOARDING_SCHEMA: &str = "urn:offboard:params:scim:schemas:extension:2.0:Offboarding";
 pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 pub const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 pub const CONTENT_TYPE: &str = "application/scim+json";

@@ -45,7 +45,7 @@ pub fn apply(
             if writes_something(&value) {
                 return Err(ScimError::bad("mutability", "the offboarding extension is read-only"));
             }
-            if p.eq_ignore_ascii_case(super::resource::OFFBOARDING_SCHEMA) {
+            if p.eq_ignore_ascii_case(super::OFFBOARDING_SCHEMA) {
                 attributes.extension_hidden = op.as_deref() == Some("remove");
             }
             continue;
@@ -96,7 +96,7 @@ pub fn apply(
 }
 
 fn is_extension(path: &str) -> bool {
-    path.to_ascii_lowercase().starts_with(&super::resource::OFFBOARDING_SCHEMA.to_ascii_lowercase())
+    path.to_ascii_lowercase().starts_with(&super::OFFBOARDING_SCHEMA.to_ascii_lowercase())
 }
 
 /// Whether a value sets anything: not null, and not an object of nulls (and `schemas`).
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_offboarding_extension_can_be_taken_off_and_put_back() {
-        let urn = crate::api::scim::resource::OFFBOARDING_SCHEMA;
+        let urn = crate::api::scim::OFFBOARDING_SCHEMA;
         let (attributes, _) = run(json!({"Operations": [{"op": "remove", "path": urn}]})).unwrap();
         assert!(attributes.extension_hidden);
         let mut attributes = attributes;
@@ -210,7 +210,7 @@ mod tests {
             kind(json!({"Operations": [{"op": "replace", "path": "title", "value": "x"}]})),
             Some("invalidPath")
         );
-        let extension = format!("{}:runStatus", crate::api::scim::resource::OFFBOARDING_SCHEMA);
+        let extension = format!("{}:runStatus", crate::api::scim::OFFBOARDING_SCHEMA);
         assert_eq!(
             kind(
                 json!({"Operations": [{"op": "replace", "path": extension, "value": "succeeded"}]})

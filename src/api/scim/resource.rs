@@ -4,13 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{ScimError, filter::normalize_path};
+use super::{OFFBOARDING_SCHEMA, ScimError, USER_SCHEMA, filter::normalize_path};
 use crate::crm::provisioning::{ProvisionedUser, UserAttributes};
-
-pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-/// Read-only: the user's current offboarding run (`runId`, `runAction`, `runStatus`),
-/// returned when asked for (`?attributes=urn:…:Offboarding`).
-pub const OFFBOARDING_SCHEMA: &str = "urn:offboard:params:scim:schemas:extension:2.0:Offboarding";
 
 /// The longest text attribute accepted.
 const MAX_TEXT: usize = 320;

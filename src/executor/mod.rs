@@ -1,0 +1,156 @@
+//! Runs a step task. One step: claim it (a lease), apply it in transactions that also
+//! record its progress, complete it together with its last effect, or record the failure
+//! with the next attempt's time. A run's steps on their first attempt: lock them, apply
+//! them all and complete them in one transaction. Redis delivers at least once; the claim,
+//! or the lock on a queued step, makes that exactly once in effect.
+
+use std::{collections::HashMap, sync::Arc};
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+mod alone;
+mod group;
+mod leases;
+
+pub use leases::Leases;
+
+pub use crate::faults::{Fault, Faults};
+use crate::{
+    config::{StepSettings, WorkerSettings},
+    domain::{Action, CompanyId, TransferPlan, UserId},
+    ledger::{runs, steps::Claim},
+    queue::Queues,
+    steps::{AfterCommit, RunContext, RunParams, StepError, StepKind},
+};
+
+/// How a step task ended, for callers that drain the queue (tests, the demo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step was not queued: a duplicate delivery, or it was canceled.
+    NotQueued,
+    Succeeded,
+    /// Failed; the next attempt is scheduled in the ledger.
+    WillRetry,
+    Dead,
+    /// Another worker took the step over (this lease expired).
+    LeaseLost,
+    /// The run is canceling: the step stopped at a batch boundary and is canceled.
+    Canceled,
+}
+
+pub struct Executor {
+    pub pool: PgPool,
+    pub queues: Queues,
+    pub worker: WorkerSettings,
+    pub steps: StepSettings,
+    /// Unique per process (host, pid, random), so a restarted worker never reuses a name.
+    pub worker_name: String,
+    pub leases: Arc<Leases>,
+    /// Wakes the dispatcher when a completion made steps ready.
+    pub nudge: Arc<Notify>,
+    pub faults: Faults,
+    /// Ended attempts, for the second's metric sample the sweeper writes.
+    pub samples: Arc<crate::samples::Counters>,
+    /// The steps' calls to outside systems (revocations, vendors' callbacks).
+    pub outside: Arc<crate::outside::Outside>,
+}
+
+enum Attempt {
+    /// A batch committed; the step continues.
+    More,
+    Done(Vec<AfterCommit>),
+    LeaseLost,
+}
+
+/// A claimed step with what it needs to run.
+struct Prepared {
+    claim: Claim,
+    run: RunContext,
+    kind: StepKind,
+}
+
+impl Executor {
+    /// Marks a run whose last step succeeded as succeeded, with its receipt, and writes
+    /// the deletion its company's policy schedules after a deactivation (if any), in the
+    /// caller's transaction.
+    async fn finish_run(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        run_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        runs::finish(&mut *tx, run_id).await?;
+        let deletion = crate::steps::plan(
+            crate::domain::Action::Delete,
+            &crate::domain::TransferPlan::default(),
+        );
+        if let Some(id) = crate::ledger::scheduled::schedule_deletion_after(
+            &mut *tx,
+            run_id,
+            deletion,
+            self.worker.max_attempts,
+        )
+        .await?
+        {
+            tracing::info!(%run_id, deletion_run_id = %id, "deletion scheduled by the company policy");
+        }
+        Ok(())
+    }
+
+    /// Runs one step task; see [`Executor::run_steps`].
+    pub async fn run_step(&self, step_id: i64) -> anyhow::Result<Outcome> {
+        let outcomes = self.run_steps(&[step_id]).await?;
+        Ok(outcomes.into_iter().next().map(|(_, o)| o).unwrap_or(Outcome::NotQueued))
+    }
+
+    /// Runs the steps of one task and returns each one's outcome, in `step_ids` order. One
+    /// step is claimed (its attempt committed first) and runs in transactions of its own;
+    /// several — steps of one run on their first attempt — run in one transaction that
+    /// also completes them, so a run's concurrent steps cost one commit, not one each.
+    pub async fn run_steps(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        let mut outcomes: HashMap<i64, Outcome> =
+            step_ids.iter().map(|&id| (id, Outcome::NotQueued)).collect();
+        let ran = if step_ids.len() == 1 {
+            self.run_alone(step_ids[0]).await?.into_iter().collect()
+        } else {
+            self.run_group(step_ids).await?
+        };
+        outcomes.extend(ran);
+        Ok(step_ids.iter().map(|id| (*id, outcomes[id].clone())).collect())
+    }
+}
+
+fn step_span(claim: &Claim) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        run_id = %claim.run_id,
+        step = %claim.name,
+        company_id = claim.company_id,
+        attempt = claim.attempts,
+    )
+}
+
+/// The run and the step's kind, from the claim.
+fn prepare(claim: &Claim) -> Result<(RunContext, StepKind), StepError> {
+    let run = run_context(claim)?;
+    let kind = StepKind::from_name(&claim.name).ok_or_else(|| {
+        StepError::permanent("unknown_step", format!("no step is named {}", claim.name))
+    })?;
+    Ok((run, kind))
+}
+
+fn run_context(claim: &Claim) -> Result<RunContext, StepError> {
+    let bad =
+        |what: &str| StepError::permanent("bad_run", format!("the run's {what} is unreadable"));
+    Ok(RunContext {
+        id: claim.run_id,
+        company_id: CompanyId::new(claim.company_id).ok_or_else(|| bad("company_id"))?,
+        user_id: UserId::new(claim.user_id).ok_or_else(|| bad("user_id"))?,
+        action: claim.action.parse::<Action>().map_err(|_| bad("action"))?,
+        actor_user_id: UserId::new(claim.actor_user_id).ok_or_else(|| bad("actor_user_id"))?,
+        plan: TransferPlan::from_stored(&claim.plan).map_err(|_| bad("plan"))?,
+        params: serde_json::from_value::<RunParams>(claim.params.clone())
+            .map_err(|_| bad("params"))?,
+    })
+}

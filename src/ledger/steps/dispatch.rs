@@ -1,0 +1,137 @@
+//! The dispatcher's pass: ready steps to queued, within the global and per-company
+//! limits, companies in turn; and how the picked steps travel as tasks.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Limits that keep Redis small and tenants fair.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchLimits {
+    pub max_in_flight: i64,
+    pub max_in_flight_per_company: i64,
+}
+
+/// `ready -> queued` for the steps that may start now, within the global and per-company
+/// limits, taking companies in turn. A turn is one task: the ready steps of the company's
+/// oldest run with any (see [`into_tasks`]), so a run's steps that became ready together
+/// travel together. Dispatchers in several processes take turns on an advisory lock, so the
+/// limits hold across them. Returns the steps to push to Redis after the commit, in the
+/// order they were picked.
+///
+/// The cost follows the companies with ready steps, not the backlog: the companies are
+/// found by a skip scan over `steps_ready_by_company`, and each contributes at most the
+/// turns this pass can use — room / companies, rounded up, and never past its own limit.
+/// A pass may so take fewer steps than there is room for (when some companies have fewer
+/// ready steps than their share); the dispatcher then runs again, and the order in which
+/// steps start is the same.
+///
+/// Bitmap scans are off for the pass: the in-flight count then reads `steps_in_flight`
+/// with a plain index scan, which marks the entries of steps that have finished as dead
+/// for the next pass, where a bitmap scan checked every one of them in the heap each time
+/// (ten times the live ones during a burst, before vacuum removes them).
+pub async fn dispatch_ready(
+    pool: &PgPool,
+    limits: DispatchLimits,
+) -> Result<Vec<Dispatched>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))
+                AND set_config('enable_bitmapscan', 'off', true) = 'off'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let picked: Vec<Dispatched> = sqlx::query_as(
+        "WITH RECURSIVE ready_companies AS (
+             (SELECT company_id FROM offboard.steps WHERE status = 'ready'
+              ORDER BY company_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT s.company_id FROM offboard.steps s
+                     WHERE s.status = 'ready' AND s.company_id > r.company_id
+                     ORDER BY s.company_id LIMIT 1)
+             FROM ready_companies r WHERE r.company_id IS NOT NULL),
+         in_flight AS (
+             SELECT company_id, count(*) AS n FROM offboard.steps
+             WHERE status IN ('queued', 'running') GROUP BY company_id),
+         room AS (
+             SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
+             FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
+         picked AS (
+             SELECT c.id, c.turn
+             FROM ready_companies r
+             LEFT JOIN in_flight f ON f.company_id = r.company_id
+             CROSS JOIN LATERAL (
+                 SELECT x.id, dense_rank() OVER (ORDER BY x.run_first) AS turn
+                 FROM (SELECT y.id, min(y.position) OVER (PARTITION BY y.run_id) AS run_first
+                       FROM (SELECT s.id, s.run_id,
+                                    row_number() OVER (ORDER BY s.next_attempt_at, s.id) AS position
+                             FROM offboard.steps s
+                             WHERE s.company_id = r.company_id AND s.status = 'ready'
+                               AND s.next_attempt_at <= now()
+                             ORDER BY s.next_attempt_at, s.id
+                             LIMIT least(greatest(0, $2 - coalesce(f.n, 0)),
+                                         (SELECT turns FROM room) * $3)) y) x) c
+             WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
+             ORDER BY c.turn, c.id
+             LIMIT (SELECT n FROM room)),
+         -- Rows an operator's cancel or retry holds are left for the next pass (no lock
+         -- waits in the dispatcher), and a step of a run that is stopping is never queued.
+         free AS (
+             SELECT s.id FROM offboard.steps s JOIN picked p ON p.id = s.id
+             WHERE s.status = 'ready'
+               AND EXISTS (SELECT 1 FROM offboard.runs r
+                           WHERE r.id = s.run_id AND r.status NOT IN ('canceling', 'canceled'))
+             FOR UPDATE OF s SKIP LOCKED)
+         UPDATE offboard.steps s SET status = 'queued', queued_at = now()
+         FROM picked p WHERE s.id = p.id AND s.id IN (SELECT id FROM free)
+         RETURNING s.id, s.run_id, s.attempts, p.turn",
+    )
+    .bind(limits.max_in_flight)
+    .bind(limits.max_in_flight_per_company)
+    .bind(MAX_STEPS_PER_TASK as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut picked = picked;
+    picked.sort_by_key(|d| (d.turn, d.id));
+    Ok(picked)
+}
+
+/// A step the dispatcher moved to `queued`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Dispatched {
+    pub id: i64,
+    pub run_id: Uuid,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    /// Its company's turn in this pass (companies take turns).
+    pub turn: i64,
+}
+
+/// Steps one task carries at most.
+pub const MAX_STEPS_PER_TASK: usize = 16;
+
+/// Cuts dispatched steps into tasks, keeping their order: the steps of one run on their
+/// first attempt travel together (up to [`MAX_STEPS_PER_TASK`]) and run in one transaction;
+/// a step that has been attempted before travels alone, so a step that fails or kills its
+/// worker cannot take its neighbours down with it again.
+pub fn into_tasks(dispatched: &[Dispatched]) -> Vec<Vec<i64>> {
+    let mut tasks: Vec<Vec<i64>> = Vec::new();
+    let mut open: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    for step in dispatched {
+        if step.attempts > 0 {
+            tasks.push(vec![step.id]);
+            continue;
+        }
+        match open.get(&step.run_id) {
+            Some(&i) if tasks[i].len() < MAX_STEPS_PER_TASK => tasks[i].push(step.id),
+            _ => {
+                open.insert(step.run_id, tasks.len());
+                tasks.push(vec![step.id]);
+            }
+        }
+    }
+    tasks
+}
