@@ -53,15 +53,15 @@ pub(super) async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Resu
 }
 
 /// A company and who leaves it.
-struct Layoff {
-    company: Seeded,
+pub(super) struct Layoff {
+    pub company: Seeded,
     actor: i64,
     /// (user, the staying user who receives their items)
-    leaving: Vec<(i64, i64)>,
+    pub leaving: Vec<(i64, i64)>,
 }
 
 impl Layoff {
-    fn new(company: Seeded, leaving: usize) -> Self {
+    pub fn new(company: Seeded, leaving: usize) -> Self {
         let regular: Vec<i64> =
             company.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
         let leaving = leaving.min(regular.len() - 1);
@@ -214,24 +214,13 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
 
 /// Enqueues every deactivation of the layoff over HTTP and waits until all succeeded.
 /// Timed from the first request to the last run's finish (as the ledger recorded it).
-async fn layoff(env: &BenchEnv, api: &ApiServer, layoff: &Layoff) -> anyhow::Result<Duration> {
+pub(super) async fn layoff(
+    env: &BenchEnv,
+    api: &ApiServer,
+    layoff: &Layoff,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let requests: Vec<Value> = layoff.leaving.iter().map(|who| layoff.request(*who)).collect();
-    let sent = http_load(
-        api.addr,
-        ENQUEUE_CONNECTIONS,
-        Duration::ZERO,
-        Duration::from_secs(600),
-        StatusCode::ACCEPTED,
-        move |i| Some(post_json("/v1/offboardings", requests.get(i)?, &[])),
-    )
-    .await?;
-    anyhow::ensure!(
-        sent.failed == 0,
-        "{} layoff requests were refused (first: {})",
-        sent.failed,
-        sent.first_failure.unwrap_or_default()
-    );
+    enqueue(api, layoff).await?;
     wait_for_layoff(env, layoff, started).await
 }
 
@@ -274,6 +263,27 @@ async fn wait_for_layoff(
     Ok(started.elapsed().saturating_sub(Duration::from_secs_f64(since_last.max(0.0))))
 }
 
+/// Requests every deactivation of the layoff over HTTP (all accepted), without waiting.
+pub(super) async fn enqueue(api: &ApiServer, layoff: &Layoff) -> anyhow::Result<()> {
+    let requests: Vec<Value> = layoff.leaving.iter().map(|who| layoff.request(*who)).collect();
+    let sent = http_load(
+        api.addr,
+        ENQUEUE_CONNECTIONS,
+        Duration::ZERO,
+        Duration::from_secs(600),
+        StatusCode::ACCEPTED,
+        move |i| Some(post_json("/v1/offboardings", requests.get(i)?, &[])),
+    )
+    .await?;
+    anyhow::ensure!(
+        sent.failed == 0,
+        "{} layoff requests were refused (first: {})",
+        sent.failed,
+        sent.first_failure.unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Publishes how many runs of the company succeeded; `usize::MAX` once all `expected` did.
 async fn watch_progress(
     pool: PgPool,
@@ -298,7 +308,7 @@ async fn watch_progress(
 }
 
 /// One deactivation over HTTP, timed from the request to the run's success.
-async fn single_offboarding(
+pub(super) async fn single_offboarding(
     env: &BenchEnv,
     api: &ApiServer,
     client: &reqwest::Client,

@@ -12,8 +12,11 @@
 mod enqueue;
 mod journal;
 mod layoff;
+mod outside;
 mod reassign;
+mod remote;
 mod steps;
+mod webhooks;
 
 use std::{
     net::SocketAddr,
@@ -46,6 +49,11 @@ pub enum Scenario {
     Steps,
     /// Reassigning 200,000 of 1,000,000 items; baseline one raw UPDATE.
     Reassign,
+    /// Webhook deliveries to a receiver answering in 50 ms; baseline plain POSTs.
+    Webhooks,
+    /// A layoff whose steps revoke 3 grants and call 2 app vendors per user, providers
+    /// answering in 100 ms vs at once; fairness while one vendor hangs.
+    Outside,
     /// Every scenario, one after the other.
     All,
 }
@@ -83,7 +91,14 @@ pub async fn run(
     if options.scale != 1.0 {
         println!("# scale {} (figures are comparable only at scale 1)", options.scale);
     }
-    let all = [Scenario::Reassign, Scenario::Enqueue, Scenario::Layoff, Scenario::Steps];
+    let all = [
+        Scenario::Reassign,
+        Scenario::Enqueue,
+        Scenario::Layoff,
+        Scenario::Steps,
+        Scenario::Webhooks,
+        Scenario::Outside,
+    ];
     let chosen: Vec<Scenario> =
         if scenario == Scenario::All { all.to_vec() } else { vec![scenario] };
     let started = Instant::now();
@@ -95,6 +110,8 @@ pub async fn run(
             Scenario::Enqueue => enqueue::run(settings, &options).await?,
             Scenario::Layoff => layoff::run(settings, &options).await?,
             Scenario::Steps => steps::run(settings, &options).await?,
+            Scenario::Webhooks => webhooks::run(settings, &options).await?,
+            Scenario::Outside => outside::run(settings, &options).await?,
             Scenario::All => unreachable!("expanded above"),
         }
         println!(
@@ -292,6 +309,11 @@ impl WorkerProcess {
     /// environment pass through (so `OFFBOARD_WORKER_CONCURRENCY` etc. apply), except the
     /// database, prefix and fault injection.
     pub fn spawn(env: &BenchEnv, label: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(env, label, &[])
+    }
+
+    /// As [`WorkerProcess::spawn`], with more variables set for the worker.
+    pub fn spawn_with(env: &BenchEnv, label: &str, vars: &[(&str, &str)]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the offboard binary")?;
         let log = std::env::temp_dir().join(format!("{}-{label}.log", env.settings.queue_prefix));
         let stderr = std::fs::File::create(&log)
@@ -303,6 +325,7 @@ impl WorkerProcess {
             .env("REDIS_URL", &env.settings.redis_url)
             .env("OFFBOARD_QUEUE_PREFIX", &env.settings.queue_prefix)
             .env_remove("OFFBOARD_FAULTS")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

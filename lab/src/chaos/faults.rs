@@ -350,6 +350,8 @@ pub struct FaultStats {
     pub kills: usize,
     pub kills_holding_steps: usize,
     pub kills_mid_reassignment: usize,
+    /// Kills while webhook deliveries were being sent.
+    pub kills_during_delivery: usize,
     pub flushes: usize,
     pub redis_restarts: usize,
     pub postgres_restarts: usize,

@@ -10,6 +10,7 @@
 //! Only ids and counts are printed: never a name or an email.
 
 mod faults;
+mod hooks;
 mod model;
 mod remote;
 mod verify;
@@ -135,6 +136,7 @@ pub struct Report {
     pub findings: Findings,
     pub tally: Tally,
     pub outside: remote::OutsideTally,
+    pub hooks: hooks::HookTally,
     pub wall_time: Duration,
     pub log_dir: String,
     pub database_kept: bool,
@@ -244,6 +246,19 @@ impl fmt::Display for Report {
             "  outside    {} calls to a provider and a vendor failing ~30 % and hanging ~5 % ({} failed or hung): {} grants revoked, {} installs' vendors told; {} called again after a 200 (a worker killed before it recorded the outcome, or two admins' runs telling one shared install's vendor, under one key)",
             x.calls, x.failed_or_hung, x.grants_revoked, x.installs_told, x.repeated_after_ok
         )?;
+        let h = &self.hooks;
+        writeln!(
+            f,
+            "  webhooks   {} events to {} receivers failing ~30 % and hanging ~5 % ({} deliveries, {} requests, {} failed or hung, {} workers killed while deliveries were being sent): {} duplicates absorbed by dedupe on webhook-id, {} bad signatures",
+            h.events,
+            h.endpoints,
+            h.deliveries,
+            h.requests,
+            h.failed_or_hung,
+            self.faults.kills_during_delivery,
+            h.duplicates_absorbed,
+            h.bad_signatures
+        )?;
         writeln!(f, "  lost       {}", self.lost())?;
         writeln!(f, "  doubled    {}", self.doubled())?;
         if !self.findings.broken.is_empty() {
@@ -315,6 +330,8 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     api_settings.api_tokens.clear();
     api_settings.db_pool_size = 10;
     api_settings.faults = Vec::new();
+    // The suite's webhook receivers are plain http on loopback.
+    api_settings.webhooks.allow_private = true;
     let core = app::Services::connect(api_settings).await?;
     let pool = core.pool.clone();
 
@@ -368,6 +385,14 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     )
     .await?;
     let api = Api::new(&format!("http://{}", server.addr));
+    // The host's receivers, registered before any run so every event has them.
+    let mut receivers = vec![
+        hooks::Receiver::start("/hooks/offboard").await?,
+        hooks::Receiver::start("/hooks/audit").await?,
+    ];
+    for receiver in &mut receivers {
+        receiver.register(&api, company_id).await?;
+    }
 
     let log_dir = std::env::temp_dir().join(&prefix);
     let fleet = Fleet::start(
@@ -543,6 +568,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     }
     let _ = phase_tx.send(Phase::Calm);
     wait_for_purges(&pool, company_id).await;
+    wait_for_deliveries(&pool, company_id, options.settle).await;
     let _ = phase_tx.send(Phase::Stop);
     let faults = injector.await.context("the fault injector panicked")?;
     interference.steps_stopped_target_inactive = sqlx::query_scalar(
@@ -571,6 +597,11 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         remote::check(&pool, company_id, &tokens, &provider, &vendor).await?;
     findings.lost.extend(lost_outside);
     findings.broken.extend(broken_outside);
+    let (hooks, lost_hooks, doubled_hooks, broken_hooks) =
+        hooks::check(&pool, company_id, &receivers).await?;
+    findings.lost.extend(lost_hooks);
+    findings.doubled.extend(doubled_hooks);
+    findings.broken.extend(broken_hooks);
     let mut runs_by_action = BTreeMap::new();
     for record in &records {
         *runs_by_action.entry(record.step.action).or_default() += 1;
@@ -591,6 +622,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
         findings,
         tally,
         outside,
+        hooks,
         wall_time: started.elapsed(),
         log_dir: log_dir.display().to_string(),
         database_kept: true,
@@ -921,6 +953,24 @@ async fn wait_for_purges(pool: &PgPool, company_id: i64) {
     }
 }
 
+/// Waits until every webhook delivery of the company has finished, or `limit` passes
+/// (what is left then counts as lost). Workers stay up meanwhile.
+async fn wait_for_deliveries(pool: &PgPool, company_id: i64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        match hooks::unfinished(pool, company_id).await {
+            Ok(0) => return,
+            Ok(n) if last_report.elapsed() >= Duration::from_secs(5) => {
+                last_report = Instant::now();
+                eprintln!("chaos: {n} webhook deliveries still to finish");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The fault injector: random kills, flushes and Redis restarts every 0.6–2.4 s, and
 /// PostgreSQL restarts at fixed points, until the chaos phase ends; then every worker is
 /// brought back and kept up until the suite stops them.
@@ -1014,8 +1064,14 @@ async fn disturb(
                         .await
                         .ok()
                         .flatten();
+                let sending =
+                    tokio::time::timeout(Duration::from_millis(500), hooks::sending(pool))
+                        .await
+                        .ok()
+                        .flatten();
                 fleet.kill(slot, Duration::from_millis(rng.random_range(200..2000))).await;
                 stats.kills += 1;
+                stats.kills_during_delivery += usize::from(sending.is_some_and(|n| n > 0));
                 if let Some((running, mid_reassignment)) = held {
                     stats.kills_holding_steps += usize::from(running > 0);
                     stats.kills_mid_reassignment += usize::from(mid_reassignment > 0);
@@ -1081,6 +1137,16 @@ fn worker_env(
         ),
         ("OFFBOARD_OUTBOUND_TIMEOUT", "1s".into()),
         ("OFFBOARD_OUTBOUND_BREAKER_PAUSE", "1s".into()),
+        // Webhooks to the suite's receivers: short timeout (hangs end quickly) and a
+        // short schedule long enough that ~35 % failures never exhaust it.
+        ("OFFBOARD_WEBHOOK_ALLOW_PRIVATE", "1".into()),
+        ("OFFBOARD_WEBHOOK_TIMEOUT", "1s".into()),
+        (
+            "OFFBOARD_WEBHOOK_RETRY_SCHEDULE",
+            "200ms,500ms,1s,2s,3s,3s,3s,3s,3s,3s,3s,3s,3s,3s".into(),
+        ),
+        ("OFFBOARD_WEBHOOK_BREAKER_PAUSE", "1s".into()),
+        ("OFFBOARD_WEBHOOK_POLL_INTERVAL", "200ms".into()),
         ("RUST_LOG", log),
     ];
     WorkerEnv {
