@@ -559,7 +559,7 @@ fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
         ("company_id" = Option<i64>, Query, minimum = 1),
         ("user_id" = Option<i64>, Query, minimum = 1),
         ("status" = Option<String>, Query, description = "A run status: scheduled, awaiting_approval, queued, running, canceling, succeeded, failed, canceled, expired or rejected"),
-        ("action" = Option<String>, Query, description = "deactivate, delete, deactivate_and_delete, redact or reactivate"),
+        ("action" = Option<String>, Query, description = "deactivate, delete, deactivate_and_delete, redact, reactivate or undo_transfer"),
         ("step" = Option<String>, Query, description = "Runs with this step (with step_status: in that state), e.g. uninstall_apps"),
         ("step_status" = Option<String>, Query, description = "Runs with a step (or `step`) in this state: pending, ready, queued, running, succeeded, skipped, dead or canceled"),
         ("created_after" = Option<DateTime<Utc>>, Query, description = "Created at or after (RFC 3339)"),

@@ -171,7 +171,7 @@ pub struct FilterBody {
     pub user_id: Option<i64>,
     /// A run status.
     pub status: Option<String>,
-    /// deactivate, delete, deactivate_and_delete, redact or reactivate.
+    /// deactivate, delete, deactivate_and_delete, redact, reactivate or undo_transfer.
     pub action: Option<String>,
     /// A step name, e.g. uninstall_apps (with `step_status`: in that state).
     pub step: Option<String>,
