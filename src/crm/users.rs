@@ -311,7 +311,8 @@ pub async fn create_replacement<'e>(
 /// two requests naming each other wait, never deadlock). Held to the end of the caller's
 /// transaction, whose next statement then sees every run committed before it — the rules'
 /// "is the user a target of an active run?" and "is a target leaving?" cannot both pass
-/// for two concurrent requests. The keys live in their own range (ids plus 2^56).
+/// for two concurrent requests. The keys live in their own range (ids with bit 56 set;
+/// an XOR, so no id, however large, overflows).
 pub async fn lock_for_enqueue(
     tx: &mut PgConnection,
     user_id: i64,
@@ -324,7 +325,7 @@ pub async fn lock_for_enqueue(
     sqlx::query(
         "SELECT count(CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
                            ELSE pg_advisory_xact_lock_shared(key) END)
-         FROM (SELECT id + 72057594037927936 AS key, bool_or(exclusive) AS exclusive
+         FROM (SELECT id # 72057594037927936 AS key, bool_or(exclusive) AS exclusive
                FROM (SELECT $1::bigint AS id, $2::bool AS exclusive
                      UNION ALL SELECT t, false FROM unnest($3::bigint[]) AS t) u
                GROUP BY id ORDER BY id) k",

@@ -96,10 +96,24 @@ pub async fn finish(
     )
     .bind(batch_id)
     .bind(status)
-    .bind(refused)
+    .bind(without_nul(refused))
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `value` without NUL characters, which PostgreSQL's `jsonb` cannot hold: a refused row
+/// names the field it was refused for, and an unknown field's name is the client's text.
+fn without_nul(value: &Value) -> Value {
+    let clean = |s: &str| s.replace('\0', "\u{fffd}");
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.iter().map(without_nul).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (clean(k), without_nul(v))).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 /// A batch and its progress. With a company scope, the counts are that company's runs.

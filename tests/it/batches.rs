@@ -523,3 +523,31 @@ async fn a_2000_row_batch_of_one_company_never_starves_a_run_of_another(pool: Pg
     workers.stop().await;
     app.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_row_with_a_nul_in_an_unknown_field_is_refused_like_any_other(pool: PgPool) {
+    let (app, users) = app_with_users(pool, 8).await;
+    let (company, admin) = (app.company.company_id, app.admin());
+    let body = json!({"actor_user_id": admin, "rows": [
+        {"company_id": company, "user_id": users[0], "action": "deactivate"},
+        {"company_id": company, "user_id": users[1], "action": "deactivate", "x\u{0}y": 1},
+    ]});
+    let (status, answer) = send(
+        &app,
+        app.token(),
+        "/v1/offboarding-batches",
+        "application/json",
+        body.to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["rows_accepted"], 1, "{answer}");
+    assert_eq!(answer["refused"][0]["row"], 2, "{answer}");
+    assert_eq!(answer["refused"][0]["code"], "invalid_request", "{answer}");
+    let batch = answer["id"].as_str().unwrap().to_string();
+    let (status, _, stored) =
+        app.call(Method::GET, &format!("/v1/offboarding-batches/{batch}"), None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["refused"][0]["row"], 2, "{stored}");
+}

@@ -222,6 +222,10 @@ async fn an_undo_is_refused_clearly_and_changes_nothing(pool: PgPool) {
     let (status, body) = app.post(&path, &json!({"to_user_id": 0})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "to_user_id");
+    // An id near the top of bigint is no user either (it once overflowed the lock key: 500).
+    let (status, body) = app.post(&path, &json!({"to_user_id": i64::MAX - 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "target_unavailable");
 
     // Another company's token sees no such run.
     let bearer = format!("Bearer {}", other_company_token.split('@').next().unwrap());
