@@ -516,6 +516,15 @@ async fn timed_run(app: &TestApp, company: i64, user: i64, actor: i64) -> Durati
     started.elapsed()
 }
 
+/// The fastest of [`timed_run`] for each of `users`, one after another.
+async fn fastest_run(app: &TestApp, company: i64, users: &[i64], actor: i64) -> Duration {
+    let mut fastest = Duration::MAX;
+    for user in users {
+        fastest = fastest.min(timed_run(app, company, *user, actor).await);
+    }
+    fastest
+}
+
 #[sqlx::test]
 async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool: PgPool) {
     let (provider, vendor, dead) =
@@ -554,8 +563,9 @@ async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool:
     let regulars: Vec<i64> =
         app.company.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
 
-    // The small company's run on an idle system.
-    let idle = timed_run(&app, company, regulars[0], app.admin()).await;
+    // The small company's run on an idle system: the fastest of three, as the runs beside
+    // the open breaker below, so one slow moment of a shared machine decides neither.
+    let idle = fastest_run(&app, company, &regulars[..3], app.admin()).await;
 
     // The other company's layoff hits the dead vendor until its breaker opens.
     let theirs: Vec<i64> = other.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
@@ -602,7 +612,7 @@ async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool:
     assert_eq!(open, vec![dead.host().as_str()]);
 
     // The small company's next run, while the other's steps wait on the open breaker.
-    let busy = timed_run(&app, company, regulars[1], app.admin()).await;
+    let busy = fastest_run(&app, company, &regulars[3..6], app.admin()).await;
     eprintln!("small company's run: idle {idle:?}, beside an open breaker {busy:?}");
     assert!(
         busy <= idle.mul_f64(1.5) + Duration::from_millis(300),
