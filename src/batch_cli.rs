@@ -1,16 +1,12 @@
 //! `offboard batch submit FILE` and `offboard batch show ID`: a batch file through the API,
 //! its refused rows first, then one progress bar until every run of it has ended.
 
-use std::{
-    io::{IsTerminal, Write},
-    path::Path,
-    time::Duration,
-};
+use std::{io::IsTerminal, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cli::{ApiClient, bar};
+use crate::cli::{ApiClient, bar, redraw};
 
 /// How long the API may take to write a batch (10,000 rows) before it answers.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -124,13 +120,7 @@ pub async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<()> {
     loop {
         let batch = client.get(&format!("/v1/offboarding-batches/{id}")).await?;
         let line = progress_line(&batch);
-        if live {
-            print!("\r\x1b[2K{line}");
-            std::io::stdout().flush()?;
-        } else if line != last {
-            println!("{line}");
-        }
-        last = line;
+        redraw(live, line, &mut last)?;
         let runs = &batch["runs"];
         if batch["status"] != "writing" && runs["finished"] == runs["total"] {
             break;

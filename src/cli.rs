@@ -179,13 +179,7 @@ pub async fn bulk(
             op["chunks"],
             op["status"].as_str().unwrap_or("?"),
         );
-        if live {
-            print!("\r\x1b[2K{line}");
-            std::io::stdout().flush()?;
-        } else if line != last {
-            println!("{line}");
-        }
-        last = line;
+        redraw(live, line, &mut last)?;
         if op["status"] != "running" {
             break;
         }
@@ -331,6 +325,18 @@ pub fn render(run: &Value) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// Shows a progress line: redrawn in place on a terminal, else printed when it changed.
+pub(crate) fn redraw(live: bool, line: String, last: &mut String) -> std::io::Result<()> {
+    if live {
+        print!("\r\x1b[2K{line}");
+        std::io::stdout().flush()?;
+    } else if line != *last {
+        println!("{line}");
+    }
+    *last = line;
+    Ok(())
 }
 
 pub(crate) fn bar(fraction: f64, width: usize) -> String {
