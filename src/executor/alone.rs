@@ -17,6 +17,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     config::StepSettings,
+    domain::{RunStatus, StepStatus},
     ledger::steps::{self, Claim, Failure},
     metrics::METRICS,
     outbound::outside::{CallKind, CallsEnd, CallsFailure, Retry},
@@ -264,7 +265,7 @@ impl Executor {
                 else {
                     return Ok(Attempt::LeaseLost);
                 };
-                if completion.steps_remaining == 0 && completion.run_status == "running" {
+                if completion.steps_remaining == 0 && completion.run_status == RunStatus::Running {
                     self.finish_run(&mut tx, run.id).await?;
                 }
                 tx.commit().await?;
@@ -330,8 +331,8 @@ impl Executor {
                     *pause,
                 )
                 .await?;
-                return Ok(match status.as_deref() {
-                    Some("canceled") => Outcome::Canceled,
+                return Ok(match status {
+                    Some(StepStatus::Canceled) => Outcome::Canceled,
                     Some(_) => {
                         tracing::debug!(
                             code = error.code(),
@@ -355,9 +356,9 @@ impl Executor {
             ceiling: backoff.ceiling(claim.attempts),
         };
         let status = steps::fail(&self.pool, claim.step_id, claim.lease_token, &failure).await?;
-        Ok(match status.as_deref() {
-            Some("canceled") => Outcome::Canceled,
-            Some("dead") => {
+        Ok(match status {
+            Some(StepStatus::Canceled) => Outcome::Canceled,
+            Some(StepStatus::Dead) => {
                 tracing::warn!(code = error.code(), error = error.message(), "step is dead");
                 Outcome::Dead
             }
