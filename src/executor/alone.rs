@@ -84,7 +84,8 @@ impl Executor {
             return self.conclude(&p.claim, Err(full), started).await;
         };
         let this = self.clone();
-        let span = step_span(&p.claim);
+        // The caller's step span (a task spawned does not inherit it).
+        let span = tracing::Span::current();
         tokio::spawn(
             async move {
                 let (_slot, _lease) = (slot, lease);
