@@ -28,7 +28,8 @@ use super::{
 use crate::{
     crm::users,
     domain::{
-        Action, FieldError, OffboardingRequest, Origin, TransferPlan, UserId, transfer::Recipient,
+        Action, FieldError, OffboardingRequest, Origin, RunStatus, TransferPlan, UserId,
+        UserStatus, transfer::Recipient,
     },
     ledger::{
         approval::{self, Decision, Refusal},
@@ -86,14 +87,14 @@ pub async fn create(
     // replay has a status worth reading.
     // A deletion may have been written awaiting approval (the company's policy decides,
     // in the statement that wrote it).
-    let (status, effective_at): (String, Option<DateTime<Utc>>) =
+    let (status, effective_at): (RunStatus, Option<DateTime<Utc>>) =
         if replayed || matches!(request.action, Action::Delete | Action::DeactivateAndDelete) {
             sqlx::query_as("SELECT status, effective_at FROM offboard.runs WHERE id = $1")
                 .bind(run_id)
                 .fetch_one(&app.pool)
                 .await?
         } else {
-            (initial_status(&request).into(), request.effective_at)
+            (initial_status(&request), request.effective_at)
         };
     let accepted = Accepted { id: run_id, status, effective_at, replayed };
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
@@ -311,7 +312,7 @@ pub(super) async fn enqueue_checked_in(
         )
         .into());
     };
-    if user.status == "deleted" {
+    if user.status == UserStatus::Deleted {
         return Err(ApiError::conflict(
             "user_deleted",
             format!("user {user_id} is deleted; no further action is possible"),
@@ -320,7 +321,7 @@ pub(super) async fn enqueue_checked_in(
     }
     if user.status != action.required_status() {
         let (code, message) = match action.required_status() {
-            "active" => (
+            UserStatus::Active => (
                 "user_not_active",
                 format!("{action} needs an active user; user {user_id} is {}", user.status),
             ),
@@ -408,8 +409,8 @@ pub(super) async fn enqueue_checked_in(
 
 /// The status a request's new run is written in: `scheduled` when it has an
 /// `effective_at`, else `queued`.
-pub(super) fn initial_status(request: &OffboardingRequest) -> &'static str {
-    if request.effective_at.is_some() { "scheduled" } else { "queued" }
+pub(super) fn initial_status(request: &OffboardingRequest) -> RunStatus {
+    if request.effective_at.is_some() { RunStatus::Scheduled } else { RunStatus::Queued }
 }
 
 /// The run a request asks for, with its steps.
@@ -424,7 +425,7 @@ fn new_run<'a>(
         id: runs::new_run_id(),
         company_id: request.company_id.get(),
         user_id: request.user_id.get(),
-        action: request.action.as_str(),
+        action: request.action,
         plan: plan.to_json(),
         params: serde_json::to_value(params).expect("params serialize"),
         actor_user_id: request.actor_user_id.get(),
@@ -507,7 +508,7 @@ pub(super) fn check_targets(
         let problem = match found.iter().find(|t| t.id == id) {
             _ if id == user_id => Some(format!("user {id} is the user being offboarded")),
             None => Some(format!("user {id} is not a user of company {company_id}")),
-            Some(t) if t.status != "active" => Some(format!("user {id} is {}", t.status)),
+            Some(t) if t.status != UserStatus::Active => Some(format!("user {id} is {}", t.status)),
             Some(t) if t.leaving => Some(format!("user {id} is being offboarded")),
             Some(_) => None,
         };
@@ -638,7 +639,7 @@ pub async fn retry(
         Ok(revived) => {
             app.nudge.notify_one();
             tracing::info!(run_id = %id, steps = revived, "dead steps retried by an operator");
-            Ok(Json(Retried { id, status: "running".into(), steps_retried: revived }))
+            Ok(Json(Retried { id, status: RunStatus::Running, steps_retried: revived }))
         }
         Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
         Err(OperatorRefusal::WrongState) => {
@@ -683,10 +684,10 @@ pub async fn cancel(
     match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
         Ok(done) => {
             tracing::info!(run_id = %id, steps = done.steps_canceled, running = done.steps_running,
-                           status = done.status, "run canceled by an operator");
+                           status = %done.status, "run canceled by an operator");
             Ok(Json(Canceled {
                 id,
-                status: done.status.into(),
+                status: done.status,
                 steps_canceled: done.steps_canceled,
                 steps_running: done.steps_running,
             }))
@@ -844,14 +845,14 @@ async fn decide(
     let outcome = approval::decide(&app.pool, id, caller.company_scope, approver, decision).await?;
     match outcome {
         Ok(decided) => {
-            if decided.status == "queued" {
+            if decided.status == RunStatus::Queued {
                 app.nudge.notify_one();
             }
-            tracing::info!(run_id = %id, approver_user_id = approver, status = decided.status,
+            tracing::info!(run_id = %id, approver_user_id = approver, status = %decided.status,
                            "approval decided");
             Ok(Json(Decided {
                 id,
-                status: decided.status.into(),
+                status: decided.status,
                 approver_user_id: approver,
                 error_code: decided.error_code.map(Into::into),
             }))

@@ -2,23 +2,25 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::{UserRole, UserStatus};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRecord {
     pub id: i64,
     pub company_id: i64,
-    pub role: String,
-    pub status: String,
+    pub role: UserRole,
+    pub status: UserStatus,
     pub account_settings_access: bool,
     pub holds_seat: bool,
 }
 
 impl UserRecord {
     pub fn is_admin(&self) -> bool {
-        self.role == "admin"
+        self.role == UserRole::Admin
     }
 
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == UserStatus::Active
     }
 }
 
@@ -42,7 +44,7 @@ pub async fn find<'e>(
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TargetState {
     pub id: i64,
-    pub status: String,
+    pub status: UserStatus,
     /// An active run is deactivating this user.
     pub leaving: bool,
 }
@@ -132,14 +134,14 @@ pub async fn request_subject(
         key_hash: Option<String>,
         actor_permitted: bool,
         id: Option<i64>,
-        role: Option<String>,
-        status: Option<String>,
+        role: Option<UserRole>,
+        status: Option<UserStatus>,
         account_settings_access: Option<bool>,
         holds_seat: Option<bool>,
         active_run: Option<uuid::Uuid>,
         transfer_target_of: Option<uuid::Uuid>,
         target_ids: Vec<i64>,
-        target_statuses: Vec<String>,
+        target_statuses: Vec<UserStatus>,
         target_leaving: Vec<bool>,
     }
     let read_inline = target_ids.len() <= TARGETS_READ_WITH_REQUEST;
