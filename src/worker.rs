@@ -66,6 +66,7 @@ impl Workers {
             idempotency_retention: settings.idempotency_retention,
             nudge,
             samples,
+            stats: Arc::default(),
         };
         Self { executor, dispatcher, deliverer }
     }

@@ -160,12 +160,16 @@ pub async fn request_subject(
                    AND r.status IN ",
         crate::active_run_statuses_sql!(),
         ") AS active_run,
-                (SELECT r.id FROM offboard.runs r
+                -- An aggregate, not ORDER BY … LIMIT 1: planned for its first row, that
+                -- walked every active run of the company in creation order (a layoff's
+                -- thousands), evaluating the JSON path of each; aggregated, it probes
+                -- runs_active_targets.
+                (SELECT (array_agg(r.id ORDER BY r.created_at))[1] FROM offboard.runs r
                  WHERE r.company_id = $1 AND r.status IN ",
         crate::active_run_statuses_sql!(),
         "
-                   AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id') @> jsonb_build_array($3::bigint)
-                 ORDER BY r.created_at LIMIT 1) AS transfer_target_of,
+                   AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id') @> jsonb_build_array($3::bigint))
+                    AS transfer_target_of,
                 (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM targets) AS target_ids,
                 (SELECT coalesce(array_agg(status ORDER BY id), '{}') FROM targets) AS target_statuses,
                 (SELECT coalesce(array_agg(leaving ORDER BY id), '{}') FROM targets) AS target_leaving

@@ -229,13 +229,17 @@ pub async fn insert_if_clear(
                                        AND r.status IN ",
                 crate::active_run_statuses_sql!(),
                 ")
-                     AND NOT ($24 AND EXISTS (
-                         SELECT 1 FROM offboard.runs r
+                     -- A count, not EXISTS: planned for its first row, EXISTS walked
+                     -- every active run of the company (the planner guesses 1 % of them
+                     -- name the user), evaluating the JSON path of each — 10-30 ms at a
+                     -- few thousand, in a layoff; counted, it probes runs_active_targets.
+                     AND NOT ($24 AND (
+                         SELECT count(*) FROM offboard.runs r
                          WHERE r.company_id = $2 AND r.status IN ",
                 crate::active_run_statuses_sql!(),
                 "
                            AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
-                               @> jsonb_build_array($3::bigint)))
+                               @> jsonb_build_array($3::bigint)) > 0)
                      AND (SELECT count(*)
                           FROM unnest(ARRAY[$19, $20, $21, $22]::bigint[]) AS t(id)
                           JOIN crm.users u ON u.id = t.id AND u.company_id = $2
