@@ -22,11 +22,9 @@ use super::{
     AppState,
     auth::Caller,
     batch_views::{BatchList, BatchView},
+    enqueue::{EnqueueError, enqueue_checked_in, named_targets},
     error::ApiError,
-    offboardings::{
-        EnqueueError, decode_cursor, encode_cursor, enqueue_checked_in, idempotency_key,
-        named_targets,
-    },
+    offboardings::{decode_cursor, encode_cursor, idempotency_key},
     operators::{BulkOperationView, operator},
     views::ErrorBody,
 };

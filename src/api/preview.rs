@@ -13,13 +13,14 @@ use super::{
     AppState,
     auth::Caller,
     body::JsonBody,
+    enqueue::{check_targets, named_targets},
     error::ApiError,
-    offboardings::{check_targets, named_targets},
     views::{DryRunBody, ErrorBody},
 };
 use crate::{
     crm::{preview, users},
     domain::{FieldError, TransferPlan},
+    ledger::runs,
 };
 
 fn ids(company_id: &str, user_id: &str) -> Result<(i64, i64), ApiError> {
@@ -122,8 +123,8 @@ pub async fn dry_run(
     load_user(&mut tx, company_id, user_id).await?;
     let named = named_targets(&requested);
     let ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
-    let found = users::target_states(&mut *tx, company_id, &ids).await?;
-    check_targets(&named, &found, company_id, user_id)?;
+    let found = runs::target_states(&mut *tx, company_id, user_id, &ids).await?;
+    check_targets(&named, &found, company_id)?;
     let mut out = preview::dry_run(&mut tx, company_id, user_id, &plan).await?;
     out["user_id"] = user_id.into();
     out["company_id"] = company_id.into();
