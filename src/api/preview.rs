@@ -74,7 +74,7 @@ pub async fn show(
     out["user_id"] = user_id.into();
     out["company_id"] = company_id.into();
     out["is_admin"] = user.is_admin().into();
-    out["status"] = user.status.into();
+    out["status"] = user.status.as_str().into();
     Ok(Json(out))
 }
 

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     crm::users,
-    domain::{Action, FieldError, UserId},
+    domain::{Action, FieldError, RunStatus, UserId, UserStatus},
     ledger::{
         journal::{self, Source},
         runs::{self, NewRun},
@@ -156,7 +156,7 @@ pub async fn undo(
     users::lock_for_enqueue(&mut tx, source.user_id, false, &[target]).await?;
 
     if let Some((replay, status)) = undo_under_way(&mut tx, &source).await? {
-        return Ok(accepted(replay, &status, true));
+        return Ok(accepted(replay, status, true));
     }
     check_source(&mut tx, &source).await?;
     check_target(&mut tx, &source, to_user_id).await?;
@@ -164,7 +164,7 @@ pub async fn undo(
         None => source.actor_user_id,
         Some(actor) => {
             let state = journal::user_state(&mut tx, source.company_id, actor).await?;
-            if !state.is_some_and(|s| s.status == "active" && s.may_act) {
+            if !state.is_some_and(|s| s.status == UserStatus::Active && s.may_act) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "actor_not_permitted",
@@ -184,14 +184,14 @@ pub async fn undo(
         id: runs::new_run_id(),
         company_id: source.company_id,
         user_id: source.user_id,
-        action: Action::UndoTransfer.as_str(),
+        action: Action::UndoTransfer,
         plan: serde_json::json!({}),
         params: serde_json::to_value(&params).expect("params serialize"),
         actor_user_id: actor,
         idempotency_key: None,
         steps: steps::plan(Action::UndoTransfer, &Default::default()),
         max_attempts: app.settings.worker.max_attempts,
-        status: "queued",
+        status: RunStatus::Queued,
         effective_at: None,
     };
     let written = match runs::insert(&mut tx, &run, None).await {
@@ -204,7 +204,7 @@ pub async fn undo(
             // A concurrent request wrote its run first: the same undo is that one.
             let mut conn = app.pool.acquire().await?;
             return match undo_under_way(&mut conn, &source).await? {
-                Some((replay, status)) => Ok(accepted(replay, &status, true)),
+                Some((replay, status)) => Ok(accepted(replay, status, true)),
                 None => Err(active_run_exists(source.user_id)),
             };
         }
@@ -213,7 +213,7 @@ pub async fn undo(
     app.nudge.notify_one();
     tracing::info!(run_id = %run.id, undo_of = %source.id, company_id = source.company_id,
                    user_id = source.user_id, to_user_id = target, "undo of a transfer enqueued");
-    Ok(accepted(run.id, "queued", false))
+    Ok(accepted(run.id, run.status, false))
 }
 
 fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -258,31 +258,31 @@ async fn visible_source(
 async fn undo_under_way(
     conn: &mut sqlx::PgConnection,
     source: &Source,
-) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+) -> Result<Option<(Uuid, RunStatus)>, sqlx::Error> {
     let active = journal::active_run_of(conn, source.company_id, source.user_id).await?;
     Ok(active.and_then(|(id, action, status, undo_of)| {
-        (action == Action::UndoTransfer.as_str() && undo_of == Some(source.id.to_string()))
+        (action == Action::UndoTransfer && undo_of == Some(source.id.to_string()))
             .then_some((id, status))
     }))
 }
 
 /// The run ended, moved something, and was not undone already.
 async fn check_source(conn: &mut sqlx::PgConnection, source: &Source) -> Result<(), ApiError> {
-    let transfers = source.action.parse::<Action>().is_ok_and(Action::transfers);
+    let transfers = source.action.transfers();
     if !transfers || !journal::moved_anything(conn, source.id).await? {
         return Err(ApiError::conflict(
             "nothing_to_undo",
             format!("run {} moved no items to anyone", source.id),
         ));
     }
-    if !matches!(source.status.as_str(), "succeeded" | "canceled") {
+    if !matches!(source.status, RunStatus::Succeeded | RunStatus::Canceled) {
         return Err(ApiError::conflict(
             "invalid_state",
             format!("the run is {}; only a succeeded or canceled run can be undone", source.status),
         ));
     }
     if let Some((undo, status)) = journal::latest_undo(conn, source.id).await?
-        && status == "succeeded"
+        && status == RunStatus::Succeeded
     {
         return Err(ApiError::conflict(
             "already_undone",
@@ -302,7 +302,7 @@ async fn check_target(
 ) -> Result<(), ApiError> {
     let target = to_user_id.unwrap_or(source.user_id);
     let state = journal::user_state(conn, source.company_id, target).await?;
-    let usable = state.as_ref().is_some_and(|s| s.status == "active" && !s.leaving);
+    let usable = state.as_ref().is_some_and(|s| s.status == UserStatus::Active && !s.leaving);
     match (usable, to_user_id) {
         (true, _) => Ok(()),
         (false, Some(_)) => Err(ApiError::field(
@@ -329,8 +329,8 @@ fn active_run_exists(user_id: i64) -> ApiError {
     )
 }
 
-fn accepted(id: Uuid, status: &str, replayed: bool) -> Response {
-    let body = Accepted { id, status: status.into(), effective_at: None, replayed };
+fn accepted(id: Uuid, status: RunStatus, replayed: bool) -> Response {
+    let body = Accepted { id, status, effective_at: None, replayed };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     let location = HeaderValue::from_str(&format!("/v1/offboardings/{id}")).expect("ascii");
     response.headers_mut().insert(header::LOCATION, location);

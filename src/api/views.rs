@@ -10,7 +10,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ledger::runs::{EventRow, PurgeRow, RunDetail, RunSummary};
+use crate::{
+    domain::{Action, RunStatus, StepStatus},
+    ledger::runs::{EventRow, PurgeRow, RunDetail, RunSummary},
+};
 
 /// Every error: a stable `code` to branch on, a message for people, and the field at fault
 /// when there is one.
@@ -162,7 +165,7 @@ pub struct DryRunBody {
 pub struct Accepted {
     pub id: Uuid,
     /// `queued`, or `scheduled` when the request had an `effective_at`.
-    pub status: String,
+    pub status: RunStatus,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
     /// True when the `Idempotency-Key` matched an earlier request: this is its run.
@@ -175,11 +178,11 @@ pub struct RunView {
     pub id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
+    pub action: Action,
     /// queued, running, canceling (stopping: still the user's active run), succeeded,
     /// failed or canceled (and, with scheduling and approval, scheduled,
     /// awaiting_approval, expired, rejected).
-    pub status: String,
+    pub status: RunStatus,
     pub actor_user_id: i64,
     /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started.
     pub requested_by: String,
@@ -224,7 +227,7 @@ pub struct ErrorCodeView {
 pub struct StepView {
     pub name: String,
     /// pending, ready, queued, running, succeeded, skipped, dead or canceled.
-    pub status: String,
+    pub status: StepStatus,
     pub depends_on: Vec<String>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -253,7 +256,7 @@ pub struct RunList {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Retried {
     pub id: Uuid,
-    pub status: String,
+    pub status: RunStatus,
     pub steps_retried: i64,
 }
 
@@ -262,7 +265,7 @@ pub struct Canceled {
     pub id: Uuid,
     /// `canceled` when no step was running; `canceling` while running steps stop at their
     /// next batch boundary (the run then turns `canceled` by itself).
-    pub status: String,
+    pub status: RunStatus,
     /// Steps that had not started (or were dead) and never will.
     pub steps_canceled: i64,
     /// Steps still running when the cancel came; each stops at its next batch boundary.
@@ -285,7 +288,7 @@ impl From<&RunDetail> for RunView {
             .iter()
             .map(|s| StepView {
                 name: s.name.clone(),
-                status: s.status.clone(),
+                status: s.status,
                 depends_on: s.depends_on.clone(),
                 attempts: s.attempts,
                 max_attempts: s.max_attempts,
@@ -293,7 +296,7 @@ impl From<&RunDetail> for RunView {
                 total: s.total,
                 started_at: s.started_at,
                 finished_at: s.finished_at,
-                next_attempt_at: (s.status == "ready").then_some(s.next_attempt_at),
+                next_attempt_at: (s.status == StepStatus::Ready).then_some(s.next_attempt_at),
                 last_error: s.last_error_code.as_ref().map(|code| ErrorCodeView {
                     code: code.clone(),
                     message: s.last_error_message.clone(),
@@ -302,17 +305,13 @@ impl From<&RunDetail> for RunView {
                 calls: detail.calls.iter().filter(|c| c.step == s.name).cloned().collect(),
             })
             .collect();
-        let steps_succeeded = detail
-            .steps
-            .iter()
-            .filter(|s| matches!(s.status.as_str(), "succeeded" | "skipped"))
-            .count() as i64;
+        let steps_succeeded = detail.steps.iter().filter(|s| s.status.is_done()).count() as i64;
         RunView {
             id: run.id,
             company_id: run.company_id,
             user_id: run.user_id,
-            action: run.action.clone(),
-            status: run.status.clone(),
+            action: run.action,
+            status: run.status,
             actor_user_id: run.actor_user_id,
             requested_by: run.requested_by.clone(),
             effective_at: run.effective_at,
@@ -385,7 +384,7 @@ pub struct Decided {
     /// `queued` (approved, starting), `scheduled` (approved, waiting for its
     /// `effective_at`), `failed` (approved, but its plan no longer held: `error_code`) or
     /// `rejected`.
-    pub status: String,
+    pub status: RunStatus,
     pub approver_user_id: i64,
     pub error_code: Option<String>,
 }

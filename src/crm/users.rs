@@ -2,23 +2,25 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::{UserRole, UserStatus};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRecord {
     pub id: i64,
     pub company_id: i64,
-    pub role: String,
-    pub status: String,
+    pub role: UserRole,
+    pub status: UserStatus,
     pub account_settings_access: bool,
     pub holds_seat: bool,
 }
 
 impl UserRecord {
     pub fn is_admin(&self) -> bool {
-        self.role == "admin"
+        self.role == UserRole::Admin
     }
 
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == UserStatus::Active
     }
 }
 

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::FieldError;
+use super::{FieldError, text_enum::text_enum};
 
 /// The most rows one batch may hold.
 pub const MAX_ROWS: usize = 10_000;
@@ -20,11 +20,23 @@ pub const CSV_COLUMNS: [&str; 6] =
 /// The plan value that stands for the company's offboarding policy's default plan.
 pub const POLICY_PLAN: &str = "policy";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchFormat {
-    Json,
-    Ndjson,
-    Csv,
+text_enum! {
+    /// The file a batch came as (`offboard.offboarding_batches.format`).
+    pub enum BatchFormat("batch format") {
+        Json = "json",
+        Ndjson = "ndjson",
+        Csv = "csv",
+    }
+}
+
+text_enum! {
+    /// Where a batch is (`offboard.offboarding_batches.status`): its rows being written as
+    /// runs, all written, or refused as a whole (`all_or_nothing` with a refused row).
+    pub enum BatchStatus("batch status") {
+        Writing = "writing",
+        Written = "written",
+        Refused = "refused",
+    }
 }
 
 impl BatchFormat {
@@ -37,14 +49,6 @@ impl BatchFormat {
             }
             "text/csv" => Some(Self::Csv),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Ndjson => "ndjson",
-            Self::Csv => "csv",
         }
     }
 }

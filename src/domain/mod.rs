@@ -17,20 +17,35 @@ macro_rules! debug_without_personal_data {
 }
 pub(crate) use debug_without_personal_data;
 
+mod text_enum;
+
 pub mod action;
 pub mod batch;
+pub mod bulk;
+pub mod call;
 pub mod field_error;
 pub mod ids;
 pub mod journal;
 pub mod policy;
+pub mod purge;
 pub mod request;
 pub mod run_status;
+pub mod step_status;
 pub mod transfer;
+pub mod user;
 pub mod webhook;
 
 pub use action::Action;
+pub use batch::{BatchFormat, BatchStatus};
+pub use bulk::{BulkKind, BulkStatus};
+pub use call::{CallKind, CallStatus};
 pub use field_error::FieldError;
 pub use ids::{CompanyId, UserId};
 pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};
+pub use purge::{FiredBy, PurgeStatus};
 pub use request::{OffboardingRequest, Origin, Replacement};
+pub use run_status::RunStatus;
+pub use step_status::StepStatus;
 pub use transfer::{Distribution, ItemType, Scope, TransferPlan, TransferRule};
+pub use user::{UserRole, UserStatus};
+pub use webhook::DeliveryStatus;

@@ -6,7 +6,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 
-use super::FieldError;
+use super::{FieldError, text_enum::text_enum};
+
+text_enum! {
+    /// Where one delivery of an event to an endpoint is (`offboard.webhook_deliveries`):
+    /// pending (due at its `next_attempt_at`), sending (claimed by a deliverer), succeeded,
+    /// or failed for good (out of attempts, or the endpoint is gone).
+    pub enum DeliveryStatus("delivery status") {
+        Pending = "pending",
+        Sending = "sending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
 
 /// Every event type offboard sends.
 pub const EVENT_TYPES: [&str; 7] = [

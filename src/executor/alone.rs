@@ -11,6 +11,7 @@ use super::{Attempt, Executor, Fault, Outcome, prepare, step_span};
 use crate::{
     backoff::Backoff,
     config::StepSettings,
+    domain::{RunStatus, StepStatus},
     ledger::steps::{self, Claim, Failure},
     metrics::METRICS,
     outside::{CallKind, CallsEnd},
@@ -204,7 +205,7 @@ impl Executor {
                 else {
                     return Ok(Attempt::LeaseLost);
                 };
-                if completion.steps_remaining == 0 && completion.run_status == "running" {
+                if completion.steps_remaining == 0 && completion.run_status == RunStatus::Running {
                     self.finish_run(&mut tx, run.id).await?;
                 }
                 tx.commit().await?;
@@ -270,8 +271,8 @@ impl Executor {
                     *pause,
                 )
                 .await?;
-                return Ok(match status.as_deref() {
-                    Some("canceled") => Outcome::Canceled,
+                return Ok(match status {
+                    Some(StepStatus::Canceled) => Outcome::Canceled,
                     Some(_) => {
                         tracing::debug!(
                             code = error.code(),
@@ -295,9 +296,9 @@ impl Executor {
             ceiling: backoff.ceiling(claim.attempts),
         };
         let status = steps::fail(&self.pool, claim.step_id, claim.lease_token, &failure).await?;
-        Ok(match status.as_deref() {
-            Some("canceled") => Outcome::Canceled,
-            Some("dead") => {
+        Ok(match status {
+            Some(StepStatus::Canceled) => Outcome::Canceled,
+            Some(StepStatus::Dead) => {
                 tracing::warn!(code = error.code(), error = error.message(), "step is dead");
                 Outcome::Dead
             }

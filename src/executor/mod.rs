@@ -19,7 +19,7 @@ pub use leases::Leases;
 pub use crate::faults::{Fault, Faults};
 use crate::{
     config::{StepSettings, WorkerSettings},
-    domain::{Action, CompanyId, TransferPlan, UserId},
+    domain::{CompanyId, TransferPlan, UserId},
     ledger::{runs, steps::Claim},
     queue::Queues,
     steps::{AfterCommit, RunContext, RunParams, StepError, StepKind},
@@ -147,7 +147,7 @@ fn run_context(claim: &Claim) -> Result<RunContext, StepError> {
         id: claim.run_id,
         company_id: CompanyId::new(claim.company_id).ok_or_else(|| bad("company_id"))?,
         user_id: UserId::new(claim.user_id).ok_or_else(|| bad("user_id"))?,
-        action: claim.action.parse::<Action>().map_err(|_| bad("action"))?,
+        action: claim.action,
         actor_user_id: UserId::new(claim.actor_user_id).ok_or_else(|| bad("actor_user_id"))?,
         plan: TransferPlan::from_stored(&claim.plan).map_err(|_| bad("plan"))?,
         params: serde_json::from_value::<RunParams>(claim.params.clone())

@@ -13,6 +13,7 @@ use super::{
     runs::{self, OperatorRefusal},
     scheduled::{self, Start},
 };
+use crate::domain::RunStatus;
 
 /// What the second admin says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub enum Refusal {
 /// when its plan no longer held, or `rejected`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
-    pub status: &'static str,
+    pub status: RunStatus,
     pub error_code: Option<&'static str>,
 }
 
@@ -55,7 +56,9 @@ pub async fn decide(
     let mut tx = pool.begin().await?;
     match runs::lock_for_operator(&mut tx, run_id, company).await? {
         Err(refusal) => return Ok(Err(Refusal::Operator(refusal))),
-        Ok(status) if status != "awaiting_approval" => return Ok(Err(Refusal::NotAwaiting)),
+        Ok(status) if status != RunStatus::AwaitingApproval => {
+            return Ok(Err(Refusal::NotAwaiting));
+        }
         Ok(_) => {}
     }
     let (company_id, requester, expired, due_later): (i64, i64, bool, bool) = sqlx::query_as(
@@ -104,7 +107,7 @@ pub async fn decide(
             .bind(&actor)
             .execute(&mut *tx)
             .await?;
-            Decided { status: "rejected", error_code: None }
+            Decided { status: RunStatus::Rejected, error_code: None }
         }
         Decision::Approve => {
             sqlx::query(
@@ -122,11 +125,13 @@ pub async fn decide(
                     .bind(run_id)
                     .execute(&mut *tx)
                     .await?;
-                Decided { status: "scheduled", error_code: None }
+                Decided { status: RunStatus::Scheduled, error_code: None }
             } else {
                 match scheduled::start_locked(&mut tx, run_id).await? {
-                    Start::Queued => Decided { status: "queued", error_code: None },
-                    Start::Refused(code) => Decided { status: "failed", error_code: Some(code) },
+                    Start::Queued => Decided { status: RunStatus::Queued, error_code: None },
+                    Start::Refused(code) => {
+                        Decided { status: RunStatus::Failed, error_code: Some(code) }
+                    }
                 }
             }
         }

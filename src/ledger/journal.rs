@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-use crate::domain::journal::JOURNALED;
+use crate::domain::{Action, RunStatus, UserStatus, journal::JOURNALED};
 
 /// The run an undo is asked for, as the rules need it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -16,8 +16,8 @@ pub struct Source {
     pub id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
-    pub status: String,
+    pub action: Action,
+    pub status: RunStatus,
     pub actor_user_id: i64,
 }
 
@@ -93,7 +93,7 @@ pub async fn moved_anything(conn: &mut PgConnection, run_id: Uuid) -> Result<boo
 pub async fn latest_undo(
     conn: &mut PgConnection,
     run_id: Uuid,
-) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+) -> Result<Option<(Uuid, RunStatus)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status FROM offboard.runs
          WHERE action = 'undo_transfer' AND params ->> 'undo_of' = $1::text
@@ -108,7 +108,7 @@ pub async fn latest_undo(
 /// deactivating them, and whether they may act for the company (account-settings access).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserState {
-    pub status: String,
+    pub status: UserStatus,
     pub leaving: bool,
     pub may_act: bool,
 }
@@ -139,7 +139,7 @@ pub async fn active_run_of(
     conn: &mut PgConnection,
     company_id: i64,
     user_id: i64,
-) -> Result<Option<(Uuid, String, String, Option<String>)>, sqlx::Error> {
+) -> Result<Option<(Uuid, Action, RunStatus, Option<String>)>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT id, action, status, params ->> 'undo_of' FROM offboard.runs
          WHERE company_id = $1 AND user_id = $2 AND status IN ",

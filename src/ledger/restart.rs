@@ -10,14 +10,17 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::runs::record_event;
-use crate::steps::StepKind;
+use crate::{
+    domain::{RunStatus, StepStatus},
+    steps::StepKind,
+};
 
 /// Why a restart was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartRefusal {
     NotFound,
     /// Only failed and canceled runs restart; carries the run's status.
-    RunNotRestartable(String),
+    RunNotRestartable(RunStatus),
     /// The run has no step of that name.
     UnknownStep,
     /// These steps succeeded and are not safe to repeat.
@@ -37,7 +40,7 @@ pub async fn restart_from(
     actor: &str,
 ) -> Result<Result<Vec<String>, RestartRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<RunStatus> = sqlx::query_scalar(
         "SELECT status FROM offboard.runs
          WHERE id = $1 AND ($2::bigint IS NULL OR company_id = $2) FOR UPDATE",
     )
@@ -45,12 +48,12 @@ pub async fn restart_from(
     .bind(company)
     .fetch_optional(&mut *tx)
     .await?;
-    match status.as_deref() {
+    let status = match status {
         None => return Ok(Err(RestartRefusal::NotFound)),
-        Some("failed" | "canceled") => {}
-        Some(other) => return Ok(Err(RestartRefusal::RunNotRestartable(other.to_string()))),
-    }
-    let steps: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        Some(status @ (RunStatus::Failed | RunStatus::Canceled)) => status,
+        Some(other) => return Ok(Err(RestartRefusal::RunNotRestartable(other))),
+    };
+    let steps: Vec<(String, StepStatus, Vec<String>)> = sqlx::query_as(
         "SELECT name, status, depends_on FROM offboard.steps WHERE run_id = $1 ORDER BY position FOR UPDATE",
     )
     .bind(run_id)
@@ -64,7 +67,7 @@ pub async fn restart_from(
     let in_flight: Vec<String> = steps
         .iter()
         .filter(|(name, status, _)| {
-            again.contains(name) && matches!(status.as_str(), "queued" | "running")
+            again.contains(name) && matches!(status, StepStatus::Queued | StepStatus::Running)
         })
         .map(|(name, _, _)| name.clone())
         .collect();
@@ -75,7 +78,7 @@ pub async fn restart_from(
         .iter()
         .filter(|(name, status, _)| {
             again.contains(name)
-                && matches!(status.as_str(), "succeeded" | "skipped")
+                && status.is_done()
                 && !StepKind::from_name(name).is_some_and(StepKind::safe_to_repeat)
         })
         .map(|(name, _, _)| name.clone())
@@ -148,7 +151,7 @@ pub async fn restart_from(
 
 /// The chosen step, every step that waits on it directly or not, and the steps that are
 /// dead or were canceled (else the run could not finish).
-fn steps_again(steps: &[(String, String, Vec<String>)], from: &str) -> BTreeSet<String> {
+fn steps_again(steps: &[(String, StepStatus, Vec<String>)], from: &str) -> BTreeSet<String> {
     let mut again: BTreeSet<String> = BTreeSet::from([from.to_string()]);
     loop {
         let before = again.len();
@@ -162,7 +165,7 @@ fn steps_again(steps: &[(String, String, Vec<String>)], from: &str) -> BTreeSet<
         }
     }
     for (name, status, _) in steps {
-        if matches!(status.as_str(), "dead" | "canceled") {
+        if matches!(status, StepStatus::Dead | StepStatus::Canceled) {
             again.insert(name.clone());
         }
     }
@@ -173,18 +176,18 @@ fn steps_again(steps: &[(String, String, Vec<String>)], from: &str) -> BTreeSet<
 mod tests {
     use super::*;
 
-    fn step(name: &str, status: &str, deps: &[&str]) -> (String, String, Vec<String>) {
-        (name.into(), status.into(), deps.iter().map(|d| d.to_string()).collect())
+    fn step(name: &str, status: StepStatus, deps: &[&str]) -> (String, StepStatus, Vec<String>) {
+        (name.into(), status, deps.iter().map(|d| d.to_string()).collect())
     }
 
     #[test]
     fn a_restart_takes_the_step_what_waits_on_it_and_what_died() {
         let steps = vec![
-            step("a", "succeeded", &[]),
-            step("b", "succeeded", &["a"]),
-            step("c", "dead", &["a"]),
-            step("d", "pending", &["b", "c"]),
-            step("e", "succeeded", &["a"]),
+            step("a", StepStatus::Succeeded, &[]),
+            step("b", StepStatus::Succeeded, &["a"]),
+            step("c", StepStatus::Dead, &["a"]),
+            step("d", StepStatus::Pending, &["b", "c"]),
+            step("e", StepStatus::Succeeded, &["a"]),
         ];
         let again: Vec<String> = steps_again(&steps, "b").into_iter().collect();
         assert_eq!(again, ["b", "c", "d"]);

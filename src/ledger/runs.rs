@@ -10,7 +10,10 @@ use uuid::Uuid;
 
 use super::filter::FILTER_SQL;
 pub use super::filter::RunFilter;
-use crate::steps::StepSpec;
+use crate::{
+    domain::{Action, FiredBy, PurgeStatus, RunStatus, StepStatus},
+    steps::StepSpec,
+};
 
 mod operator;
 mod receipt;
@@ -37,7 +40,7 @@ pub struct NewRun<'a> {
     pub id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: &'a str,
+    pub action: Action,
     pub plan: Value,
     pub params: Value,
     pub actor_user_id: i64,
@@ -48,7 +51,7 @@ pub struct NewRun<'a> {
     /// [`crate::ledger::scheduled::start_locked`] readies them. A `delete` or
     /// `deactivate_and_delete` of a company whose policy asks for approval is written
     /// `awaiting_approval` instead, whatever this says ([`crate::ledger::approval`]).
-    pub status: &'static str,
+    pub status: RunStatus,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
 }
@@ -210,8 +213,8 @@ pub struct RunRow {
     pub id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
-    pub status: String,
+    pub action: Action,
+    pub status: RunStatus,
     pub plan: Value,
     pub actor_user_id: i64,
     pub steps_total: i32,
@@ -243,7 +246,7 @@ const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StepRow {
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
     pub depends_on: Vec<String>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -275,9 +278,9 @@ pub struct EventRow {
 pub struct PurgeRow {
     pub id: i64,
     pub due_at: DateTime<Utc>,
-    pub status: String,
+    pub status: PurgeStatus,
     pub fired_at: Option<DateTime<Utc>>,
-    pub fired_by: Option<String>,
+    pub fired_by: Option<FiredBy>,
     pub emails_deleted: Option<i32>,
 }
 
@@ -344,8 +347,8 @@ pub struct RunSummary {
     pub id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
-    pub status: String,
+    pub action: Action,
+    pub status: RunStatus,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps_total: i32,

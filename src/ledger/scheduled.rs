@@ -13,7 +13,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::runs::{self, NewRun, OperatorRefusal};
-use crate::steps::StepSpec;
+use crate::{
+    domain::{Action, RunStatus, UserStatus},
+    steps::StepSpec,
+};
 
 /// How a due scheduled run started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +33,7 @@ struct Due {
     id: Uuid,
     company_id: i64,
     user_id: i64,
-    action: String,
+    action: Action,
     plan: Value,
 }
 
@@ -38,7 +41,7 @@ struct Due {
 /// changed since.
 #[derive(sqlx::FromRow)]
 struct Recheck {
-    user_status: Option<String>,
+    user_status: Option<UserStatus>,
     is_admin: bool,
     admin_remains: bool,
     bad_target: Option<i64>,
@@ -114,18 +117,15 @@ pub async fn start_locked(tx: &mut PgConnection, run_id: Uuid) -> Result<Start, 
     .fetch_one(&mut *tx)
     .await?;
 
-    let action: crate::domain::Action = due
-        .action
-        .parse()
-        .map_err(|e: String| sqlx::Error::Decode(format!("stored action: {e}").into()))?;
-    let refusal = if recheck.user_status.as_deref() != Some(action.required_status()) {
+    let action = due.action;
+    let refusal = if recheck.user_status != Some(action.required_status()) {
         Some((
             "user_state_changed",
             format!(
                 "{action} needs a {} user; user {} is {}",
                 action.required_status(),
                 due.user_id,
-                recheck.user_status.as_deref().unwrap_or("gone")
+                recheck.user_status.map_or("gone", UserStatus::as_str)
             ),
         ))
     } else if action.deactivates() && recheck.is_admin && !recheck.admin_remains {
@@ -196,7 +196,9 @@ pub async fn reschedule(
     let mut tx = pool.begin().await?;
     match runs::lock_for_operator(&mut tx, run_id, company).await? {
         Err(refusal) => return Ok(Err(refusal)),
-        Ok(status) if status != "scheduled" => return Ok(Err(OperatorRefusal::WrongState)),
+        Ok(status) if status != RunStatus::Scheduled => {
+            return Ok(Err(OperatorRefusal::WrongState));
+        }
         Ok(_) => {}
     }
     sqlx::query(
@@ -244,14 +246,14 @@ pub async fn schedule_deletion_after(
         id: runs::new_run_id(),
         company_id,
         user_id,
-        action: "delete",
+        action: Action::Delete,
         plan: json!({}),
         params: json!({"started_by": "policy"}),
         actor_user_id,
         idempotency_key: None,
         steps,
         max_attempts,
-        status: "scheduled",
+        status: RunStatus::Scheduled,
         effective_at: Some(effective_at),
     };
     runs::insert(tx, &run, None).await?;

@@ -146,7 +146,7 @@ async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(po
         ceiling: Duration::ZERO,
     };
     let status = steps::fail(&app.pool, claim.step_id, claim.lease_token, &failure).await.unwrap();
-    assert_eq!(status.as_deref(), Some("canceled"));
+    assert_eq!(status, Some(offboard::domain::StepStatus::Canceled));
     assert_eq!(app.run(id).await["status"], "canceled");
     assert!(app.drain().await.is_empty(), "no canceled step becomes ready again");
     // Canceled, it no longer holds the user.

@@ -26,3 +26,4 @@ mod security;
 mod transfer;
 mod undo;
 mod webhooks;
+mod words;

@@ -29,7 +29,7 @@ async fn insert_run(pool: &PgPool, company: i64, user: i64) -> Uuid {
         id: runs::new_run_id(),
         company_id: company,
         user_id: user,
-        action: "deactivate",
+        action: offboard::domain::Action::Deactivate,
         plan: json!({}),
         params: json!({}),
         actor_user_id: 1,
@@ -39,7 +39,7 @@ async fn insert_run(pool: &PgPool, company: i64, user: i64) -> Uuid {
             StepSpec { name: "noop_2".into(), depends_on: vec!["noop_1".into()] },
         ],
         max_attempts: 3,
-        status: "queued",
+        status: offboard::domain::RunStatus::Queued,
         effective_at: None,
     };
     let mut conn = pool.acquire().await.unwrap();

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     crm::users,
-    domain::{Action, FieldError, OffboardingRequest, Origin, TransferPlan, UserId},
+    domain::{Action, FieldError, OffboardingRequest, Origin, RunStatus, TransferPlan, UserId},
     ledger::{
         idempotency,
         runs::{self, Clearance, NewRun},
@@ -262,8 +262,8 @@ pub(super) async fn enqueue_checked_in(
 
 /// The status a request's new run is written in: `scheduled` when it has an
 /// `effective_at`, else `queued`.
-pub(super) fn initial_status(request: &OffboardingRequest) -> &'static str {
-    if request.effective_at.is_some() { "scheduled" } else { "queued" }
+pub(super) fn initial_status(request: &OffboardingRequest) -> RunStatus {
+    if request.effective_at.is_some() { RunStatus::Scheduled } else { RunStatus::Queued }
 }
 
 /// The run a request asks for, with its steps.
@@ -278,7 +278,7 @@ fn new_run<'a>(
         id: runs::new_run_id(),
         company_id: request.company_id.get(),
         user_id: request.user_id.get(),
-        action: request.action.as_str(),
+        action: request.action,
         plan: plan.to_json(),
         params: serde_json::to_value(params).expect("params serialize"),
         actor_user_id: request.actor_user_id.get(),

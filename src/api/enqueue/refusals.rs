@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     api::error::ApiError,
-    domain::{FieldError, OffboardingRequest, TransferPlan, transfer::Recipient},
+    domain::{FieldError, OffboardingRequest, TransferPlan, UserStatus, transfer::Recipient},
     ledger::{
         idempotency::RequestHash,
         runs::{RequestVerdict, TargetState},
@@ -25,7 +25,7 @@ pub(super) fn user_refusal(
     let Some(refusal) = verdict.refusal.as_deref() else { return Ok(None) };
     let (company_id, user_id, action) =
         (request.company_id.get(), request.user_id.get(), request.action);
-    let status = verdict.user_status.as_deref().unwrap_or("not found");
+    let status = verdict.user_status.map_or("not found", UserStatus::as_str);
     Err(match refusal {
         "replay" => {
             let run_id = verdict.key_run_id.expect("a replay has its run");
@@ -57,7 +57,7 @@ pub(super) fn user_refusal(
             "user_deleted",
             format!("user {user_id} is deleted; no further action is possible"),
         ),
-        "user_not_in_status" if action.required_status() == "active" => ApiError::conflict(
+        "user_not_in_status" if action.required_status() == UserStatus::Active => ApiError::conflict(
             "user_not_active",
             format!("{action} needs an active user; user {user_id} is {status}"),
         ),
@@ -123,7 +123,9 @@ pub(in crate::api) fn check_targets(
     let message = match bad.problem.as_deref() {
         Some("is_user") => format!("user {id} is the user being offboarded"),
         Some("not_in_company") => format!("user {id} is not a user of company {company_id}"),
-        Some("inactive") => format!("user {id} is {}", bad.status.as_deref().unwrap_or("inactive")),
+        Some("inactive") => {
+            format!("user {id} is {}", bad.status.map_or("inactive", UserStatus::as_str))
+        }
         Some("leaving") => format!("user {id} is being offboarded"),
         other => {
             return Err(ApiError::internal(

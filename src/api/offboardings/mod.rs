@@ -28,7 +28,7 @@ use super::{
     views::{Accepted, CreateOffboarding, ErrorBody, RunList, RunView},
 };
 use crate::{
-    domain::{Action, OffboardingRequest},
+    domain::{Action, OffboardingRequest, RunStatus},
     ledger::{idempotency, runs},
 };
 
@@ -79,14 +79,14 @@ pub async fn create(
     // replay has a status worth reading.
     // A deletion may have been written awaiting approval (the company's policy decides,
     // in the statement that wrote it).
-    let (status, effective_at): (String, Option<DateTime<Utc>>) =
+    let (status, effective_at): (RunStatus, Option<DateTime<Utc>>) =
         if replayed || matches!(request.action, Action::Delete | Action::DeactivateAndDelete) {
             sqlx::query_as("SELECT status, effective_at FROM offboard.runs WHERE id = $1")
                 .bind(run_id)
                 .fetch_one(&app.pool)
                 .await?
         } else {
-            (initial_status(&request).into(), request.effective_at)
+            (initial_status(&request), request.effective_at)
         };
     let accepted = Accepted { id: run_id, status, effective_at, replayed };
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();

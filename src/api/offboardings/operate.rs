@@ -18,7 +18,7 @@ use crate::{
         operators::operator,
         views::{ApprovalBody, Canceled, Decided, ErrorBody, RescheduleBody, Retried, RunView},
     },
-    domain::FieldError,
+    domain::{FieldError, RunStatus},
     ledger::{
         approval::{self, Decision, Refusal},
         runs::{self, OperatorRefusal},
@@ -51,7 +51,7 @@ pub async fn retry(
         Ok(revived) => {
             app.nudge.notify_one();
             tracing::info!(run_id = %id, steps = revived, "dead steps retried by an operator");
-            Ok(Json(Retried { id, status: "running".into(), steps_retried: revived }))
+            Ok(Json(Retried { id, status: RunStatus::Running, steps_retried: revived }))
         }
         Err(OperatorRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
         Err(OperatorRefusal::WrongState) => {
@@ -96,10 +96,10 @@ pub async fn cancel(
     match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
         Ok(done) => {
             tracing::info!(run_id = %id, steps = done.steps_canceled, running = done.steps_running,
-                           status = done.status, "run canceled by an operator");
+                           status = %done.status, "run canceled by an operator");
             Ok(Json(Canceled {
                 id,
-                status: done.status.into(),
+                status: done.status,
                 steps_canceled: done.steps_canceled,
                 steps_running: done.steps_running,
             }))
@@ -257,14 +257,14 @@ async fn decide(
     let outcome = approval::decide(&app.pool, id, caller.company_scope, approver, decision).await?;
     match outcome {
         Ok(decided) => {
-            if decided.status == "queued" {
+            if decided.status == RunStatus::Queued {
                 app.nudge.notify_one();
             }
-            tracing::info!(run_id = %id, approver_user_id = approver, status = decided.status,
+            tracing::info!(run_id = %id, approver_user_id = approver, status = %decided.status,
                            "approval decided");
             Ok(Json(Decided {
                 id,
-                status: decided.status.into(),
+                status: decided.status,
                 approver_user_id: approver,
                 error_code: decided.error_code.map(Into::into),
             }))

@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{RUN_COLUMNS, RunRow, build_receipt, record_event, steps_of};
+use crate::domain::RunStatus;
 
 /// Why an operator action was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub(in crate::ledger) async fn lock_for_operator(
     tx: &mut PgConnection,
     run_id: Uuid,
     company: Option<i64>,
-) -> Result<Result<String, OperatorRefusal>, sqlx::Error> {
+) -> Result<Result<RunStatus, OperatorRefusal>, sqlx::Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SET LOCAL lock_timeout = '{}ms'",
         OPERATOR_LOCK_TIMEOUT.as_millis()
@@ -64,7 +65,9 @@ pub async fn retry(
     let mut tx = pool.begin().await?;
     match lock_for_operator(&mut tx, run_id, company).await? {
         Err(refusal) => return Ok(Err(refusal)),
-        Ok(status) if !matches!(status.as_str(), "queued" | "running" | "failed") => {
+        Ok(status)
+            if !matches!(status, RunStatus::Queued | RunStatus::Running | RunStatus::Failed) =>
+        {
             return Ok(Err(OperatorRefusal::WrongState));
         }
         Ok(_) => {}
@@ -123,7 +126,7 @@ pub struct Cancellation {
     /// Steps still running: each stops at its next batch boundary.
     pub steps_running: i64,
     /// `canceled` when no step was running, else `canceling`.
-    pub status: &'static str,
+    pub status: RunStatus,
 }
 
 /// Stops a run: no new step starts (steps not running are canceled at once and never
@@ -139,7 +142,7 @@ pub async fn cancel(
     let mut tx = pool.begin().await?;
     match lock_for_operator(&mut tx, run_id, company).await? {
         Err(refusal) => return Ok(Err(refusal)),
-        Ok(status) if status == "canceling" || !crate::domain::run_status::is_active(&status) => {
+        Ok(status) if status == RunStatus::Canceling || !status.is_active() => {
             return Ok(Err(OperatorRefusal::WrongState));
         }
         Ok(_) => {}
@@ -178,13 +181,13 @@ pub async fn cancel_locked(
         .await?;
     let status = if running == 0 {
         finish_canceled_if_idle_as(&mut *tx, run_id, actor, detail).await?;
-        "canceled"
+        RunStatus::Canceled
     } else {
         if let Value::Object(map) = &mut detail {
             map.insert("steps_running".into(), json!(running));
         }
         record_event(&mut *tx, run_id, "canceling", None, actor, detail).await?;
-        "canceling"
+        RunStatus::Canceling
     };
     Ok(Cancellation { steps_canceled: canceled, steps_running: running, status })
 }

@@ -17,6 +17,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::{NewRun, bind_new_run, step_columns};
+use crate::domain::{UserRole, UserStatus};
 
 /// Each target of the array `$ids` with its problem, if it has one (see the module doc),
 /// in the order given (`ord`, from 1): one index probe per target for "leaving" (a
@@ -109,8 +110,8 @@ pub struct RequestVerdict {
     pub key_run_id: Option<Uuid>,
     pub key_hash: Option<String>,
     /// The user's role and status; `None` if not a user of the company.
-    pub user_role: Option<String>,
-    pub user_status: Option<String>,
+    pub user_role: Option<UserRole>,
+    pub user_status: Option<UserStatus>,
     /// The user's active run (see [`crate::domain::run_status::ACTIVE_RUN_STATUSES`]).
     pub active_run: Option<Uuid>,
     /// When the action deactivates or deletes the user: an active run (the oldest) that
@@ -121,7 +122,7 @@ pub struct RequestVerdict {
     /// The first named target with a problem, by its position among the targets (from 1).
     pub bad_target_ord: Option<i64>,
     pub bad_target_id: Option<i64>,
-    pub bad_target_status: Option<String>,
+    pub bad_target_status: Option<UserStatus>,
     pub bad_target_problem: Option<String>,
 }
 
@@ -131,13 +132,13 @@ impl RequestVerdict {
         Some(TargetState {
             ord: self.bad_target_ord?,
             id: self.bad_target_id?,
-            status: self.bad_target_status.clone(),
+            status: self.bad_target_status,
             problem: self.bad_target_problem.clone(),
         })
     }
 
     pub fn user_is_admin(&self) -> bool {
-        self.user_role.as_deref() == Some("admin")
+        self.user_role == Some(UserRole::Admin)
     }
 }
 
@@ -148,7 +149,7 @@ pub struct TargetState {
     pub ord: i64,
     pub id: i64,
     /// `None` if not a user of the company.
-    pub status: Option<String>,
+    pub status: Option<UserStatus>,
     /// `is_user`, `not_in_company`, `inactive` or `leaving`; `None` if it may receive items.
     pub problem: Option<String>,
 }
@@ -186,8 +187,8 @@ pub struct Clearance<'a> {
     pub actor_user_id: i64,
     pub user_id: i64,
     pub idempotency_key: Option<&'a str>,
-    /// The status the action needs the user in (`active`, `deactivated`).
-    pub user_status: &'a str,
+    /// The status the action needs the user in.
+    pub user_status: UserStatus,
     /// The action deactivates the user: an admin's would put the last-admin rule at stake.
     pub deactivates: bool,
     /// The action deactivates or deletes the user: an active run must not name them as a
@@ -244,7 +245,7 @@ pub async fn judge(
         let bad = states.into_iter().find(|t| t.problem.is_some());
         verdict.bad_target_ord = bad.as_ref().map(|t| t.ord);
         verdict.bad_target_id = bad.as_ref().map(|t| t.id);
-        verdict.bad_target_status = bad.as_ref().and_then(|t| t.status.clone());
+        verdict.bad_target_status = bad.as_ref().and_then(|t| t.status);
         verdict.bad_target_problem = bad.and_then(|t| t.problem);
     }
     Ok(verdict)

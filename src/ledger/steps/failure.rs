@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::secs;
+use crate::domain::StepStatus;
 
 /// How a failed attempt is recorded.
 #[derive(Debug, Clone)]
@@ -30,12 +31,12 @@ pub async fn fail(
     step_id: i64,
     token: Uuid,
     failure: &Failure<'_>,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<StepStatus>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
         return Ok(None);
     };
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<StepStatus> = sqlx::query_scalar(
         "WITH failed AS (
              UPDATE offboard.steps
              SET status = CASE WHEN $8 THEN 'canceled'
@@ -75,7 +76,7 @@ pub async fn fail(
     .bind(canceling)
     .fetch_optional(&mut *tx)
     .await?;
-    if status.as_deref() == Some("canceled") {
+    if status == Some(StepStatus::Canceled) {
         crate::ledger::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
     }
     tx.commit().await?;
@@ -93,12 +94,12 @@ pub async fn defer(
     code: &str,
     message: &str,
     pause: Duration,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<StepStatus>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
         return Ok(None);
     };
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<StepStatus> = sqlx::query_scalar(
         "WITH deferred AS (
              UPDATE offboard.steps
              SET status = CASE WHEN $6 THEN 'canceled' ELSE 'ready' END,
@@ -125,7 +126,7 @@ pub async fn defer(
     .bind(canceling)
     .fetch_optional(&mut *tx)
     .await?;
-    if status.as_deref() == Some("canceled") {
+    if status == Some(StepStatus::Canceled) {
         crate::ledger::runs::finish_canceled_if_idle(&mut tx, run_id).await?;
     }
     tx.commit().await?;

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::secs;
+use crate::domain::StepStatus;
 
 /// Renews the leases of steps this process is running. Rows locked by a transaction that
 /// is working on them are skipped: that transaction either renewed the lease (its fence)
@@ -46,9 +47,9 @@ pub async fn reap_expired_leases(
     pool: &PgPool,
     backoff_base: Duration,
     backoff_cap: Duration,
-) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, String, StepStatus)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let reaped: Vec<(Uuid, String, String)> = sqlx::query_as(
+    let reaped: Vec<(Uuid, String, StepStatus)> = sqlx::query_as(
         "WITH due AS (
              SELECT DISTINCT run_id FROM offboard.steps
              WHERE status = 'running' AND lease_expires_at < clock_timestamp()
@@ -102,8 +103,11 @@ pub async fn reap_expired_leases(
     .bind(secs(backoff_cap))
     .fetch_all(&mut *tx)
     .await?;
-    let mut stopped: Vec<Uuid> =
-        reaped.iter().filter(|(_, _, status)| status == "canceled").map(|r| r.0).collect();
+    let mut stopped: Vec<Uuid> = reaped
+        .iter()
+        .filter(|(_, _, status)| *status == StepStatus::Canceled)
+        .map(|r| r.0)
+        .collect();
     stopped.dedup();
     for run_id in stopped {
         crate::ledger::runs::finish_canceled_if_idle(&mut tx, run_id).await?;

@@ -18,6 +18,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::{Action, RunStatus};
+
 pub use self::{
     dispatch::{DispatchLimits, Dispatched, MAX_STEPS_PER_TASK, dispatch_ready, into_tasks},
     failure::{Failure, defer, fail, stop_canceled},
@@ -35,7 +37,7 @@ pub struct Claim {
     pub lease_token: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
+    pub action: Action,
     pub plan: Value,
     pub params: Value,
     pub actor_user_id: i64,
@@ -171,7 +173,7 @@ pub struct Completion {
     pub unblocked: i64,
     /// Steps of the run not yet succeeded; 0 means this step finished the run.
     pub steps_remaining: i32,
-    pub run_status: String,
+    pub run_status: RunStatus,
 }
 
 /// `running -> succeeded` in the caller's transaction, together with the step's effects:
