@@ -79,7 +79,7 @@ macro_rules! request_rules_sql {
             "
                                AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
                                    @> jsonb_build_array(", $u, "::bigint)
-                             ORDER BY r.created_at LIMIT 1) END AS transfer_target_of
+                             LIMIT 1) END AS transfer_target_of
                  FROM (SELECT 1) AS one
                  LEFT JOIN crm.users s ON s.id = ", $u, " AND s.company_id = ", $c, "
                  LEFT JOIN offboard.idempotency_keys k ON k.company_id = ", $c, " AND k.key = ", $k, "),
@@ -114,8 +114,9 @@ pub struct RequestVerdict {
     pub user_status: Option<UserStatus>,
     /// The user's active run (see [`crate::domain::run_status::ACTIVE_RUN_STATUSES`]).
     pub active_run: Option<Uuid>,
-    /// When the action deactivates or deletes the user: an active run (the oldest) that
-    /// names them as a target.
+    /// When the action deactivates or deletes the user: an active run that names them as a
+    /// target (found through the `runs_active_targets` index, the first it gives: ordering
+    /// them made the planner walk the company's active runs instead).
     pub transfer_target_of: Option<Uuid>,
     /// The first rule about the user that refuses the request.
     pub refusal: Option<String>,
