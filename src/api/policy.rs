@@ -14,7 +14,7 @@ use super::{
     body::JsonBody,
     enqueue::check_targets,
     error::ApiError,
-    views::{ErrorBody, PolicyBody, PolicyView, ServiceActorView},
+    views::{ErrorBody, PolicyView, ServiceActorView},
 };
 use crate::{
     crm::provisioning,
@@ -93,7 +93,7 @@ pub async fn show(
     path = "/v1/companies/{company_id}/offboarding-policy",
     tag = "policy",
     params(("company_id" = i64, Path, minimum = 1)),
-    request_body = PolicyBody,
+    request_body = crate::domain::policy::PolicyBody,
     responses(
         (status = 200, body = PolicyView),
         (status = 400, description = "Malformed JSON or company id", body = ErrorBody),

@@ -15,11 +15,15 @@ use super::{
     body::JsonBody,
     enqueue::{check_targets, named_targets},
     error::ApiError,
-    views::{DryRunBody, ErrorBody},
+    views::ErrorBody,
 };
 use crate::{
     crm::{preview, users},
-    domain::{FieldError, TransferPlan},
+    domain::{
+        FieldError,
+        transfer::{PLAN_NOT_AN_OBJECT, PlanBody, RuleBody},
+        wire,
+    },
     ledger::runs,
 };
 
@@ -78,6 +82,17 @@ pub async fn show(
     Ok(Json(out))
 }
 
+/// The body of a dry run.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"transfer": {"deals": {"mode": "ratio",
+    "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}}))]
+pub struct DryRunBody {
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, RuleBody>, required = true)]
+    pub transfer: Option<PlanBody>,
+}
+
 /// A dry run of a transfer plan: exactly how many items of each type each target gets and
 /// how many stay. Nothing changes.
 #[utoipa::path(
@@ -105,16 +120,12 @@ pub async fn dry_run(
 ) -> Result<Json<Value>, ApiError> {
     let (company_id, user_id) = ids(&company_id, &user_id)?;
     caller.check_company(company_id)?;
-    let object = body.as_object().ok_or_else(|| {
-        ApiError::invalid_request(FieldError::new(
-            "body",
-            "must be an object like {\"transfer\": {...}}",
-        ))
-    })?;
-    if let Some(unknown) = object.keys().find(|k| k.as_str() != "transfer") {
-        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
-    }
-    let requested = TransferPlan::parse(object.get("transfer").unwrap_or(&Value::Null))
+    let body: DryRunBody = wire::from_json(&body, "must be an object like {\"transfer\": {...}}")
+        .map_err(ApiError::invalid_request)?;
+    let requested = body
+        .transfer
+        .ok_or_else(|| FieldError::new("transfer", PLAN_NOT_AN_OBJECT))
+        .and_then(PlanBody::validate)
         .map_err(ApiError::invalid_request)?;
     let plan = requested.clone().resolve(None).map_err(ApiError::invalid_request)?;
 

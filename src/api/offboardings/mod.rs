@@ -16,8 +16,8 @@ use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 pub use self::operate::{
-    __path_approve, __path_cancel, __path_reject, __path_reschedule, __path_retry, approve, cancel,
-    reject, reschedule, retry,
+    __path_approve, __path_cancel, __path_reject, __path_reschedule, __path_retry, ApprovalBody,
+    RescheduleBody, approve, cancel, reject, reschedule, retry,
 };
 use super::{
     AppState,
@@ -25,10 +25,10 @@ use super::{
     body::JsonBody,
     enqueue::{initial_status, submit},
     error::ApiError,
-    views::{Accepted, CreateOffboarding, ErrorBody, RunList, RunView},
+    views::{Accepted, ErrorBody, RunList, RunView},
 };
 use crate::{
-    domain::{Action, OffboardingRequest, RunStatus},
+    domain::{Action, OffboardingRequest, OffboardingRequestBody, RunStatus},
     ledger::{idempotency, runs},
 };
 
@@ -38,7 +38,7 @@ use crate::{
     post,
     path = "/v1/offboardings",
     tag = "offboardings",
-    request_body = CreateOffboarding,
+    request_body = OffboardingRequestBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key and body return the original run.")),
     responses(
         (status = 202, description = "Accepted (or replayed)", body = Accepted,

@@ -8,6 +8,9 @@ use axum::{
 };
 use chrono::Utc;
 
+use serde::Deserialize;
+use utoipa::ToSchema;
+
 use super::parse_run_id;
 use crate::{
     api::{
@@ -16,15 +19,35 @@ use crate::{
         body::JsonBody,
         error::ApiError,
         operators::operator,
-        views::{ApprovalBody, Canceled, Decided, ErrorBody, RescheduleBody, Retried, RunView},
+        views::{Canceled, Decided, ErrorBody, Retried, RunView},
     },
-    domain::{FieldError, RunStatus},
+    domain::{FieldError, RunStatus, request::check_effective_at, wire},
     ledger::{
         approval::{self, Decision, Refusal},
         runs::{self, OperatorRefusal},
         scheduled,
     },
 };
+
+/// `PATCH /v1/offboardings/{id}`: move a scheduled run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleBody {
+    /// The new start (RFC 3339, in the future, at most 366 days ahead).
+    #[serde(deserialize_with = "wire::timestamp")]
+    pub effective_at: chrono::DateTime<Utc>,
+}
+
+/// `POST /v1/offboardings/{id}/approve` and `/reject`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// The deciding admin: an active admin of the run's company; for an approval, not
+    /// the user who asked for the run.
+    #[serde(default, deserialize_with = "wire::approver_id")]
+    #[schema(value_type = i64, minimum = 1, required = true)]
+    pub approver_user_id: Option<i64>,
+}
 
 /// Put the run's dead steps back in line with fresh attempts; the run resumes.
 #[utoipa::path(
@@ -140,18 +163,10 @@ pub async fn reschedule(
     JsonBody(body): JsonBody,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
-    let object = body.as_object().ok_or_else(|| {
-        ApiError::invalid_request(FieldError::new("body", "must be a JSON object"))
-    })?;
-    if let Some(unknown) = object.keys().find(|k| k.as_str() != "effective_at") {
-        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
-    }
-    let value = object
-        .get("effective_at")
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| ApiError::invalid_request(FieldError::new("effective_at", "is required")))?;
-    let at = crate::domain::request::effective_at(value, Utc::now())
-        .map_err(ApiError::invalid_request)?;
+    let body: RescheduleBody =
+        wire::from_json(&body, "must be a JSON object").map_err(ApiError::invalid_request)?;
+    let at =
+        check_effective_at(body.effective_at, Utc::now()).map_err(ApiError::invalid_request)?;
     match scheduled::reschedule(&app.pool, id, caller.company_scope, at, &operator(&caller)).await?
     {
         Ok(()) => {
@@ -238,22 +253,11 @@ async fn decide(
     decision: Decision,
 ) -> Result<Json<Decided>, ApiError> {
     let id = parse_run_id(&id)?;
-    let object = body.as_object().ok_or_else(|| {
-        ApiError::invalid_request(FieldError::new("body", "must be a JSON object"))
+    let body: ApprovalBody =
+        wire::from_json(&body, "must be a JSON object").map_err(ApiError::invalid_request)?;
+    let approver = body.approver_user_id.ok_or_else(|| {
+        ApiError::invalid_request(FieldError::new("approver_user_id", wire::APPROVER_REQUIRED))
     })?;
-    if let Some(unknown) = object.keys().find(|k| k.as_str() != "approver_user_id") {
-        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
-    }
-    let approver = object
-        .get("approver_user_id")
-        .and_then(serde_json::Value::as_i64)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            ApiError::invalid_request(FieldError::new(
-                "approver_user_id",
-                "is required: a positive user id",
-            ))
-        })?;
     let outcome = approval::decide(&app.pool, id, caller.company_scope, approver, decision).await?;
     match outcome {
         Ok(decided) => {
