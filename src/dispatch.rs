@@ -16,7 +16,13 @@
 //! second's metric sample ([`crate::samples`]) and
 //! trims finished tasks from Redis.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -50,9 +56,30 @@ const PURGE_PASS_EVERY: Duration = Duration::from_millis(250);
 /// a restart) or waits behind a long queue: it is pushed again.
 pub const PURGE_REPUSH_AFTER: Duration = Duration::from_secs(30);
 
-/// The pause between dispatch passes while steps keep coming: far below what
-/// `OFFBOARD_MAX_IN_FLIGHT` steps take to run, so workers never wait on it.
-const PASS_GAP: Duration = Duration::from_millis(10);
+/// The least time from the start of one dispatch pass to the start of the next, however
+/// many nudges came in between: far below what `OFFBOARD_MAX_IN_FLIGHT` steps take to run,
+/// so workers never wait on it, and on a busy system each pass takes the room many
+/// completions freed, and the runs many commits made ready, instead of one pass per
+/// nudge (thousands a second while an enqueue burst meets a full in-flight limit).
+pub const PASS_GAP: Duration = Duration::from_millis(10);
+
+/// What this dispatcher did: passes made and steps they dispatched (also counted in the
+/// process's metrics, `offboard_dispatch_passes` and `offboard_dispatched_steps`).
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    passes: AtomicU64,
+    dispatched: AtomicU64,
+}
+
+impl DispatchStats {
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -64,6 +91,7 @@ pub struct Dispatcher {
     pub nudge: Arc<Notify>,
     /// Step attempts this process's workers ended since the last sample.
     pub samples: Arc<crate::samples::Counters>,
+    pub stats: Arc<DispatchStats>,
 }
 
 impl Dispatcher {
@@ -77,6 +105,9 @@ impl Dispatcher {
     /// Dispatches what may start now; returns how many steps were pushed.
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
         let dispatched = steps::dispatch_ready(&self.pool, self.limits()).await?;
+        self.stats.passes.fetch_add(1, Ordering::Relaxed);
+        self.stats.dispatched.fetch_add(dispatched.len() as u64, Ordering::Relaxed);
+        METRICS.dispatch_pass(dispatched.len());
         if dispatched.is_empty() {
             return Ok(0);
         }
@@ -108,9 +139,22 @@ impl Dispatcher {
         }
     }
 
+    /// Passes until `shutdown`: when nudged (a commit made steps ready, a step finished), on
+    /// the interval, and again after a pass that dispatched something (more may wait) —
+    /// never two passes less than [`PASS_GAP`] apart, and never more than one in flight:
+    /// nudges that come during a pass or the gap leave one permit, so a burst of them costs
+    /// one more pass, not one each.
     pub async fn run(self, shutdown: Shutdown) {
         let mut purges_looked_at = tokio::time::Instant::now() - PURGE_PASS_EVERY;
+        let mut last_pass: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(last) = last_pass {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + PASS_GAP) => {}
+                    _ = shutdown.wait() => break,
+                }
+            }
+            last_pass = Some(tokio::time::Instant::now());
             if purges_looked_at.elapsed() >= PURGE_PASS_EVERY {
                 purges_looked_at = tokio::time::Instant::now();
                 if let Err(e) = self.push_due_purges().await {
@@ -118,17 +162,8 @@ impl Dispatcher {
                 }
             }
             match self.dispatch_once().await {
-                // More may be waiting: go again after a short pause, so that on a busy
-                // system each pass takes the room many completions freed rather than
-                // running back to back for a step or two each (a nudge in the meantime
-                // is kept, not lost).
-                Ok(n) if n > 0 => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(PASS_GAP) => {}
-                        _ = shutdown.wait() => break,
-                    }
-                    continue;
-                }
+                // More may be waiting: go again (after the gap).
+                Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "dispatch failed; will retry"),
             }

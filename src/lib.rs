@@ -16,10 +16,10 @@
 //! - [`samples`]: per-second samples of the workers' rates for the dashboard's charts.
 //! - [`worker`]: the apalis worker runtime.
 //! - [`nudge`]: wakes the dispatcher across processes (`LISTEN`/`NOTIFY`).
-//! - [`outbound`]: calls that leave offboard — host webhooks (signed, from the ledger's
-//!   outbox), through one guarded HTTP client.
-//! - [`outside`]: the steps' calls to outside systems (OAuth revocations, vendors'
-//!   uninstall callbacks), one ledger row per call, limited and broken per destination.
+//! - [`outbound`]: calls that leave offboard, through one guarded HTTP client — host
+//!   webhooks (signed, from the ledger's outbox) and the steps' calls to outside systems
+//!   (`outbound::outside`: OAuth revocations, vendors' uninstall callbacks), one ledger row
+//!   per call, limited per destination and company, and broken per destination.
 //! - [`faults`]: fault injection into steps (drills and tests).
 
 pub mod api;
@@ -39,7 +39,6 @@ pub mod ledger;
 pub mod metrics;
 pub mod nudge;
 pub mod outbound;
-pub mod outside;
 pub mod queue;
 pub mod samples;
 pub mod shutdown;

@@ -91,6 +91,8 @@ pub struct Metrics {
     webhook_seconds: Family<EndpointLabel, Histogram>,
     outbound_calls: Family<CallOutcome, Counter>,
     outbound_seconds: Family<DestinationLabel, Histogram>,
+    dispatch_passes: Counter,
+    dispatched_steps: Counter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -161,8 +163,22 @@ impl Metrics {
             "Time one call to an outside system took, by destination host",
             outbound_seconds.clone(),
         );
+        let dispatch_passes = Counter::default();
+        registry.register(
+            "offboard_dispatch_passes",
+            "Passes of this process's dispatcher (at most one in flight, at least 10 ms apart)",
+            dispatch_passes.clone(),
+        );
+        let dispatched_steps = Counter::default();
+        registry.register(
+            "offboard_dispatched_steps",
+            "Steps this process's dispatcher moved to queued and pushed",
+            dispatched_steps.clone(),
+        );
         Self {
             registry,
+            dispatch_passes,
+            dispatched_steps,
             outbound_calls,
             outbound_seconds,
             step_attempts,
@@ -173,6 +189,12 @@ impl Metrics {
             webhook_attempts,
             webhook_seconds,
         }
+    }
+
+    /// One pass of the dispatcher, which dispatched `steps` steps.
+    pub fn dispatch_pass(&self, steps: usize) {
+        self.dispatch_passes.inc();
+        self.dispatched_steps.inc_by(steps as u64);
     }
 
     /// One attempt of a step ended: `succeeded`, `retry`, `dead` or `lease_lost`.

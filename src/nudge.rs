@@ -25,6 +25,12 @@ pub const DISPATCH_CHANNEL: &str = "offboard_dispatch";
 /// Pause before reconnecting a lost listener or retrying a failed notification.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
+/// The least time between two notifications a forwarder sends: the dispatcher's own gap
+/// between passes ([`crate::dispatch::PASS_GAP`]), so a burst of commits costs PostgreSQL
+/// at most 100 `NOTIFY`s a second (not one per commit), and the workers' dispatchers no
+/// more wake-ups than passes they would make.
+pub const FORWARD_GAP: Duration = crate::dispatch::PASS_GAP;
+
 /// Wakes `wake` on every notification on `channel` until `shutdown`, reconnecting when the
 /// connection is lost. Notifications sent while it is not connected are missed: whoever
 /// listens also polls on an interval (and once when it starts).
@@ -61,19 +67,25 @@ pub async fn listen(pool: PgPool, channel: &'static str, wake: Arc<Notify>, shut
     }
 }
 
-/// Sends `NOTIFY channel` after each nudge of `local`, one at a time, until `shutdown`.
+/// Sends `NOTIFY channel` after nudges of `local`, one at a time and at least
+/// [`FORWARD_GAP`] apart (the nudges in between become the next one), until `shutdown`.
 pub async fn forward(pool: PgPool, channel: &'static str, local: Arc<Notify>, shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = local.notified() => {}
             _ = shutdown.wait() => return,
         }
+        let sent = tokio::time::Instant::now();
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&pool).await {
             tracing::debug!(channel, error = %e, "notifying failed; the workers' interval covers it");
             tokio::select! {
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
                 _ = shutdown.wait() => return,
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(sent + FORWARD_GAP) => {}
+            _ = shutdown.wait() => return,
         }
     }
 }

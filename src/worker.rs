@@ -50,9 +50,10 @@ impl Workers {
             faults,
             samples: samples.clone(),
             outside: Arc::new(
-                crate::outside::Outside::new(pool.clone(), settings.outbound.clone())
+                crate::outbound::outside::Outside::new(pool.clone(), settings.outbound.clone())
                     .expect("the outbound HTTP client builds"),
             ),
+            outside_steps: Arc::new(tokio::sync::Semaphore::new(settings.outbound.concurrency)),
         });
         let deliverer = Arc::new(
             Deliverer::new(pool.clone(), settings.webhooks.clone())
@@ -65,6 +66,7 @@ impl Workers {
             idempotency_retention: settings.idempotency_retention,
             nudge,
             samples,
+            stats: Arc::default(),
         };
         Self { executor, dispatcher, deliverer }
     }
@@ -202,7 +204,7 @@ async fn handle_step(task: StepTask, executor: Data<Arc<Executor>>) -> Result<()
     // The task always ends cleanly: retries are scheduled in the ledger, not by apalis
     // (whose backend retry policy is fixed), and a task that could not even reach the
     // ledger is pushed again by the sweeper.
-    if let Err(e) = executor.run_steps(&task.step_ids).await {
+    if let Err(e) = executor.run_task(&task.step_ids).await {
         tracing::warn!(step_ids = ?task.step_ids, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
     }
     Ok(())

@@ -73,6 +73,12 @@ enum Command {
     /// and the suite start and kill.
     #[command(hide = true)]
     Worker,
+    /// The product's API alone (what `offboard api` runs): the bench's API process.
+    #[command(hide = true)]
+    Api,
+    /// The product's API and workers in one process (what `offboard serve` runs).
+    #[command(hide = true)]
+    Serve,
 }
 
 #[tokio::main]
@@ -84,11 +90,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Chaos { .. } => "error,sqlx=off",
         // Bulk statements of a benchmark are slow on purpose.
         Command::Bench { .. } => "warn,sqlx=error",
-        Command::Worker => app::DEFAULT_LOG_FILTER,
+        Command::Worker | Command::Api | Command::Serve => app::DEFAULT_LOG_FILTER,
     };
     app::init_tracing(settings.log_format, filter);
     match cli.command {
         Command::Worker => app::run_workers(settings).await,
+        Command::Api => app::serve_api(settings).await,
+        Command::Serve => app::serve(settings).await,
         Command::Bench { scenario, scale } => {
             bench::run(&settings, scenario, BenchOptions { scale }).await
         }

@@ -302,6 +302,11 @@ impl Settings {
                 1,
             )? as i32,
             breaker_pause: duration("OFFBOARD_OUTBOUND_BREAKER_PAUSE", out_defaults.breaker_pause)?,
+            concurrency: number(
+                "OFFBOARD_OUTBOUND_CONCURRENCY",
+                out_defaults.concurrency as i64,
+                1,
+            )? as usize,
             oauth_clients: match var("OFFBOARD_OAUTH_CLIENTS") {
                 Some(v) => parse_oauth_clients(&v).context("OFFBOARD_OAUTH_CLIENTS")?,
                 None => Vec::new(),

@@ -24,6 +24,11 @@ pub struct OutboundSettings {
     /// one probe goes (`OFFBOARD_OUTBOUND_BREAKER_AFTER`, `OFFBOARD_OUTBOUND_BREAKER_PAUSE`).
     pub breaker_after: i32,
     pub breaker_pause: Duration,
+    /// Steps that call outside one process runs at once, apart from the worker's
+    /// concurrency: such a step runs on a task of its own and gives its worker slot back
+    /// at once, so a slow or hanging destination never holds the slots other steps need
+    /// (`OFFBOARD_OUTBOUND_CONCURRENCY`).
+    pub concurrency: usize,
     /// OAuth client credentials per provider name (`OFFBOARD_OAUTH_CLIENTS`).
     pub oauth_clients: Vec<OAuthClient>,
 }
@@ -55,6 +60,7 @@ impl fmt::Debug for OutboundSettings {
             .field("burst_per_host", &self.burst_per_host)
             .field("breaker_after", &self.breaker_after)
             .field("breaker_pause", &self.breaker_pause)
+            .field("concurrency", &self.concurrency)
             .field("oauth_clients", &self.oauth_clients)
             .finish()
     }
@@ -70,6 +76,7 @@ impl Default for OutboundSettings {
             burst_per_host: 50,
             breaker_after: 5,
             breaker_pause: Duration::from_secs(30),
+            concurrency: 32,
             oauth_clients: Vec::new(),
         }
     }

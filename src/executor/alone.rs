@@ -2,44 +2,101 @@
 //! of its own until done, then concluded — succeeded, or its failure recorded with the
 //! next attempt's time.
 
-use std::{panic::AssertUnwindSafe, time::Instant};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::FutureExt;
 use tracing::Instrument;
 
-use super::{Attempt, Executor, Fault, Outcome, prepare, step_span};
+use super::{
+    Attempt, Executor, Fault, Outcome, Prepared, leases::LeaseGuard, prepare, step_span, subject,
+};
 use crate::{
     backoff::Backoff,
     config::StepSettings,
     domain::{RunStatus, StepStatus},
     ledger::steps::{self, Claim, Failure},
     metrics::METRICS,
-    outside::{CallKind, CallsEnd},
+    outbound::outside::{CallKind, CallsEnd, CallsFailure, Retry},
     samples::Ended,
     steps::{AfterCommit, Progress, RunContext, StepContext, StepError, StepKind, StepState},
 };
 
 impl Executor {
     /// Claims the step and runs it in transactions of its own. `None`: it was not queued.
-    pub(super) async fn run_alone(&self, step_id: i64) -> anyhow::Result<Option<(i64, Outcome)>> {
+    /// `detach`: see [`Executor::run_task`].
+    pub(super) async fn run_alone(
+        &self,
+        step_id: i64,
+        detach: Option<&Arc<Self>>,
+    ) -> anyhow::Result<Option<(i64, Outcome)>> {
         let Some(claim) =
             steps::claim(&self.pool, step_id, &self.worker_name, self.worker.lease).await?
         else {
             return Ok(None);
         };
         let span = step_span(&claim);
-        let outcome = self.run_claimed(claim).instrument(span).await?;
+        let outcome = self.run_claimed(claim, detach).instrument(span).await?;
         Ok(Some((step_id, outcome)))
     }
 
-    async fn run_claimed(&self, claim: Claim) -> anyhow::Result<Outcome> {
+    async fn run_claimed(
+        &self,
+        claim: Claim,
+        detach: Option<&Arc<Self>>,
+    ) -> anyhow::Result<Outcome> {
         let started = Instant::now();
-        let _lease = self.leases.hold(claim.lease_token, started + self.worker.step_timeout);
+        let lease = self.leases.hold(claim.lease_token, started + self.worker.step_timeout);
         let result = match prepare(&claim) {
-            Ok((run, kind)) => self.apply_within_deadline(&claim, &run, kind, true, started).await,
+            Ok((run, kind)) => match detach {
+                Some(this) if CallKind::of_step(&claim.name).is_some() => {
+                    let p = Prepared { claim, run, kind };
+                    return this.go_on_detached(p, true, lease, started).await;
+                }
+                _ => self.apply_within_deadline(&claim, &run, kind, true, started).await,
+            },
             Err(e) => Err(e),
         };
         self.conclude(&claim, result, started).await
+    }
+
+    /// A claimed step that calls outside goes on in a task of its own, holding one of the
+    /// slots for such steps and its lease, so the worker's slot is free at once; with every
+    /// such slot taken, it is re-scheduled shortly, its attempt given back.
+    pub(super) async fn go_on_detached(
+        self: &Arc<Self>,
+        p: Prepared,
+        first: bool,
+        lease: LeaseGuard,
+        started: Instant,
+    ) -> anyhow::Result<Outcome> {
+        let Ok(slot) = self.outside_steps.clone().try_acquire_owned() else {
+            let full = StepError::later(
+                "outside_waiting",
+                "every slot for steps that call outside is taken (OFFBOARD_OUTBOUND_CONCURRENCY); \
+                 the step waits for one",
+                OUTSIDE_SLOTS_FULL_PAUSE,
+                false,
+            );
+            return self.conclude(&p.claim, Err(full), started).await;
+        };
+        let this = self.clone();
+        let span = step_span(&p.claim);
+        tokio::spawn(
+            async move {
+                let (_slot, _lease) = (slot, lease);
+                let result =
+                    this.apply_within_deadline(&p.claim, &p.run, p.kind, first, started).await;
+                if let Err(e) = this.conclude(&p.claim, result, started).await {
+                    tracing::warn!(error = %format!("{e:#}"), "the step's end was not recorded; its lease will expire and it runs again");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Outcome::Continues)
     }
 
     /// [`Executor::apply_until_done`] within the attempt's deadline (`OFFBOARD_STEP_TIMEOUT`
@@ -61,12 +118,12 @@ impl Executor {
             if let Some(calls) = CallKind::of_step(&claim.name) {
                 match self
                     .outside
-                    .run(calls, run, claim.step_id, claim.lease_token, self.worker.lease)
+                    .run(calls, subject(run), claim.step_id, claim.lease_token, self.worker.lease)
                     .await?
                 {
                     CallsEnd::Done => {}
                     CallsEnd::LeaseLost => return Ok(None),
-                    CallsEnd::Failed(error) => return Err(error),
+                    CallsEnd::Failed(failure) => return Err(step_error(failure)),
                 }
                 // The calls committed progress: read it back through the fence.
                 first = false;
@@ -120,7 +177,7 @@ impl Executor {
             Outcome::WillRetry => "retry",
             Outcome::Dead => "dead",
             Outcome::Canceled => "canceled",
-            Outcome::LeaseLost | Outcome::NotQueued => "lease_lost",
+            Outcome::LeaseLost | Outcome::NotQueued | Outcome::Continues => "lease_lost",
         };
         METRICS.step_attempt(&claim.name, label, started.elapsed());
         self.samples.attempt_ended(
@@ -128,7 +185,10 @@ impl Executor {
                 Outcome::Succeeded => Ended::Succeeded,
                 Outcome::WillRetry => Ended::Retry,
                 Outcome::Dead => Ended::Dead,
-                Outcome::Canceled | Outcome::LeaseLost | Outcome::NotQueued => Ended::Lost,
+                Outcome::Canceled
+                | Outcome::LeaseLost
+                | Outcome::NotQueued
+                | Outcome::Continues => Ended::Lost,
             },
             started.elapsed(),
         );
@@ -313,5 +373,18 @@ impl Executor {
             }
             None => Outcome::LeaseLost,
         })
+    }
+}
+
+/// How soon a step that found every slot for steps that call outside taken looks again.
+const OUTSIDE_SLOTS_FULL_PAUSE: Duration = Duration::from_millis(200);
+
+/// The step's failure from its calls'.
+fn step_error(failure: CallsFailure) -> StepError {
+    match failure.retry {
+        Retry::Never => StepError::permanent(failure.code, failure.message),
+        Retry::After { pause, counted } => {
+            StepError::later(failure.code, failure.message, pause, counted)
+        }
     }
 }

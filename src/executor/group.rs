@@ -1,16 +1,16 @@
 //! A run's steps on their first attempt in one transaction: locked, applied in turn and
 //! completed together, so a run's concurrent steps cost one commit, not one each.
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tracing::Instrument;
 
-use super::{Executor, Outcome, Prepared, prepare, step_span};
+use super::{Executor, Outcome, Prepared, prepare, step_span, subject};
 use crate::{
     config::StepSettings,
     ledger::steps::{self, Claim},
     metrics::METRICS,
-    outside::CallKind,
+    outbound::outside::CallKind,
     steps::{AfterCommit, Progress, StepError},
 };
 
@@ -34,7 +34,14 @@ impl Executor {
     /// move, or finds the batch spent, is claimed in the transaction and continues alone
     /// after it. If a step fails, the transaction is rolled back: that step is claimed
     /// and its failure recorded as its attempt, and the others run alone.
-    pub(super) async fn run_group(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+    ///
+    /// `detach`: a step that calls outside and continues goes on off the worker's slot
+    /// (see [`Executor::run_task`]).
+    pub(super) async fn run_group(
+        &self,
+        step_ids: &[i64],
+        detach: Option<&Arc<Self>>,
+    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
         let _group = self.leases.hold_group();
         let started = Instant::now();
         let mut outcomes = Vec::with_capacity(step_ids.len());
@@ -67,6 +74,20 @@ impl Executor {
                 run_alone = steps;
             }
         }
+        if let Some(this) = detach {
+            let (outside, rest): (Vec<Prepared>, Vec<Prepared>) =
+                continuing.into_iter().partition(|p| CallKind::of_step(&p.claim.name).is_some());
+            continuing = rest;
+            for p in outside {
+                // A fresh attempt: the group's transaction counted it when it committed.
+                let began = Instant::now();
+                let lease = self.leases.hold(p.claim.lease_token, began + self.worker.step_timeout);
+                let step_id = p.claim.step_id;
+                let span = step_span(&p.claim);
+                let outcome = this.go_on_detached(p, false, lease, began).instrument(span).await?;
+                outcomes.push((step_id, outcome));
+            }
+        }
         // Concurrently, as they would have run had they been tasks of their own.
         let continued = futures::future::join_all(continuing.iter().map(|p| {
             async move {
@@ -88,7 +109,7 @@ impl Executor {
         // One after another: completed side by side, steps of one run that were not fenced
         // could deadlock on the run's row (40P01, seen under load), costing each an attempt.
         for id in run_alone {
-            outcomes.extend(self.run_alone(id).await?);
+            outcomes.extend(self.run_alone(id, detach).await?);
         }
         Ok(outcomes)
     }
@@ -139,7 +160,9 @@ impl Executor {
             // is made inside a transaction. Its calls are planned here, committed with the
             // group.
             if let Some(calls) = CallKind::of_step(&claim.name) {
-                match crate::outside::plan(&mut tx, calls, &p.run, claim.step_id).await {
+                match crate::outbound::outside::plan(&mut tx, calls, subject(&p.run), claim.step_id)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(_) => {
                         continuing.push((i, claim.done, claim.total, claim.cursor.clone()));

@@ -38,6 +38,9 @@ pub enum Outcome {
     LeaseLost,
     /// The run is canceling: the step stopped at a batch boundary and is canceled.
     Canceled,
+    /// The step calls outside and goes on in a task of its own, off the worker's slot
+    /// ([`Executor::run_task`]); its outcome is recorded there.
+    Continues,
 }
 
 pub struct Executor {
@@ -54,7 +57,10 @@ pub struct Executor {
     /// Ended attempts, for the second's metric sample the sweeper writes.
     pub samples: Arc<crate::samples::Counters>,
     /// The steps' calls to outside systems (revocations, vendors' callbacks).
-    pub outside: Arc<crate::outside::Outside>,
+    pub outside: Arc<crate::outbound::outside::Outside>,
+    /// Slots for steps that call outside, apart from the worker's
+    /// (`OFFBOARD_OUTBOUND_CONCURRENCY`).
+    pub outside_steps: Arc<tokio::sync::Semaphore>,
 }
 
 enum Attempt {
@@ -104,17 +110,40 @@ impl Executor {
         Ok(outcomes.into_iter().next().map(|(_, o)| o).unwrap_or(Outcome::NotQueued))
     }
 
+    /// Runs a task as a worker does: as [`Executor::run_steps`], except that a step that
+    /// calls outside, once claimed, goes on in a task of its own within
+    /// `OFFBOARD_OUTBOUND_CONCURRENCY` ([`Outcome::Continues`]) and the worker's slot is
+    /// free at once — or, with every such slot taken, is re-scheduled shortly with its
+    /// attempt given back. A slow or hanging destination so never holds the slots the
+    /// other steps need. (The step's lease is held, and renewed, by this process until it
+    /// ends; a graceful shutdown waits for it.)
+    pub async fn run_task(
+        self: &Arc<Self>,
+        step_ids: &[i64],
+    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        self.run_steps_with(step_ids, Some(self)).await
+    }
+
     /// Runs the steps of one task and returns each one's outcome, in `step_ids` order. One
     /// step is claimed (its attempt committed first) and runs in transactions of its own;
     /// several — steps of one run on their first attempt — run in one transaction that
     /// also completes them, so a run's concurrent steps cost one commit, not one each.
     pub async fn run_steps(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        self.run_steps_with(step_ids, None).await
+    }
+
+    /// `detach`: this executor's `Arc` when steps that call outside go on off the slot.
+    async fn run_steps_with(
+        &self,
+        step_ids: &[i64],
+        detach: Option<&Arc<Self>>,
+    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
         let mut outcomes: HashMap<i64, Outcome> =
             step_ids.iter().map(|&id| (id, Outcome::NotQueued)).collect();
         let ran = if step_ids.len() == 1 {
-            self.run_alone(step_ids[0]).await?.into_iter().collect()
+            self.run_alone(step_ids[0], detach).await?.into_iter().collect()
         } else {
-            self.run_group(step_ids).await?
+            self.run_group(step_ids, detach).await?
         };
         outcomes.extend(ran);
         Ok(step_ids.iter().map(|id| (*id, outcomes[id].clone())).collect())
@@ -129,6 +158,15 @@ fn step_span(claim: &Claim) -> tracing::Span {
         company_id = claim.company_id,
         attempt = claim.attempts,
     )
+}
+
+/// Whose calls a step makes: its run's ids.
+fn subject(run: &RunContext) -> crate::outbound::outside::Subject {
+    crate::outbound::outside::Subject {
+        run_id: run.id,
+        company_id: run.company_id.get(),
+        user_id: run.user_id.get(),
+    }
 }
 
 /// The run and the step's kind, from the claim.

@@ -1,5 +1,5 @@
-//! outbound: the delivery engine for calls that leave offboard — host webhooks now, the
-//! steps' calls to outside systems next. It never imports steps or api.
+//! outbound: the delivery engine for calls that leave offboard — host webhooks and the
+//! steps' calls to outside systems. It never imports steps or api.
 //!
 //! - [`guard`]: the SSRF guard — public addresses only, checked at connect time.
 //! - [`client`]: the one HTTP client (guarded, no redirects, a timeout per attempt) and
@@ -10,14 +10,15 @@
 //! - [`webhooks`]: the deliverer — outbox rows claimed from the ledger within
 //!   per-endpoint limits and a breaker, sent, and their outcome recorded.
 //!
-//! The steps that call out (`crate::outside`) record each call's intent in the ledger, call
-//! through [`client::Client`] (a form for RFC 7009 revocations, JSON signed with
-//! [`signing`] for vendors' callbacks) within [`limits`] and the host's breaker, and record
-//! the outcome.
+//! - [`outside`]: the steps' calls to outside systems — each call's intent recorded in the
+//!   ledger, the call made through [`client::Client`] (a form for RFC 7009 revocations,
+//!   JSON signed with [`signing`] for vendors' callbacks) within [`limits`] and the host's
+//!   breaker, and the outcome recorded.
 
 pub mod client;
 pub mod guard;
 pub mod limits;
+pub mod outside;
 pub mod schedule;
 pub mod signing;
 pub mod webhooks;

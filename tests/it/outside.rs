@@ -76,6 +76,8 @@ enum Reply {
     Status(u16),
     /// 429 with `Retry-After: n` seconds.
     RetryAfter(u64),
+    /// 200 after this long.
+    Slow(Duration),
     Hang,
 }
 
@@ -149,6 +151,10 @@ async fn receive(
         Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
         Reply::RetryAfter(secs) => {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", secs.to_string())]).into_response()
+        }
+        Reply::Slow(after) => {
+            tokio::time::sleep(after).await;
+            StatusCode::OK.into_response()
         }
         Reply::Hang => {
             std::future::pending::<()>().await;
@@ -525,6 +531,17 @@ async fn fastest_run(app: &TestApp, company: i64, users: &[i64], actor: i64) -> 
     fastest
 }
 
+/// The median of [`timed_run`] for each of `users` (three), one after another: a run
+/// held up shows, one slow moment of a shared machine does not decide.
+async fn median_run(app: &TestApp, company: i64, users: &[i64], actor: i64) -> Duration {
+    let mut took = Vec::new();
+    for user in users {
+        took.push(timed_run(app, company, *user, actor).await);
+    }
+    took.sort();
+    took[took.len() / 2]
+}
+
 #[sqlx::test]
 async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool: PgPool) {
     let (provider, vendor, dead) =
@@ -636,6 +653,112 @@ async fn an_open_breaker_on_one_vendor_does_not_delay_another_companys_run(pool:
         ))
         .await;
     assert_eq!(dead_steps, 0);
+    workers.stop().await;
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_layoff_whose_vendor_hangs_holds_no_worker_slot_and_leaves_a_small_company_its_share_of_a_shared_provider(
+    pool: PgPool,
+) {
+    let (provider, vendor, dead) =
+        (Remote::start().await, Remote::start().await, Remote::start().await);
+    dead.answer(|_, _| Reply::Hang);
+    // Two worker slots, four calls in flight per host; the breaker never opens, so every
+    // call to the hanging vendor waits out its timeout.
+    let (app, _) = connected(
+        pool,
+        &[
+            ("OFFBOARD_OUTBOUND_TIMEOUT", "4s"),
+            ("OFFBOARD_OUTBOUND_BREAKER_AFTER", "1000"),
+            ("OFFBOARD_OUTBOUND_MAX_IN_FLIGHT_PER_HOST", "4"),
+            ("OFFBOARD_WORKER_CONCURRENCY", "2"),
+        ],
+        &provider,
+        &vendor,
+    )
+    .await;
+    // A second company: its grants at the same provider, its apps all from the vendor that
+    // hangs.
+    let other =
+        seed::seed(&app.pool, SeedOptions { users: 8, items_per_user: 10, seed: 8 }).await.unwrap();
+    seed::connect_outside(&app.pool, other.company_id, Some(&provider.base), None).await.unwrap();
+    sqlx::query(
+        "INSERT INTO crm.apps (key, vendor_uninstall_url, vendor_signing_secret) VALUES ('stuck', $1, $2)",
+    )
+    .bind(format!("{}/apps/stuck/uninstall", dead.base))
+    .bind(WebhookSecret::generate().expose())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE crm.app_installs SET app_key = 'stuck' WHERE company_id = $1")
+        .bind(other.company_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The provider answers the layoff's revocations slowly (it keeps the host busy), the
+    // small company's at once.
+    let theirs: Vec<i64> = other.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
+    let mut layoff_tokens = Vec::new();
+    for user in &theirs {
+        layoff_tokens.extend(tokens_of(&app, *user).await);
+    }
+    let slow: std::collections::HashSet<String> = layoff_tokens.iter().cloned().collect();
+    provider.answer(move |g, _| {
+        if slow.contains(&g.token()) {
+            Reply::Slow(Duration::from_millis(1500))
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let workers = app.start_workers();
+    let company = app.company.company_id;
+    let regulars: Vec<i64> =
+        app.company.users.iter().filter(|u| !u.is_admin).map(|u| u.id).collect();
+    assert!(regulars.len() >= 6 && theirs.len() >= 4);
+
+    let idle = median_run(&app, company, &regulars[..3], app.admin()).await;
+
+    // The other company's layoff: until its calls hold the hanging vendor and the provider.
+    for user in &theirs {
+        app.enqueue(&json!({"company_id": other.company_id, "user_id": user,
+                             "actor_user_id": other.admin_ids[0], "action": "deactivate",
+                             "transfer": {}}))
+            .await;
+    }
+    let hanging = || async {
+        app.count(&format!(
+            "SELECT count(*) FROM offboard.outbound_calls WHERE host = '{}' AND status = 'sending'",
+            dead.host()
+        ))
+        .await
+    };
+    let started = Instant::now();
+    loop {
+        let at_provider =
+            provider.got().iter().filter(|g| layoff_tokens.contains(&g.token())).count();
+        if hanging().await >= 1 && at_provider >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the layoff's calls never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let busy = median_run(&app, company, &regulars[3..6], app.admin()).await;
+    eprintln!("small company's run: idle {idle:?}, beside the hanging layoff {busy:?}");
+    // Still beside it: calls to the hanging vendor in flight, the layoff unfinished.
+    assert!(hanging().await >= 1, "the vendor's calls were still hanging");
+    let unfinished = app
+        .count(&format!(
+            "SELECT count(*) FROM offboard.runs WHERE company_id = {} AND status = 'running'",
+            other.company_id
+        ))
+        .await;
+    assert!(unfinished >= 1, "the layoff was still running");
+    assert!(
+        busy <= idle.mul_f64(1.5) + Duration::from_millis(300),
+        "the small company's run took {busy:?} beside the hanging layoff, {idle:?} idle"
+    );
     workers.stop().await;
     app.cleanup().await;
 }

@@ -9,6 +9,7 @@ use std::{
 use offboard::{
     api::{self, AppState},
     crm::seed::SeedOptions,
+    dispatch,
     nudge::{self, DISPATCH_CHANNEL},
     shutdown::Shutdown,
 };
@@ -70,5 +71,98 @@ async fn an_api_in_another_process_wakes_the_workers_dispatcher_at_once(pool: Pg
     shutdown.trigger();
     forwarder.await.unwrap();
     workers.stop().await;
+    app.cleanup().await;
+}
+
+/// Nudges every millisecond for `burst`, from a paced loop (the nudges are the load, not
+/// a wait); returns how many were sent.
+async fn nudge_for(nudge: &Notify, burst: Duration) -> u64 {
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < burst {
+        pace.tick().await;
+        nudge.notify_one();
+        sent += 1;
+    }
+    sent
+}
+
+#[sqlx::test]
+async fn a_burst_of_nudges_costs_one_dispatch_pass_per_gap_not_one_per_nudge(pool: PgPool) {
+    // Only nudges wake this dispatcher (its interval is an hour).
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_DISPATCH_INTERVAL", "1h")],
+        SeedOptions { users: 4, items_per_user: 1, seed: 7 },
+    )
+    .await;
+    let dispatcher = app.workers.dispatcher.clone();
+    let stats = dispatcher.stats.clone();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let started = Instant::now();
+    while stats.passes() == 0 {
+        assert!(started.elapsed() < DEADLINE, "the dispatcher never made its first pass");
+        tokio::task::yield_now().await;
+    }
+
+    // An enqueue burst: a commit's nudge every millisecond (passes here dispatch nothing,
+    // as when the in-flight limit is full and each commit would otherwise start a pass).
+    let before = stats.passes();
+    let burst_started = Instant::now();
+    let nudges = nudge_for(&app.nudge, Duration::from_millis(400)).await;
+    let burst = burst_started.elapsed();
+    let passes = stats.passes() - before;
+    assert!(nudges >= 40, "the burst sent only {nudges} nudges");
+    assert!(passes >= 1, "no pass answered {nudges} nudges");
+    // At most one pass per gap (and one begun before the burst).
+    let bound = (burst.as_millis() / dispatch::PASS_GAP.as_millis()) as u64 + 2;
+    assert!(
+        passes <= bound,
+        "{passes} passes for {nudges} nudges in {burst:?}: more than one per {:?}",
+        dispatch::PASS_GAP
+    );
+    shutdown.trigger();
+    running.await.unwrap();
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_burst_of_commits_in_an_api_process_sends_one_notification_per_gap(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
+    listener.listen(DISPATCH_CHANNEL).await.unwrap();
+    let shutdown = Shutdown::new();
+    let api_nudge = Arc::new(Notify::new());
+    let forwarder = tokio::spawn(nudge::forward(
+        app.pool.clone(),
+        DISPATCH_CHANNEL,
+        api_nudge.clone(),
+        shutdown.clone(),
+    ));
+
+    let burst_started = Instant::now();
+    let nudges = nudge_for(&api_nudge, Duration::from_millis(400)).await;
+    let burst = burst_started.elapsed();
+    shutdown.trigger();
+    forwarder.await.unwrap();
+    // Every notification sent has arrived once nothing more comes for a while.
+    let mut received = 0u64;
+    while let Ok(notification) =
+        tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
+    {
+        notification.unwrap();
+        received += 1;
+    }
+    assert!(nudges >= 40, "the burst sent only {nudges} nudges");
+    assert!(received >= 1, "{nudges} nudges sent no notification");
+    let bound = (burst.as_millis() / nudge::FORWARD_GAP.as_millis()) as u64 + 2;
+    assert!(
+        received <= bound,
+        "{received} notifications for {nudges} nudges in {burst:?}: more than one per {:?}",
+        nudge::FORWARD_GAP
+    );
     app.cleanup().await;
 }

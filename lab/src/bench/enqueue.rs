@@ -1,13 +1,25 @@
-//! `offboard-lab bench enqueue`: HTTP enqueue throughput and latency from a loopback load
-//! generator with 64 concurrent connections, against two baselines measured in the same
-//! run: the same load on `/healthz` (HTTP, a PostgreSQL `SELECT 1` and a Redis `PING`), and
-//! the raw rate of the writes an enqueue commits — run, steps and history (`runs::insert`)
-//! plus the idempotency key, in the one statement (one transaction) an enqueue writes them with — issued directly over 64 connections.
+//! `offboard-lab bench enqueue`: HTTP enqueue throughput and latency at 64 concurrent
+//! keep-alive connections, in the shapes users deploy, each next to the baselines measured
+//! in the same run:
 //!
-//! The API runs in this process on its own runtime, without workers: this measures the
-//! request path, not the steps the runs would start.
+//! - **(a)** `offboard api` as a process of its own (no workers), requests spread over 32
+//!   companies of 1,000 users, each company with its own target; and the same load from
+//!   `wrk` (when it is on `PATH`), to show how an independent load generator agrees.
+//! - **(b)** `offboard serve` — the API and its workers in one process — on the same kind of
+//!   load, the workers busy with the runs being enqueued.
+//! - **(c)** the layoff shape: one company of 20,000 users (2,000 admins), every request
+//!   naming the same target, on `offboard api`; next to **(d)** 200 small companies of 100
+//!   users (the same 20,000 users), each with its own target.
+//!
+//! Baselines: `/healthz` on the API process (HTTP, a PostgreSQL `SELECT 1`, a Redis
+//! `PING`), and the raw write an enqueue commits — run, 15 steps, history and idempotency
+//! key in the one statement of `runs::insert` — issued directly over 64 connections.
+//!
+//! Before each load the ledger is emptied (`TRUNCATE`, `VACUUM ANALYZE`), so every shape
+//! starts from the same tables. CPU is per accepted request, per process.
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,8 +30,8 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 
 use super::{
-    ApiServer, BenchEnv, BenchOptions, Cpu, LoadResult, get, http_load, mib, peak_rss_of,
-    post_json, verdict,
+    BenchEnv, BenchOptions, Cpu, LoadRequest, LoadResult, WorkerProcess, cpu_of,
+    free_loopback_addr, get, http_load, mib, post_json, verdict,
 };
 use offboard::{
     config::Settings,
@@ -29,10 +41,13 @@ use offboard::{
 };
 
 const CONNECTIONS: usize = 64;
-/// Companies the deactivated users belong to: a host app's traffic spans tenants, and a
-/// deactivation locks its company row (seats and admin counts), so one company alone
-/// would measure that lock.
-const COMPANIES: usize = 32;
+/// Companies of shapes (a) and (b): a host app's traffic spans tenants.
+const SMALL_COMPANIES: usize = 32;
+/// Companies of shape (d).
+const MANY_COMPANIES: usize = 200;
+/// The wrk script: POSTs of the same requests as ours.
+const WRK_SCRIPT: &str = include_str!("wrk-enqueue.lua");
+const WRK_THREADS: usize = 2;
 
 pub(super) async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<()> {
     let env = BenchEnv::create(base, "enqueue").await?;
@@ -46,78 +61,227 @@ struct Tenant {
     company_id: i64,
     actor: i64,
     target: i64,
+    /// Regular users, consecutive ids.
     users: Vec<i64>,
+}
+
+type Tenants = Arc<Vec<Tenant>>;
+
+/// What one enqueue load measured.
+struct Shape {
+    load: LoadResult,
+    cpu: Cpu,
+    accepted: i64,
+}
+
+impl Shape {
+    fn report(&self, name: &str, raw: f64) {
+        report_load(name, &self.load);
+        println!("{name} ratio to raw transaction: {:.2}", self.load.rate() / raw);
+        self.cpu.report_for(name, self.accepted as f64, "request");
+    }
 }
 
 async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let warmup = options.scaled_duration(Duration::from_secs(1));
     let window = options.scaled_duration(Duration::from_secs(8));
-    let users_per_company = options.scaled(1_000, 50);
+    let small_users = options.scaled(1_000, 50);
+    let big_users = options.scaled(20_000, 500);
+    let many_users = options.scaled(100, 20);
+    let wrk = find_on_path("wrk");
     println!(
-        "## enqueue: {CONNECTIONS} connections, {:.0} s warm-up + {:.0} s measured per load; {COMPANIES} companies of {users_per_company} users; API pool {} connections",
+        "## enqueue: {CONNECTIONS} connections, {:.0} s warm-up + {:.0} s measured per load; API pool {} connections; ledger emptied before each load",
         warmup.as_secs_f64(),
         window.as_secs_f64(),
         env.settings.db_pool_size
     );
+    println!(
+        "# (a) offboard api process, {SMALL_COMPANIES} companies of {small_users} users; (b) offboard serve (API + workers), the same; (c) one company of {big_users} users ({} admins), one target for every request; (d) {MANY_COMPANIES} companies of {many_users} users, a target each",
+        big_users / 10
+    );
     let started = Instant::now();
-    let mut tenants = Vec::with_capacity(COMPANIES);
-    for _ in 0..COMPANIES {
-        tenants.push(seed_tenant(env, users_per_company).await?);
-    }
+    let a = seed_tenants(env, SMALL_COMPANIES, small_users).await?;
+    let w = if wrk.is_some() {
+        Some(seed_tenants(env, SMALL_COMPANIES, small_users).await?)
+    } else {
+        None
+    };
+    let b = seed_tenants(env, SMALL_COMPANIES, small_users).await?;
+    let c = seed_tenants(env, 1, big_users).await?;
+    let d = seed_tenants(env, MANY_COMPANIES, many_users).await?;
     sqlx::raw_sql("VACUUM ANALYZE").execute(&env.pool).await?;
     println!("# seeded in {:.1} s", started.elapsed().as_secs_f64());
-    let tenants = Arc::new(tenants);
 
-    let api = ApiServer::start(env.settings.clone()).await?;
+    // (a), wrk, (c), (d): one `offboard api` process.
+    let addr = free_loopback_addr()?;
+    let mut api = spawn_service(env, "api", addr)?;
+    api.wait_for_api(addr).await?;
     let healthz =
-        http_load(api.addr, CONNECTIONS, warmup, window, StatusCode::OK, |_| Some(get("/healthz")))
+        http_load(addr, CONNECTIONS, warmup, window, StatusCode::OK, |_| Some(get("/healthz")))
             .await?;
-    let cpu_before = Cpu::sample(env, &[]).await?;
-    let enqueue = {
-        let tenants = tenants.clone();
-        http_load(api.addr, CONNECTIONS, warmup, window, StatusCode::ACCEPTED, move |i| {
-            // Requests walk the companies in turn.
-            let tenant = &tenants[i % COMPANIES];
-            let user = *tenant.users.get(i / COMPANIES)?;
-            let body = json!({
-                "company_id": tenant.company_id,
-                "user_id": user,
-                "actor_user_id": tenant.actor,
-                "action": "deactivate",
-                "transfer": {"default": {"mode": "single", "targets": [{"user_id": tenant.target}]}},
-            });
-            let key = format!("bench-{user}");
-            Some(post_json("/v1/offboardings", &body, &[("idempotency-key", &key)]))
-        })
-        .await?
+    let shape_a = enqueue_load(env, addr, &api, &a, "bench-a", warmup, window).await?;
+    let by_wrk = match (&wrk, &w) {
+        (Some(wrk), Some(w)) => Some(wrk_load(env, wrk, addr, &api, w, warmup + window).await?),
+        _ => None,
     };
-    // Includes the warm-up: CPU per request over every accepted request.
-    let cpu = Cpu::sample(env, &[]).await?.since(&cpu_before);
-    let accepted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
-    let api_rss = peak_rss_of("/proc/self/status").unwrap_or(0);
-    api.stop().await?;
+    let shape_c = enqueue_load(env, addr, &api, &c, "bench-c", warmup, window).await?;
+    let shape_d = enqueue_load(env, addr, &api, &d, "bench-d", warmup, window).await?;
+    let api_rss = api.stop().await?;
+
+    // (b): one `offboard serve` process, its workers running what is enqueued.
+    reset_ledger(env).await?;
+    let addr = free_loopback_addr()?;
+    let mut serve = spawn_service(env, "serve", addr)?;
+    serve.wait_for_api(addr).await?;
+    let shape_b = enqueue_load(env, addr, &serve, &b, "bench-b", warmup, window).await?;
+    let (succeeded, waiting): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                count(*) FILTER (WHERE status IN ('ready', 'queued', 'running'))
+         FROM offboard.steps",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    let serve_rss = serve.stop().await?;
+
+    reset_ledger(env).await?;
     let (raw, raw_cpu, raw_count) = raw_transactions(env, warmup, window).await?;
 
-    report_load("offboard enqueue", &enqueue);
-    report_load("baseline healthz", &healthz);
-    println!("baseline raw transaction: {:.0} tx/s", raw);
-    println!("ratio to raw transaction: {:.2}", enqueue.rate() / raw);
-    println!("ratio to healthz: {:.2}", enqueue.rate() / healthz.rate());
-    println!("bench process (API + load generator) peak RSS: {:.1} MiB", mib(api_rss));
-    cpu.report(accepted as f64, "request");
+    println!("baseline raw transaction: {raw:.0} tx/s");
     println!(
         "cpu postgres, raw transaction: {:.3} ms/transaction",
         raw_cpu.postgres.as_secs_f64() * 1000.0 / raw_count.max(1) as f64
     );
-    println!("target >= 2000 req/s: {}", verdict(enqueue.rate() >= 2000.0));
-    println!("target p99 < 50 ms: {}", verdict(enqueue.percentile_ms(99.0) < 50.0));
-    println!("target >= 0.6 x raw transaction: {}", verdict(enqueue.rate() / raw >= 0.6));
+    report_load("baseline healthz (api process)", &healthz);
+    shape_a.report("enqueue (a) api process", raw);
+    if let Some(by_wrk) = &by_wrk {
+        println!(
+            "# wrk {} -t{WRK_THREADS} -c{CONNECTIONS} -d{:.0}s --latency -s wrk-enqueue.lua (counts its whole run, no warm-up)",
+            by_wrk.version,
+            (warmup + window).as_secs_f64()
+        );
+        println!("enqueue (a) by wrk: {:.0} req/s", by_wrk.rate);
+        println!("enqueue (a) by wrk p50: {:.1} ms", by_wrk.p50_ms);
+        println!("enqueue (a) by wrk p99: {:.1} ms", by_wrk.p99_ms);
+        if by_wrk.non_2xx > 0 {
+            println!("enqueue (a) by wrk non-2xx: {} responses", by_wrk.non_2xx);
+        }
+        println!(
+            "enqueue (a) by wrk: runs written {:.0}/s",
+            by_wrk.accepted as f64 / (warmup + window).as_secs_f64()
+        );
+        println!("enqueue (a) wrk / ours: {:.2}", by_wrk.rate / shape_a.load.rate());
+        by_wrk.cpu.report_for("enqueue (a) by wrk", by_wrk.accepted as f64, "request");
+    } else {
+        println!("# wrk is not on PATH: the wrk comparison of (a) is skipped");
+    }
+    shape_b.report("enqueue (b) serve", raw);
+    println!(
+        "enqueue (b) serve: {succeeded} steps succeeded meanwhile, {waiting} ready, queued or running at the end"
+    );
+    shape_c.report("enqueue (c) one company, one target", raw);
+    shape_d.report("enqueue (d) many small companies", raw);
+    println!("enqueue (c) / (d): {:.2}", shape_c.load.rate() / shape_d.load.rate());
+    println!("api process peak RSS: {:.1} MiB", mib(api_rss));
+    println!("serve process peak RSS: {:.1} MiB", mib(serve_rss));
+    let ratio = |s: &Shape| s.load.rate() / raw;
+    println!("target (a) >= 0.8 x raw transaction: {}", verdict(ratio(&shape_a) >= 0.8));
+    println!("target (c) >= 0.8 x raw transaction: {}", verdict(ratio(&shape_c) >= 0.8));
+    println!(
+        "target (c) >= 0.9 x (d): {}",
+        verdict(shape_c.load.rate() >= 0.9 * shape_d.load.rate())
+    );
+    for (name, shape) in [("(a)", &shape_a), ("(c)", &shape_c), ("(d)", &shape_d)] {
+        println!(
+            "target p99 < 50 ms in {name}: {}",
+            verdict(shape.load.percentile_ms(99.0) < 50.0)
+        );
+    }
     Ok(())
 }
 
-/// A company of `users` users, 10% admins with account-settings access. Only users: the
-/// enqueue path reads nothing else of the CRM store (the full seed takes a minute here).
+/// `offboard api` or `offboard serve` (this binary's `api` and `serve`, the product's code)
+/// on its own loopback port, accepting the development token.
+fn spawn_service(
+    env: &BenchEnv,
+    subcommand: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<WorkerProcess> {
+    let bind = addr.to_string();
+    WorkerProcess::spawn_command(
+        env,
+        subcommand,
+        subcommand,
+        &[("OFFBOARD_BIND", &bind), ("OFFBOARD_DEV_TOKEN", "1"), ("OFFBOARD_API_TOKENS", "")],
+    )
+}
+
+/// Empties the ledger the loads write, so every load starts from the same tables.
+async fn reset_ledger(env: &BenchEnv) -> anyhow::Result<()> {
+    // Two statements: VACUUM cannot run in the implicit transaction of a multi-statement query.
+    sqlx::raw_sql(
+        "TRUNCATE offboard.runs, offboard.steps, offboard.run_events, offboard.idempotency_keys CASCADE",
+    )
+    .execute(&env.pool)
+    .await?;
+    sqlx::raw_sql(
+        "VACUUM ANALYZE offboard.runs, offboard.steps, offboard.run_events, offboard.idempotency_keys",
+    )
+    .execute(&env.pool)
+    .await?;
+    Ok(())
+}
+
+/// The enqueue load on `tenants` against the API at `addr`, served by `process`.
+async fn enqueue_load(
+    env: &BenchEnv,
+    addr: SocketAddr,
+    process: &WorkerProcess,
+    tenants: &Tenants,
+    key_prefix: &'static str,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<Shape> {
+    reset_ledger(env).await?;
+    let cpu_before = Cpu::sample_with(env, &[], &[process]).await?;
+    let load = {
+        let tenants = tenants.clone();
+        http_load(addr, CONNECTIONS, warmup, window, StatusCode::ACCEPTED, move |i| {
+            enqueue_request(&tenants, i, key_prefix)
+        })
+        .await?
+    };
+    // Includes the warm-up: CPU per request over every accepted request.
+    let cpu = Cpu::sample_with(env, &[], &[process]).await?.since(&cpu_before);
+    let accepted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
+    Ok(Shape { load, cpu, accepted })
+}
+
+/// Request `i`: the companies in turn, each its next user.
+fn enqueue_request(tenants: &[Tenant], i: usize, key_prefix: &str) -> Option<LoadRequest> {
+    let tenant = &tenants[i % tenants.len()];
+    let user = *tenant.users.get(i / tenants.len())?;
+    let body = json!({
+        "company_id": tenant.company_id,
+        "user_id": user,
+        "actor_user_id": tenant.actor,
+        "action": "deactivate",
+        "transfer": {"default": {"mode": "single", "targets": [{"user_id": tenant.target}]}},
+    });
+    let key = format!("{key_prefix}-{user}");
+    Some(post_json("/v1/offboardings", &body, &[("idempotency-key", &key)]))
+}
+
+/// `companies` companies of `users` users each, 10% admins with account-settings access.
+/// Only users: the enqueue path reads nothing else of the CRM store.
+async fn seed_tenants(env: &BenchEnv, companies: usize, users: usize) -> anyhow::Result<Tenants> {
+    let mut tenants = Vec::with_capacity(companies);
+    for _ in 0..companies {
+        tenants.push(seed_tenant(env, users).await?);
+    }
+    Ok(Arc::new(tenants))
+}
+
 async fn seed_tenant(env: &BenchEnv, users: usize) -> anyhow::Result<Tenant> {
     let admins = (users / 10).max(2);
     let company_id: i64 = sqlx::query_scalar(
@@ -154,8 +318,143 @@ fn report_load(name: &str, load: &LoadResult) {
     }
 }
 
+/// What `wrk` printed, and what it cost.
+struct WrkResult {
+    version: String,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    cpu: Cpu,
+    /// Runs the ledger holds afterwards (its 202s that wrote one).
+    accepted: i64,
+}
+
+fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+/// `wrk` with the POST script against the API at `addr`, for `duration`; its own CPU is
+/// sampled from `/proc` while it runs (the last tenth of a second is missed).
+async fn wrk_load(
+    env: &BenchEnv,
+    wrk: &std::path::Path,
+    addr: SocketAddr,
+    process: &WorkerProcess,
+    tenants: &Tenants,
+    duration: Duration,
+) -> anyhow::Result<WrkResult> {
+    reset_ledger(env).await?;
+    let script =
+        std::env::temp_dir().join(format!("{}-wrk-enqueue.lua", env.settings.queue_prefix));
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let spec: Vec<String> = tenants
+        .iter()
+        .map(|t| {
+            let first = t.users[0];
+            anyhow::ensure!(
+                t.users.iter().enumerate().all(|(i, &u)| u == first + i as i64),
+                "wrk needs consecutive user ids"
+            );
+            Ok(format!("{},{},{},{},{}", t.company_id, t.actor, t.target, first, t.users.len()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let version = std::process::Command::new(wrk)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            text.split_whitespace().nth(1).map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    let cpu_before = Cpu::sample_with(env, &[], &[process]).await?;
+    let child = tokio::process::Command::new(wrk)
+        .arg(format!("-t{WRK_THREADS}"))
+        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{addr}"))
+        .env("WRK_TENANTS", spec.join(";"))
+        .env("WRK_THREADS", WRK_THREADS.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start wrk")?;
+    let pid = child.id().context("wrk exited at once")?;
+    let waited = tokio::spawn(child.wait_with_output());
+    let mut wrk_cpu = Duration::ZERO;
+    while !waited.is_finished() {
+        if let Some(t) = cpu_of(format!("/proc/{pid}/stat")) {
+            wrk_cpu = t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = waited.await??;
+    let _ = std::fs::remove_file(&script);
+    let mut cpu = Cpu::sample_with(env, &[], &[process]).await?.since(&cpu_before);
+    cpu.wrk = wrk_cpu;
+    cpu.bench = Duration::ZERO;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rate = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+            .and_then(wrk_duration_ms)
+            .unwrap_or(f64::NAN)
+    };
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let accepted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
+    Ok(WrkResult {
+        version,
+        rate,
+        p50_ms: percentile("50%"),
+        p99_ms: percentile("99%"),
+        non_2xx,
+        cpu,
+        accepted,
+    })
+}
+
+/// A wrk duration (`812.00us`, `12.34ms`, `1.02s`) in milliseconds.
+fn wrk_duration_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    number.trim().parse::<f64>().ok().map(|n| n * factor)
+}
+
 /// The writes of one enqueue — run, its 15 steps, its history entry and its idempotency
-/// key — in the one statement an enqueue writes them with (no BEGIN/COMMIT around it), from `CONNECTIONS` connections at once; transactions per second.
+/// key — in the one statement an enqueue writes them with (no BEGIN/COMMIT around it),
+/// from `CONNECTIONS` connections at once; transactions per second.
 async fn raw_transactions(
     env: &BenchEnv,
     warmup: Duration,
@@ -229,4 +528,17 @@ async fn raw_transactions(
     let cpu = Cpu::sample(env, &[]).await?.since(&cpu_before);
     pool.close().await;
     Ok((total as f64 / window.as_secs_f64(), cpu, all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_durations_read_in_milliseconds() {
+        assert_eq!(wrk_duration_ms("812.00us"), Some(0.812));
+        assert_eq!(wrk_duration_ms("12.34ms"), Some(12.34));
+        assert_eq!(wrk_duration_ms("1.50s"), Some(1500.0));
+        assert_eq!(wrk_duration_ms("fast"), None);
+    }
 }

@@ -314,13 +314,24 @@ impl WorkerProcess {
 
     /// As [`WorkerProcess::spawn`], with more variables set for the worker.
     pub fn spawn_with(env: &BenchEnv, label: &str, vars: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::spawn_command(env, "worker", label, vars)
+    }
+
+    /// A service process of this binary: `worker`, `api` (what `offboard api` runs) or
+    /// `serve` (what `offboard serve` runs), with the scenario's settings and `vars`.
+    pub fn spawn_command(
+        env: &BenchEnv,
+        subcommand: &str,
+        label: &str,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the offboard binary")?;
         let log = std::env::temp_dir().join(format!("{}-{label}.log", env.settings.queue_prefix));
         let stderr = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = tokio::process::Command::new(exe);
         command
-            .arg("worker")
+            .arg(subcommand)
             .env("DATABASE_URL", &env.settings.database_url)
             .env("REDIS_URL", &env.settings.redis_url)
             .env("OFFBOARD_QUEUE_PREFIX", &env.settings.queue_prefix)
@@ -330,7 +341,8 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true);
-        let child = command.spawn().context("cannot start offboard worker")?;
+        let child =
+            command.spawn().with_context(|| format!("cannot start offboard {subcommand}"))?;
         let pid = child.id().context("worker exited at once")?;
         Ok(Self { child, pid, log })
     }
@@ -364,6 +376,30 @@ impl WorkerProcess {
         }
         Ok(())
     }
+
+    /// Waits (polling, 60 s at most: it migrates first) until the process's API at `addr`
+    /// answers `/healthz` with 200.
+    pub async fn wait_for_api(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let client = http_client(1)?;
+        let url = format!("http://{addr}/healthz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive()?;
+            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the API at {addr} did not answer within 60 s; see {}", self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A loopback address with a port free a moment ago, for a service process to bind.
+pub(crate) fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
 }
 
 /// Waits until `n` worker processes have registered their step worker with Redis.
@@ -417,11 +453,24 @@ pub(crate) struct Cpu {
     pub api: Duration,
     /// This process without the API threads (load generator, polling).
     pub bench: Duration,
+    /// Service processes of the scenario (`offboard api`, `offboard serve`), apart from workers.
+    pub service: Duration,
+    /// Other load generators (`wrk`), sampled by the caller.
+    pub wrk: Duration,
 }
 
 impl Cpu {
     /// A snapshot now. Backends are found by the database name, so the pools must be open.
     pub async fn sample(env: &BenchEnv, workers: &[&WorkerProcess]) -> anyhow::Result<Self> {
+        Self::sample_with(env, workers, &[]).await
+    }
+
+    /// [`Cpu::sample`], with service processes (`offboard api` or `serve`) counted apart.
+    pub async fn sample_with(
+        env: &BenchEnv,
+        workers: &[&WorkerProcess],
+        services: &[&WorkerProcess],
+    ) -> anyhow::Result<Self> {
         let backends: Vec<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
         )
@@ -447,6 +496,8 @@ impl Cpu {
                 .unwrap_or_default(),
             api,
             bench: all.saturating_sub(api),
+            service: services.iter().filter_map(|w| cpu_of(format!("/proc/{}/stat", w.pid))).sum(),
+            wrk: Duration::ZERO,
         })
     }
 
@@ -459,14 +510,25 @@ impl Cpu {
             redis: self.redis.saturating_sub(earlier.redis),
             api: self.api.saturating_sub(earlier.api),
             bench: self.bench.saturating_sub(earlier.bench),
+            service: self.service.saturating_sub(earlier.service),
+            wrk: self.wrk.saturating_sub(earlier.wrk),
         }
     }
 
     /// `cpu <component>: <ms> ms/<unit>` lines for the components that did something.
     pub fn report(&self, per: f64, unit: &str) {
-        let line = |name: &str, d: Duration| {
+        self.report_for("", per, unit)
+    }
+
+    /// [`Cpu::report`], the lines named `<name> cpu <component>` (`cpu …` when `name` is empty).
+    pub fn report_for(&self, name: &str, per: f64, unit: &str) {
+        let prefix = if name.is_empty() { "cpu".to_string() } else { format!("{name} cpu") };
+        let line = |component: &str, d: Duration| {
             if !d.is_zero() {
-                println!("cpu {name}: {:.3} ms/{unit}", d.as_secs_f64() * 1000.0 / per.max(1.0));
+                println!(
+                    "{prefix} {component}: {:.3} ms/{unit}",
+                    d.as_secs_f64() * 1000.0 / per.max(1.0)
+                );
             }
         };
         line("postgres", self.postgres);
@@ -474,11 +536,13 @@ impl Cpu {
         line("api", self.api);
         line("redis", self.redis);
         line("bench", self.bench);
+        line("service process", self.service);
+        line("wrk", self.wrk);
     }
 }
 
 /// User + system time of a process or thread, from its `stat` file.
-fn cpu_of(stat: impl AsRef<std::path::Path>) -> Option<Duration> {
+pub(crate) fn cpu_of(stat: impl AsRef<std::path::Path>) -> Option<Duration> {
     let text = std::fs::read_to_string(stat).ok()?;
     // The command name may hold spaces and parentheses: fields count from the last ')'.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();

@@ -137,7 +137,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     println!("target no transaction over {batch} rows: {}", verdict(bounded));
     println!("target single >= 0.70 x raw update: {}", verdict(single_ratio >= 0.7));
     println!("target ratio-4 >= 0.50 x raw update: {}", verdict(ratio_ratio >= 0.5));
-    println!("target worker RSS < 64 MiB: {}", verdict(mib(rss) < 64.0));
+    println!("target worker RSS < 32 MiB: {}", verdict(mib(rss) < 32.0));
     println!(
         "target journal on >= 0.77 x off (cost <= 1.3x): {}",
         verdict(journal_single >= 0.77 && journal_ratio >= 0.77)

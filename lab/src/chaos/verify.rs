@@ -385,7 +385,7 @@ fn check_steps(record: &RunRecord, run: &RunRow, steps: &[&StepRow], f: &mut Fin
             // A step that calls outside counts its calls (done of total, never more);
             // [`super::remote::check`] checks each call against the receivers. Every other
             // step is one unit of work.
-            let calls_out = offboard::outside::CallKind::of_step(&step.name).is_some();
+            let calls_out = offboard::outbound::outside::CallKind::of_step(&step.name).is_some();
             let over = if calls_out {
                 step.done > step.total.unwrap_or(1)
             } else {

@@ -72,14 +72,19 @@ macro_rules! request_rules_sql {
                            AND r.status IN ",
             crate::active_run_statuses_sql!(),
             ") AS active_run,
+                        -- An aggregate, not ORDER BY … LIMIT 1 or EXISTS: planned for
+                        -- its first row, those walked every active run of the company
+                        -- (a layoff's thousands), evaluating the JSON path of each;
+                        -- aggregated, it probes runs_active_targets.
                         CASE WHEN ", $l, "::bool THEN
-                            (SELECT r.id FROM offboard.runs r
+                            (SELECT (array_agg(r.id ORDER BY r.created_at))[1]
+                             FROM offboard.runs r
                              WHERE r.company_id = ", $c, " AND r.status IN ",
             crate::active_run_statuses_sql!(),
             "
                                AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
-                                   @> jsonb_build_array(", $u, "::bigint)
-                             LIMIT 1) END AS transfer_target_of
+                                   @> jsonb_build_array(", $u, "::bigint)) END
+                            AS transfer_target_of
                  FROM (SELECT 1) AS one
                  LEFT JOIN crm.users s ON s.id = ", $u, " AND s.company_id = ", $c, "
                  LEFT JOIN offboard.idempotency_keys k ON k.company_id = ", $c, " AND k.key = ", $k, "),
@@ -114,9 +119,8 @@ pub struct RequestVerdict {
     pub user_status: Option<UserStatus>,
     /// The user's active run (see [`crate::domain::run_status::ACTIVE_RUN_STATUSES`]).
     pub active_run: Option<Uuid>,
-    /// When the action deactivates or deletes the user: an active run that names them as a
-    /// target (found through the `runs_active_targets` index, the first it gives: ordering
-    /// them made the planner walk the company's active runs instead).
+    /// When the action deactivates or deletes the user: the oldest active run that names
+    /// them as a target.
     pub transfer_target_of: Option<Uuid>,
     /// The first rule about the user that refuses the request.
     pub refusal: Option<String>,
