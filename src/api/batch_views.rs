@@ -10,26 +10,6 @@ use uuid::Uuid;
 
 use crate::ledger::batches::{self, BatchRow};
 
-/// The JSON form of a batch submission (NDJSON and CSV send the rows as their lines).
-#[derive(Debug, ToSchema)]
-#[schema(example = json!({"rows": [
-    {"company_id": 1, "user_id": 17, "action": "deactivate", "plan": "policy"},
-    {"company_id": 1, "user_id": 18, "action": "deactivate", "effective_at": "2027-01-31T17:00:00Z",
-     "transfer": {"default": {"mode": "single", "targets": [{"user_id": 12}]}}}],
-    "actor_user_id": 1}))]
-#[allow(dead_code)]
-pub struct BatchRequest {
-    /// Up to 10,000 requests, each the body of `POST /v1/offboardings`; `plan` may stand for
-    /// `transfer`: `"policy"` (the company's policy plan) or a plan object.
-    #[schema(value_type = Vec<Object>)]
-    pub rows: Vec<Value>,
-    /// Create nothing when any row is refused.
-    pub all_or_nothing: Option<bool>,
-    /// The actor of rows that name none.
-    #[schema(minimum = 1)]
-    pub actor_user_id: Option<i64>,
-}
-
 /// A refused row: the code and field a single request would have got.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct RefusedRow {

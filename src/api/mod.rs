@@ -8,6 +8,7 @@ mod batch_views;
 mod batches;
 mod body;
 mod dashboard;
+mod enqueue;
 pub mod error;
 mod health;
 pub(crate) mod offboardings;

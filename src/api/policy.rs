@@ -12,14 +12,17 @@ use super::{
     AppState,
     auth::Caller,
     body::JsonBody,
+    enqueue::check_targets,
     error::ApiError,
-    offboardings::check_targets,
-    views::{ErrorBody, PolicyBody, PolicyView, ServiceActorView},
+    views::{ErrorBody, PolicyView, ServiceActorView},
 };
 use crate::{
-    crm::{provisioning, users},
+    crm::provisioning,
     domain::OffboardingPolicy,
-    ledger::policies::{self, StoredPolicy},
+    ledger::{
+        policies::{self, StoredPolicy},
+        runs,
+    },
 };
 
 fn company_id(raw: &str) -> Result<i64, ApiError> {
@@ -90,7 +93,7 @@ pub async fn show(
     path = "/v1/companies/{company_id}/offboarding-policy",
     tag = "policy",
     params(("company_id" = i64, Path, minimum = 1)),
-    request_body = PolicyBody,
+    request_body = crate::domain::policy::PolicyBody,
     responses(
         (status = 200, body = PolicyView),
         (status = 400, description = "Malformed JSON or company id", body = ErrorBody),
@@ -114,9 +117,9 @@ pub async fn put(
     let actor = service_actor(&app, company_id).await?;
     let named = policy.named_targets();
     let ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
-    let found = users::target_states(&app.pool, company_id, &ids).await?;
     // No user is being offboarded by a policy: 0 is no user's id.
-    check_targets(&named, &found, company_id, 0)?;
+    let found = runs::target_states(&app.pool, company_id, 0, &ids).await?;
+    check_targets(&named, &found, company_id)?;
     if let Some((id, field)) = named.iter().find(|(id, _)| *id == actor) {
         return Err(ApiError::invalid_request(crate::domain::FieldError::new(
             format!("{field}.user_id"),

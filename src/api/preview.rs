@@ -13,13 +13,18 @@ use super::{
     AppState,
     auth::Caller,
     body::JsonBody,
+    enqueue::{check_targets, named_targets},
     error::ApiError,
-    offboardings::{check_targets, named_targets},
-    views::{DryRunBody, ErrorBody},
+    views::ErrorBody,
 };
 use crate::{
     crm::{preview, users},
-    domain::{FieldError, TransferPlan},
+    domain::{
+        FieldError,
+        transfer::{PLAN_NOT_AN_OBJECT, PlanBody, RuleBody},
+        wire,
+    },
+    ledger::runs,
 };
 
 fn ids(company_id: &str, user_id: &str) -> Result<(i64, i64), ApiError> {
@@ -77,6 +82,17 @@ pub async fn show(
     Ok(Json(out))
 }
 
+/// The body of a dry run.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"transfer": {"deals": {"mode": "ratio",
+    "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}}))]
+pub struct DryRunBody {
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, RuleBody>, required = true)]
+    pub transfer: Option<PlanBody>,
+}
+
 /// A dry run of a transfer plan: exactly how many items of each type each target gets and
 /// how many stay. Nothing changes.
 #[utoipa::path(
@@ -104,16 +120,12 @@ pub async fn dry_run(
 ) -> Result<Json<Value>, ApiError> {
     let (company_id, user_id) = ids(&company_id, &user_id)?;
     caller.check_company(company_id)?;
-    let object = body.as_object().ok_or_else(|| {
-        ApiError::invalid_request(FieldError::new(
-            "body",
-            "must be an object like {\"transfer\": {...}}",
-        ))
-    })?;
-    if let Some(unknown) = object.keys().find(|k| k.as_str() != "transfer") {
-        return Err(ApiError::invalid_request(FieldError::new(unknown.as_str(), "unknown field")));
-    }
-    let requested = TransferPlan::parse(object.get("transfer").unwrap_or(&Value::Null))
+    let body: DryRunBody = wire::from_json(&body, "must be an object like {\"transfer\": {...}}")
+        .map_err(ApiError::invalid_request)?;
+    let requested = body
+        .transfer
+        .ok_or_else(|| FieldError::new("transfer", PLAN_NOT_AN_OBJECT))
+        .and_then(PlanBody::validate)
         .map_err(ApiError::invalid_request)?;
     let plan = requested.clone().resolve(None).map_err(ApiError::invalid_request)?;
 
@@ -122,8 +134,8 @@ pub async fn dry_run(
     load_user(&mut tx, company_id, user_id).await?;
     let named = named_targets(&requested);
     let ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
-    let found = users::target_states(&mut *tx, company_id, &ids).await?;
-    check_targets(&named, &found, company_id, user_id)?;
+    let found = runs::target_states(&mut *tx, company_id, user_id, &ids).await?;
+    check_targets(&named, &found, company_id)?;
     let mut out = preview::dry_run(&mut tx, company_id, user_id, &plan).await?;
     out["user_id"] = user_id.into();
     out["company_id"] = company_id.into();

@@ -12,7 +12,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     crm::users,
-    domain::{Action, FieldError, RunStatus, UserId, UserStatus},
+    domain::{Action, FieldError, RunStatus, UserId, UserStatus, wire},
     ledger::{
         journal::{self, Source},
         runs::{self, NewRun},
@@ -56,15 +56,17 @@ pub struct UndoPreview {
 }
 
 /// `POST /v1/offboardings/{id}/undo-transfer`; both fields optional (`{}`).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UndoTransferBody {
     /// Who gets the items back, an active user of the run's company; without it, the
     /// run's user, who must have been reactivated.
+    #[serde(default, deserialize_with = "wire::optional_positive_integer")]
     #[schema(minimum = 1)]
     pub to_user_id: Option<i64>,
     /// Who asks: an active user of the company with account-settings access; by default
     /// the actor of the run undone.
+    #[serde(default, deserialize_with = "wire::optional_positive_integer")]
     #[schema(minimum = 1)]
     pub actor_user_id: Option<i64>,
 }
@@ -222,22 +224,8 @@ fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 fn parse_body(body: &Value) -> Result<(Option<i64>, Option<i64>), FieldError> {
-    let object =
-        body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
-    if let Some(unknown) =
-        object.keys().find(|k| !["to_user_id", "actor_user_id"].contains(&k.as_str()))
-    {
-        return Err(FieldError::new(unknown.as_str(), "unknown field"));
-    }
-    let id = |field: &str| match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_i64()
-            .filter(|id| *id > 0)
-            .map(Some)
-            .ok_or_else(|| FieldError::new(field, "must be a positive integer")),
-    };
-    Ok((id("to_user_id")?, id("actor_user_id")?))
+    let body: UndoTransferBody = wire::from_json(body, "must be a JSON object")?;
+    Ok((body.to_user_id, body.actor_user_id))
 }
 
 /// The run, if the caller may see it; another company's is not found.

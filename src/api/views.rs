@@ -2,8 +2,6 @@
 //! same structs the handlers serialize. Free-form parts (a step's counts, a receipt, a
 //! preview of belongings) stay JSON objects.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -33,131 +31,6 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
-}
-
-/// The body of `POST /v1/offboardings`. The handler reads it field by field so that each
-/// refusal names its field; this struct is the contract.
-#[derive(ToSchema)]
-#[schema(example = json!({
-    "company_id": 1, "user_id": 3, "actor_user_id": 1, "action": "deactivate",
-    "transfer": {"default": {"mode": "single", "targets": [{"user_id": 4}]},
-                 "deals": {"mode": "ratio", "scope": "all",
-                           "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}
-}))]
-#[allow(dead_code)]
-pub struct CreateOffboarding {
-    #[schema(minimum = 1)]
-    pub company_id: i64,
-    /// The user to offboard.
-    #[schema(minimum = 1)]
-    pub user_id: i64,
-    /// Who asks: an active user of the company with account-settings access.
-    #[schema(minimum = 1)]
-    pub actor_user_id: i64,
-    pub action: ActionName,
-    /// Keyed by `default` or an item type: leads, deals, contacts, products, activities,
-    /// projects, project_tasks. A type's own rule wins over `default`.
-    pub transfer: Option<BTreeMap<String, TransferRuleBody>>,
-    /// Delete and replace: a new user who inherits the seat; name it as a target with
-    /// `{"replacement": true}`.
-    pub replacement: Option<ReplacementBody>,
-    /// `redact` only: the new display name.
-    #[schema(max_length = 100)]
-    pub display_name: Option<String>,
-    /// `redact` only: remove the profile picture.
-    pub remove_picture: Option<bool>,
-    /// Start the run at this time (RFC 3339, in the future, at most 366 days ahead)
-    /// instead of now: until then it is `scheduled` and counts as the user's active run.
-    /// Not with `replacement`.
-    pub effective_at: Option<DateTime<Utc>>,
-}
-
-/// `PATCH /v1/offboardings/{id}`: move a scheduled run.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct RescheduleBody {
-    /// The new start (RFC 3339, in the future, at most 366 days ahead).
-    pub effective_at: DateTime<Utc>,
-}
-
-crate::domain::debug_without_personal_data!(CreateOffboarding {
-    company_id,
-    user_id,
-    actor_user_id,
-    action,
-    transfer,
-    replacement,
-    remove_picture,
-});
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum ActionName {
-    Deactivate,
-    Delete,
-    DeactivateAndDelete,
-    Redact,
-    Reactivate,
-}
-
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct TransferRuleBody {
-    pub mode: TransferMode,
-    /// `open` (default) or `all`.
-    pub scope: Option<TransferScope>,
-    #[schema(min_items = 1, max_items = 100)]
-    pub targets: Vec<TargetBody>,
-}
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum TransferMode {
-    Single,
-    Ratio,
-    Hardcoded,
-}
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum TransferScope {
-    Open,
-    All,
-}
-
-/// A target: `user_id`, or `replacement: true`; with `weight` (ratio) or `count` (hardcoded).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct TargetBody {
-    #[schema(minimum = 1)]
-    pub user_id: Option<i64>,
-    pub replacement: Option<bool>,
-    #[schema(minimum = 0, maximum = 1_000_000)]
-    pub weight: Option<i64>,
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub count: Option<i64>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ReplacementBody {
-    pub first_name: String,
-    pub last_name: String,
-    pub email: String,
-}
-
-crate::domain::debug_without_personal_data!(ReplacementBody {});
-
-/// The body of a dry run.
-#[derive(Debug, ToSchema)]
-#[schema(example = json!({"transfer": {"deals": {"mode": "ratio",
-    "targets": [{"user_id": 4, "weight": 2}, {"user_id": 5, "weight": 1}]}}}))]
-#[allow(dead_code)]
-pub struct DryRunBody {
-    pub transfer: BTreeMap<String, TransferRuleBody>,
 }
 
 /// `202` for a new run, and for a replay of the same request with the same `Idempotency-Key`.
@@ -335,48 +208,6 @@ impl From<&RunDetail> for RunView {
     }
 }
 
-/// The body of `PUT /v1/companies/{company_id}/offboarding-policy`; a field left out
-/// takes its default.
-#[derive(Debug, ToSchema)]
-#[schema(example = json!({
-    "transfer": {"default": {"mode": "single", "targets": [{"user_id": 1}]}},
-    "on_deactivate": "deactivate",
-    "on_delete": "deactivate_and_delete"
-}))]
-#[allow(dead_code)]
-pub struct PolicyBody {
-    /// The default transfer plan of runs an identity provider starts, in the shape of a
-    /// request's `transfer` (no replacement). Default: nothing is transferred.
-    pub transfer: Option<BTreeMap<String, TransferRuleBody>>,
-    /// What a SCIM deactivation (`active: false`) does: `deactivate` (the default).
-    pub on_deactivate: Option<OnDeactivateName>,
-    /// What a SCIM DELETE does: `delete` (only a user already deactivated) or
-    /// `deactivate_and_delete` (the default).
-    pub on_delete: Option<OnDeleteName>,
-    /// Delete a user this many days after a deactivation run deactivated them, as a
-    /// scheduled delete run (cancel or reschedule it like any). Default: never.
-    #[schema(minimum = 1, maximum = 365)]
-    pub delete_after_days: Option<u16>,
-    /// `delete` and `deactivate_and_delete` runs (from the API, SCIM or a policy) wait in
-    /// `awaiting_approval` until a second admin of the company approves them. Default
-    /// false.
-    pub require_approval: Option<bool>,
-    /// Hours a run awaits approval before it is `expired` (counted from its
-    /// `effective_at` when it is scheduled later). Default 168 (7 days).
-    #[schema(minimum = 1, maximum = 2160)]
-    pub approval_ttl_hours: Option<u16>,
-}
-
-/// `POST /v1/offboardings/{id}/approve` and `/reject`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ApprovalBody {
-    /// The deciding admin: an active admin of the run's company; for an approval, not
-    /// the user who asked for the run.
-    #[schema(minimum = 1)]
-    pub approver_user_id: i64,
-}
-
 /// What an approval or rejection did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Decided {
@@ -387,21 +218,6 @@ pub struct Decided {
     pub status: RunStatus,
     pub approver_user_id: i64,
     pub error_code: Option<String>,
-}
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum OnDeactivateName {
-    Deactivate,
-}
-
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum OnDeleteName {
-    Delete,
-    DeactivateAndDelete,
 }
 
 /// A company's offboarding policy and the service actor its runs are recorded under.

@@ -6,9 +6,11 @@
 //! an NDJSON line that is not JSON, a plan that is neither `policy` nor JSON) is refused
 //! here, by its row number.
 
+use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use super::{FieldError, text_enum::text_enum};
+use super::{FieldError, text_enum::text_enum, wire};
 
 /// The most rows one batch may hold.
 pub const MAX_ROWS: usize = 10_000;
@@ -125,36 +127,56 @@ pub fn parse(format: BatchFormat, bytes: &[u8]) -> Result<ParsedBatch, FieldErro
     Ok(parsed)
 }
 
+/// The JSON form of a batch submission (NDJSON and CSV send the rows as their lines).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"rows": [
+    {"company_id": 1, "user_id": 17, "action": "deactivate", "plan": "policy"},
+    {"company_id": 1, "user_id": 18, "action": "deactivate", "effective_at": "2027-01-31T17:00:00Z",
+     "transfer": {"default": {"mode": "single", "targets": [{"user_id": 12}]}}}],
+    "actor_user_id": 1}))]
+pub struct BatchRequest {
+    /// Up to 10,000 requests, each the body of `POST /v1/offboardings`; `plan` may stand for
+    /// `transfer`: `"policy"` (the company's policy plan) or a plan object. Each row is
+    /// parsed as a single request is, and refused alone.
+    #[serde(deserialize_with = "rows")]
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<Value>,
+    /// Create nothing when any row is refused.
+    #[serde(default, deserialize_with = "wire::optional_flag")]
+    pub all_or_nothing: Option<bool>,
+    /// The actor of rows that name none (checked in each row, as the row's own).
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub actor_user_id: Option<Value>,
+}
+
+fn rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Array(rows) => Ok(rows),
+        _ => Err(D::Error::custom("must be an array of requests")),
+    }
+}
+
+/// A value given, even `null` (a row checks it).
+fn given<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 fn parse_json(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|e| FieldError::new("body", format!("is not valid JSON: {e}")))?;
-    let object =
-        body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
-    if let Some(unknown) =
-        object.keys().find(|k| !["rows", "all_or_nothing", "actor_user_id"].contains(&k.as_str()))
-    {
-        return Err(FieldError::new(unknown.as_str(), "unknown field"));
-    }
-    let rows = match object.get("rows") {
-        Some(Value::Array(rows)) => rows,
-        Some(_) => return Err(FieldError::new("rows", "must be an array of requests")),
-        None => return Err(FieldError::new("rows", "is required")),
-    };
-    let all_or_nothing = match object.get("all_or_nothing") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(FieldError::new("all_or_nothing", "must be true or false")),
-    };
+    let request: BatchRequest = wire::from_json(&body, "must be a JSON object")?;
     let mut parsed = ParsedBatch {
-        all_or_nothing,
-        actor_user_id: object.get("actor_user_id").cloned(),
+        all_or_nothing: request.all_or_nothing.unwrap_or(false),
+        actor_user_id: request.actor_user_id,
         ..ParsedBatch::default()
     };
-    if rows.len() > MAX_ROWS {
-        return Err(too_many(rows.len()));
+    if request.rows.len() > MAX_ROWS {
+        return Err(too_many(request.rows.len()));
     }
-    for (i, row) in rows.iter().enumerate() {
-        push_json_row(&mut parsed, i + 1, row.clone());
+    for (i, row) in request.rows.into_iter().enumerate() {
+        push_json_row(&mut parsed, i + 1, row);
     }
     Ok(parsed)
 }

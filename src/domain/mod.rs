@@ -34,6 +34,7 @@ pub mod step_status;
 pub mod transfer;
 pub mod user;
 pub mod webhook;
+pub mod wire;
 
 pub use action::Action;
 pub use batch::{BatchFormat, BatchStatus};
@@ -43,7 +44,7 @@ pub use field_error::FieldError;
 pub use ids::{CompanyId, UserId};
 pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};
 pub use purge::{FiredBy, PurgeStatus};
-pub use request::{OffboardingRequest, Origin, Replacement};
+pub use request::{OffboardingRequest, OffboardingRequestBody, Origin, Replacement};
 pub use run_status::RunStatus;
 pub use step_status::StepStatus;
 pub use transfer::{Distribution, ItemType, Scope, TransferPlan, TransferRule};

@@ -3,12 +3,18 @@
 //! takes. Parsed from the API's JSON like a request; the rules that need the store (targets
 //! are active users of the company, none of them leaving) are checked by the API.
 //!
-//! New settings are new fields with a default (see [`FIELDS`] and [`OffboardingPolicy::parse`]),
+//! New settings are new fields with a default (see [`PolicyBody`] and [`OffboardingPolicy::parse`]),
 //! so a stored policy keeps meaning what it meant.
 
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Deserializer, de::Error as _};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::{Action, FieldError, TransferPlan, UserId};
+use super::{
+    Action, FieldError, TransferPlan, UserId,
+    transfer::{PlanBody, RuleBody, string_enum},
+    wire,
+};
 
 /// What a SCIM `DELETE /Users/{id}` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,46 +104,106 @@ impl Default for OffboardingPolicy {
     }
 }
 
-/// The fields a policy body may hold (`actor` is shown, never set).
-const FIELDS: &[&str] = &[
-    "transfer",
-    "on_deactivate",
-    "on_delete",
-    "delete_after_days",
-    "require_approval",
-    "approval_ttl_hours",
-];
+/// `PUT /v1/companies/{company_id}/offboarding-policy`, as serde reads it; a field left out
+/// keeps its default.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PolicyBody, example = json!({
+    "transfer": {"default": {"mode": "single", "targets": [{"user_id": 3}]}},
+    "on_deactivate": "deactivate",
+    "on_delete": "deactivate_and_delete"
+}))]
+pub struct PolicyBody {
+    /// The default transfer plan of runs an identity provider starts, in the shape of a
+    /// request's `transfer` (no replacement). Default: nothing is transferred.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, RuleBody>>)]
+    pub transfer: Option<PlanBody>,
+    /// What a SCIM deactivation (`active: false`) does: `deactivate` (the default).
+    #[serde(default, deserialize_with = "wire::optional_string")]
+    #[schema(schema_with = on_deactivate_names)]
+    pub on_deactivate: Option<String>,
+    /// What a SCIM DELETE does: `delete` (only a user already deactivated) or
+    /// `deactivate_and_delete` (the default).
+    #[serde(default, deserialize_with = "wire::optional_string")]
+    #[schema(schema_with = on_delete_names)]
+    pub on_delete: Option<String>,
+    /// Delete a user this many days after a deactivation run deactivated them, as a
+    /// scheduled delete run (cancel or reschedule it like any). Default: never.
+    #[serde(default, deserialize_with = "days")]
+    #[schema(minimum = 1, maximum = 365)]
+    pub delete_after_days: Option<u16>,
+    /// `delete` and `deactivate_and_delete` runs (from the API, SCIM or a policy) wait in
+    /// `awaiting_approval` until a second admin of the company approves them. Default
+    /// false.
+    #[serde(default, deserialize_with = "wire::optional_flag")]
+    pub require_approval: Option<bool>,
+    /// Hours a run awaits approval before it is `expired` (counted from its
+    /// `effective_at` when it is scheduled later). Default 168 (7 days).
+    #[serde(default, deserialize_with = "hours")]
+    #[schema(minimum = 1, maximum = 2160)]
+    pub approval_ttl_hours: Option<u16>,
+    /// Shown with the policy, never set.
+    #[serde(default, deserialize_with = "refuse_actor")]
+    #[schema(ignore)]
+    pub actor: Option<()>,
+}
+
+fn on_deactivate_names() -> utoipa::openapi::Object {
+    string_enum(&[OnDeactivate::Deactivate.as_str()])
+}
+
+fn on_delete_names() -> utoipa::openapi::Object {
+    string_enum(&[OnDelete::Delete.as_str(), OnDelete::DeactivateAndDelete.as_str()])
+}
+
+/// A whole number from 1 to `max`, where `null` or absent is `None`.
+fn bounded<'de, D: Deserializer<'de>>(d: D, max: u16) -> Result<Option<u16>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(max)).contains(n))
+            .map(|n| Some(n as u16))
+            .ok_or_else(|| D::Error::custom(format!("must be a whole number from 1 to {max}"))),
+    }
+}
+
+fn days<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    bounded(d, MAX_DELETE_AFTER_DAYS)
+}
+
+fn hours<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    bounded(d, MAX_APPROVAL_TTL_HOURS)
+}
+
+fn refuse_actor<'de, D: Deserializer<'de>>(_: D) -> Result<Option<()>, D::Error> {
+    Err(D::Error::custom("is the company's service actor and cannot be set"))
+}
 
 impl OffboardingPolicy {
-    /// Parses a policy body; a field left out keeps its default. Errors name the field.
+    /// Parses a policy body (or the stored form); a field left out keeps its default.
+    /// Errors name the field.
     pub fn parse(body: &Value) -> Result<Self, FieldError> {
-        let object =
-            body.as_object().ok_or_else(|| FieldError::new("body", "must be a JSON object"))?;
-        if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            let message = if unknown == "actor" {
-                "is the company's service actor and cannot be set"
-            } else {
-                "unknown field"
-            };
-            return Err(FieldError::new(unknown.as_str(), message));
-        }
+        Self::from_body(wire::from_json(body, "must be a JSON object")?)
+    }
+
+    /// The policy a body asks for, checked.
+    pub fn from_body(body: PolicyBody) -> Result<Self, FieldError> {
         let mut policy = Self::default();
-        match object.get("transfer") {
-            None | Some(Value::Null) => {}
-            Some(value) => {
-                let plan = TransferPlan::parse(value)?;
-                policy.transfer = plan.resolve(None).map_err(|e| {
-                    FieldError::new(e.field, "a policy cannot name a replacement user")
-                })?;
-            }
+        if let Some(plan) = body.transfer {
+            policy.transfer = plan
+                .validate()?
+                .resolve(None)
+                .map_err(|e| FieldError::new(e.field, "a policy cannot name a replacement user"))?;
         }
-        match text(object, "on_deactivate")? {
+        match body.on_deactivate.as_deref() {
             None | Some("deactivate") => {}
             Some(_) => {
                 return Err(FieldError::new("on_deactivate", "must be \"deactivate\""));
             }
         }
-        policy.on_delete = match text(object, "on_delete")? {
+        policy.on_delete = match body.on_delete.as_deref() {
             None => policy.on_delete,
             Some("delete") => OnDelete::Delete,
             Some("deactivate_and_delete") => OnDelete::DeactivateAndDelete,
@@ -148,38 +214,9 @@ impl OffboardingPolicy {
                 ));
             }
         };
-        policy.delete_after_days = match object.get("delete_after_days") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .filter(|d| (1..=u64::from(MAX_DELETE_AFTER_DAYS)).contains(d))
-                    .map(|d| d as u16)
-                    .ok_or_else(|| {
-                        FieldError::new(
-                            "delete_after_days",
-                            format!("must be a whole number from 1 to {MAX_DELETE_AFTER_DAYS}"),
-                        )
-                    })?,
-            ),
-        };
-        policy.require_approval = match object.get("require_approval") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(FieldError::new("require_approval", "must be true or false")),
-        };
-        policy.approval_ttl_hours = match object.get("approval_ttl_hours") {
-            None | Some(Value::Null) => DEFAULT_APPROVAL_TTL_HOURS,
-            Some(v) => v
-                .as_u64()
-                .filter(|h| (1..=u64::from(MAX_APPROVAL_TTL_HOURS)).contains(h))
-                .map(|h| h as u16)
-                .ok_or_else(|| {
-                    FieldError::new(
-                        "approval_ttl_hours",
-                        format!("must be a whole number from 1 to {MAX_APPROVAL_TTL_HOURS}"),
-                    )
-                })?,
-        };
+        policy.delete_after_days = body.delete_after_days;
+        policy.require_approval = body.require_approval.unwrap_or(false);
+        policy.approval_ttl_hours = body.approval_ttl_hours.unwrap_or(DEFAULT_APPROVAL_TTL_HOURS);
         Ok(policy)
     }
 
@@ -198,14 +235,6 @@ impl OffboardingPolicy {
     /// The users the default plan names, each with the field that names it first.
     pub fn named_targets(&self) -> Vec<(i64, String)> {
         self.transfer.targets_with_fields().into_iter().map(|(id, f)| (id.get(), f)).collect()
-    }
-}
-
-fn text<'a>(object: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, FieldError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(FieldError::new(field, "must be a string")),
     }
 }
 

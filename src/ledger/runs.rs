@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::filter::FILTER_SQL;
 pub use super::filter::RunFilter;
 use crate::{
-    domain::{Action, FiredBy, PurgeStatus, RunStatus, StepStatus, UserStatus},
+    domain::{Action, FiredBy, PurgeStatus, RunStatus, StepStatus},
     steps::StepSpec,
 };
 
@@ -75,9 +75,9 @@ impl std::fmt::Debug for NewRun<'_> {
 /// The statement that writes a run, its steps (those without dependencies ready at once),
 /// its first history entry and its idempotency key; `$gate` are CTEs ending in a
 /// comma, and `$from` the clause the run's row is selected from (nothing is written
-/// when it yields no row).
+/// when it yields no row). It answers `written`, then `$more` (columns and a `FROM`).
 macro_rules! insert_run_sql {
-    ($gate:expr, $from:expr) => {
+    ($gate:expr, $from:expr, $more:expr) => {
         concat!(
             "WITH ",
             $gate,
@@ -121,21 +121,25 @@ macro_rules! insert_run_sql {
              key AS (
                  INSERT INTO offboard.idempotency_keys (company_id, key, request_hash, run_id)
                  SELECT $2, $13, $14, id FROM run WHERE $13::text IS NOT NULL)
-             SELECT EXISTS (SELECT 1 FROM run)"
+             SELECT EXISTS (SELECT 1 FROM run) AS written",
+            $more
         )
     };
 }
 
 /// Binds a [`NewRun`] to the parameters of [`insert_run_sql`].
-fn bind_new_run<'q>(
+fn bind_new_run<'q, O>(
     sql: &'q str,
     run: &'q NewRun<'q>,
     names: &'q [&'q str],
     deps: &'q [String],
     idempotency: Option<(&'q str, &'q str)>,
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     let (key, hash) = idempotency.unzip();
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(run.id)
         .bind(run.company_id)
         .bind(run.user_id)
@@ -162,6 +166,13 @@ fn step_columns<'a>(run: &'a NewRun<'_>) -> (Vec<&'a str>, Vec<String>) {
     (names, deps)
 }
 
+// After the macro it uses.
+mod rules;
+pub use self::rules::{
+    Clearance, Judged, RequestVerdict, TARGETS_JUDGED_WITH_REQUEST, TargetState, insert_if_clear,
+    judge, target_states,
+};
+
 /// Writes the run, its steps, the first history entry and the idempotency key, in one
 /// statement. Fails with a unique violation on `runs_one_active_per_user` when the user
 /// already has an active run, or on `idempotency_keys_pkey` when a concurrent request took
@@ -172,103 +183,10 @@ pub async fn insert(
     idempotency: Option<(&str, &str)>,
 ) -> Result<(), sqlx::Error> {
     let (names, deps) = step_columns(run);
-    bind_new_run(insert_run_sql!("", ""), run, &names, &deps, idempotency)
+    bind_new_run::<(bool,)>(insert_run_sql!("", "", ""), run, &names, &deps, idempotency)
         .fetch_one(&mut *tx)
         .await?;
     Ok(())
-}
-
-/// What [`insert_if_clear`] checks before it writes.
-#[derive(Debug, Clone)]
-pub struct Clearance<'a> {
-    /// The status the action needs the user in (`active`, `deactivated`).
-    pub user_status: UserStatus,
-    /// The action deactivates the user: an admin's would put the last-admin rule at stake.
-    pub deactivates: bool,
-    /// The users named as targets; at most four.
-    pub targets: &'a [i64],
-    /// The action deactivates or deletes the user: an active run must not name them as a
-    /// target.
-    pub leaves: bool,
-}
-
-/// [`insert`], in the same one statement as the reads of the rules a request for a
-/// regular user must pass — no run under its idempotency key yet; an actor who is an
-/// active user of the company with account-settings access; a user of the company in the
-/// status the action needs, not an admin being deactivated, with no active run, and (when
-/// the action deactivates or deletes them) no active run naming them as a target; every
-/// target an active user of the company, not the user, that no active run is
-/// deactivating. Writes nothing and returns `false` when any of them does not hold (the
-/// caller then finds out which, and whether a rule this does not decide applies): these
-/// reads only clear a request, they never refuse one. An enqueue is so one statement, the
-/// same write as [`insert`] plus its index probes.
-pub async fn insert_if_clear(
-    conn: &mut PgConnection,
-    run: &NewRun<'_>,
-    idempotency: Option<(&str, &str)>,
-    clearance: &Clearance<'_>,
-) -> Result<bool, sqlx::Error> {
-    assert!(clearance.targets.len() <= 4, "at most four targets are checked here");
-    let (names, deps) = step_columns(run);
-    let target = |i: usize| clearance.targets.get(i);
-    bind_new_run(
-        insert_run_sql!(
-            concat!(
-                "clear AS (
-                 SELECT 1 WHERE
-                     NOT EXISTS (SELECT 1 FROM offboard.idempotency_keys
-                                 WHERE company_id = $2 AND key = $13)
-                     AND EXISTS (SELECT 1 FROM crm.users a
-                                 WHERE a.id = $7 AND a.company_id = $2 AND a.status = 'active'
-                                   AND a.account_settings_access)
-                     AND EXISTS (SELECT 1 FROM crm.users u
-                                 WHERE u.id = $3 AND u.company_id = $2 AND u.status = $17
-                                   AND NOT ($18 AND u.role = 'admin'))
-                     AND NOT EXISTS (SELECT 1 FROM offboard.runs r
-                                     WHERE r.company_id = $2 AND r.user_id = $3
-                                       AND r.status IN ",
-                crate::active_run_statuses_sql!(),
-                ")
-                     -- A count, not EXISTS: planned for its first row, EXISTS walked
-                     -- every active run of the company (the planner guesses 1 % of them
-                     -- name the user), evaluating the JSON path of each — 10-30 ms at a
-                     -- few thousand, in a layoff; counted, it probes runs_active_targets.
-                     AND NOT ($24 AND (
-                         SELECT count(*) FROM offboard.runs r
-                         WHERE r.company_id = $2 AND r.status IN ",
-                crate::active_run_statuses_sql!(),
-                "
-                           AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
-                               @> jsonb_build_array($3::bigint)) > 0)
-                     AND (SELECT count(*)
-                          FROM unnest(ARRAY[$19, $20, $21, $22]::bigint[]) AS t(id)
-                          JOIN crm.users u ON u.id = t.id AND u.company_id = $2
-                          WHERE u.status = 'active' AND u.id <> $3
-                            AND NOT EXISTS (
-                                SELECT 1 FROM offboard.runs r
-                                WHERE r.company_id = u.company_id AND r.user_id = u.id
-                                  AND r.status IN ",
-                crate::active_run_statuses_sql!(),
-                "
-                                  AND r.action IN ('deactivate', 'deactivate_and_delete'))) = $23),"
-            ),
-            "FROM clear"
-        ),
-        run,
-        &names,
-        &deps,
-        idempotency,
-    )
-    .bind(clearance.user_status)
-    .bind(clearance.deactivates)
-    .bind(target(0))
-    .bind(target(1))
-    .bind(target(2))
-    .bind(target(3))
-    .bind(clearance.targets.len() as i64)
-    .bind(clearance.leaves)
-    .fetch_one(&mut *conn)
-    .await
 }
 
 pub async fn record_event<'e>(

@@ -252,3 +252,56 @@ async fn a_token_scoped_to_one_company_cannot_see_another(pool: PgPool) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(app.count("SELECT count(*) FROM offboard.runs").await, 1);
 }
+
+/// The rules about the user and the targets live once, in the ledger's SQL: the one
+/// statement that judges and writes a regular user's run and the transaction a batch's
+/// rows are judged in refuse each request alike, with the same code, field and message.
+#[sqlx::test]
+async fn every_rule_refuses_alike_in_the_one_statement_and_in_a_batch(pool: PgPool) {
+    let app =
+        TestApp::with(pool, &[], SeedOptions { users: 10, items_per_user: 5, seed: 11 }).await;
+    let (company, admin) = (app.company.company_id, app.admin());
+    let gone = app.regular(5);
+    app.enqueue(&app.deactivation(gone, json!({}))).await;
+    app.drain().await;
+    // An active run deactivating `busy`, moving items to `receiver`.
+    let (busy, receiver) = (app.regular(6), app.regular(7));
+    app.enqueue(&app.deactivation(
+        busy,
+        json!({"default": {"mode": "single", "targets": [{"user_id": receiver}]}}),
+    ))
+    .await;
+    let to = |target: i64| json!({"deals": {"mode": "single", "targets": [{"user_id": target}]}});
+    let request = |user: i64, actor: i64, transfer: Value| {
+        json!({"company_id": company, "user_id": user, "actor_user_id": actor,
+               "action": "deactivate", "transfer": transfer})
+    };
+    let (user, nobody) = (app.regular(0), 99_999_999);
+    let cases = [
+        (request(user, app.regular(1), json!({})), "actor_not_permitted"),
+        (request(nobody, admin, json!({})), "user_not_found"),
+        (request(gone, admin, json!({})), "user_not_active"),
+        (request(busy, admin, json!({})), "active_run_exists"),
+        (request(receiver, admin, json!({})), "user_is_transfer_target"),
+        (request(user, user, json!({})), "self_offboarding"),
+        (request(user, admin, to(nobody)), "invalid_target"),
+        (request(user, admin, to(gone)), "invalid_target"),
+        (request(user, admin, to(busy)), "invalid_target"),
+        (request(user, admin, to(user)), "invalid_target"),
+    ];
+    let before = footprint(&app).await;
+    for (body, code) in cases {
+        let (_, single) = app.post("/v1/offboardings", &body).await;
+        assert_eq!(single["error"]["code"], code, "{body}: {single}");
+        let batch = json!({"rows": [body], "all_or_nothing": true});
+        let (status, err) = app.post("/v1/offboarding-batches", &batch).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {err}");
+        let row = &err["error"]["details"]["refused"][0];
+        for key in ["code", "field", "message"] {
+            let in_batch = row.get(key).cloned().unwrap_or(Value::Null);
+            let alone = single["error"].get(key).cloned().unwrap_or(Value::Null);
+            assert_eq!(in_batch, alone, "{key} of {body}: {row} vs {single}");
+        }
+    }
+    assert_eq!(footprint(&app).await, before);
+}

@@ -1,7 +1,7 @@
 //! SCIM 2.0 (RFC 7643/7644) at `/scim/v2`: identity providers (Okta, Microsoft Entra ID)
 //! provision the CRM's users and offboard them. A deactivation (`active: false`), a
 //! reactivation and a DELETE become runs through the same enqueue path a host request
-//! takes ([`super::offboardings::submit`]), with the company's offboarding policy (default
+//! takes ([`super::enqueue::submit`]), with the company's offboarding policy (default
 //! plan, what DELETE does) and its service actor; this module never writes a run itself.
 //!
 //! Every answer is `application/scim+json`; errors are SCIM `Error` messages. A token must

@@ -22,7 +22,7 @@ use super::{
     scim_json,
 };
 use crate::{
-    api::{AppState, offboardings::submit, policy::service_actor},
+    api::{AppState, enqueue::submit, policy::service_actor},
     crm::provisioning::{self, ProvisionedUser, Refusal, UserAttributes},
     domain::{
         Action, CompanyId, OffboardingRequest, Origin, TransferPlan, UserId, transfer::Recipient,

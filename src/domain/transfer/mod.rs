@@ -10,7 +10,10 @@ mod parse;
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-pub use self::distribution::{Distribution, Split};
+pub use self::{
+    distribution::{Distribution, Split},
+    parse::{PLAN_NOT_AN_OBJECT, PlanBody, RuleBody, TargetBody, string_enum},
+};
 use super::UserId;
 
 /// The kinds of items a user owns.
