@@ -21,7 +21,7 @@ macro_rules! text_enum {
         $(#[$meta])*
         #[derive(
             Clone, Copy, Debug, PartialEq, Eq, Hash,
-            ::serde::Serialize, ::serde::Deserialize, ::sqlx::Type, ::utoipa::ToSchema,
+            ::serde::Serialize, ::serde::Deserialize, ::sqlx::Type,
         )]
         #[sqlx(type_name = "text")]
         $vis enum $name {
@@ -42,6 +42,20 @@ macro_rules! text_enum {
                 }
             }
         }
+
+        // By hand, not derived: the derive does not see a `serde(rename)` whose word comes
+        // through this macro, and would document the Rust names ("Succeeded") instead of the
+        // words the API sends ("succeeded").
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                ::utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(::utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($name::NAMES))
+                    .into()
+            }
+        }
+
+        impl ::utoipa::ToSchema for $name {}
 
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {

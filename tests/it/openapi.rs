@@ -259,3 +259,29 @@ async fn the_openapi_document_lists_every_route_of_the_api(pool: PgPool) {
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
+
+/// The status, action and role enums are documented with the words the API sends
+/// (`"succeeded"`), not their Rust names (`"Succeeded"`): schemathesis refused every run view
+/// while they were.
+#[sqlx::test]
+async fn the_openapi_document_spells_statuses_as_the_api_sends_them(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (status, _, doc) =
+        app.call(Method::GET, "/openapi.json", None, &[("authorization", "")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    for (name, words) in [
+        ("RunStatus", offboard::domain::RunStatus::NAMES.as_slice()),
+        ("StepStatus", offboard::domain::StepStatus::NAMES.as_slice()),
+        ("PurgeStatus", offboard::domain::PurgeStatus::NAMES.as_slice()),
+    ] {
+        let documented: Vec<&str> = schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has no enum: {}", schemas[name]))
+            .iter()
+            .map(|w| w.as_str().unwrap())
+            .collect();
+        assert_eq!(documented, words, "{name}");
+        assert!(documented.contains(&words[0].to_lowercase().as_str()), "{name}");
+    }
+}
