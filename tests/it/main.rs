@@ -25,5 +25,6 @@ mod scim;
 mod security;
 mod transfer;
 mod undo;
+mod upgrade;
 mod webhooks;
 mod words;
