@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use crate::domain::RunStatus;
+
 /// Where the API is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -246,8 +248,13 @@ pub async fn webhook_deliveries(client: &ApiClient, query: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// Whether the run has stopped moving (every final status, and failed), by the domain's
+/// one list; a status this CLI does not know (a newer server) is not finished.
 fn is_finished(run: &Value) -> bool {
-    matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled"))
+    run["status"]
+        .as_str()
+        .and_then(|s| s.parse::<RunStatus>().ok())
+        .is_some_and(RunStatus::is_finished)
 }
 
 /// Polls a run and draws its steps until it finishes; returns the final run.

@@ -17,7 +17,7 @@ use prometheus_client::{
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
-use crate::queue::Queues;
+use crate::{domain::BreakerState, queue::Queues};
 
 /// Upper bounds (seconds) of the step-duration histogram buckets.
 const BUCKETS: [f64; 12] =
@@ -259,9 +259,8 @@ pub struct LedgerCounts {
     pub purges: (i64, i64, i64),
     pub step_queue_depth: Option<u64>,
     pub purge_queue_depth: Option<u64>,
-    /// Breakers of destination hosts: (host, state) with state `closed`, `open` or
-    /// `half_open`.
-    pub breakers: Vec<(String, String)>,
+    /// Breakers of destination hosts: (host, state).
+    pub breakers: Vec<(String, BreakerState)>,
 }
 
 impl LedgerCounts {
@@ -349,10 +348,10 @@ impl LedgerCounts {
         }
         let breakers = Family::<Breaker, Gauge>::default();
         for (host, state) in &self.breakers {
-            for s in ["closed", "open", "half_open"] {
+            for s in BreakerState::ALL {
                 breakers
-                    .get_or_create(&Breaker { destination: host.clone(), state: s })
-                    .set(i64::from(state == s));
+                    .get_or_create(&Breaker { destination: host.clone(), state: s.as_str() })
+                    .set(i64::from(*state == s));
             }
         }
         registry.register(

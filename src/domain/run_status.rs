@@ -70,6 +70,24 @@ impl RunStatus {
             | RunStatus::Rejected => false,
         }
     }
+
+    /// Whether the run has stopped moving: nothing more happens to it unless an operator
+    /// acts (a failed run waits for a retry; the others are final). What `runs watch` and
+    /// anything else that waits for a run waits for.
+    pub fn is_finished(self) -> bool {
+        match self {
+            RunStatus::Succeeded
+            | RunStatus::Failed
+            | RunStatus::Canceled
+            | RunStatus::Expired
+            | RunStatus::Rejected => true,
+            RunStatus::Scheduled
+            | RunStatus::AwaitingApproval
+            | RunStatus::Queued
+            | RunStatus::Running
+            | RunStatus::Canceling => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +113,21 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert!("Running".parse::<RunStatus>().is_err());
+    }
+
+    #[test]
+    fn a_run_ended_by_an_expiry_or_a_rejection_is_finished() {
+        let finished: Vec<RunStatus> =
+            RunStatus::ALL.into_iter().filter(|s| s.is_finished()).collect();
+        assert_eq!(
+            finished,
+            [
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+                RunStatus::Canceled,
+                RunStatus::Expired,
+                RunStatus::Rejected
+            ]
+        );
     }
 }

@@ -11,6 +11,8 @@ use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::DeliveryStatus;
+
 /// An endpoint as the API shows it (never its secrets).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EndpointRow {
@@ -184,8 +186,7 @@ pub struct DeliveryRow {
     pub event_type: String,
     pub endpoint_id: Uuid,
     pub company_id: i64,
-    /// pending, sending, succeeded or failed.
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_attempt_at: Option<DateTime<Utc>>,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{DEADLINE, TestApp};
 
 async fn require_approval(app: &TestApp, policy: Value) {
     let company = app.company.company_id;
@@ -119,6 +119,50 @@ async fn a_rejected_deletion_ends_with_nothing_done(pool: PgPool) {
     assert_eq!(user_status(&app, user).await, "active");
     // The user is free again.
     app.enqueue(&app.deactivation(user, json!({}))).await;
+}
+
+/// Runs `offboard runs watch <id>` against the app's API; answers its exit code and output,
+/// or fails the test if it has not returned by the deadline.
+async fn watch_from_the_cli(app: &TestApp, id: Uuid) -> (Option<i32>, String) {
+    let api = app.serve().await;
+    let watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_offboard"))
+        .args(["runs", "watch", &id.to_string(), "--api-url", &api, "--token", app.token()])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, watch)
+        .await
+        .unwrap_or_else(|_| panic!("`offboard runs watch` on {id} did not return"))
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[sqlx::test]
+async fn watching_a_rejected_run_from_the_cli_returns_and_exits_nonzero(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    require_approval(&app, json!({"require_approval": true})).await;
+    let id = app.enqueue(&deletion(&app, app.regular(0))).await;
+    let (status, _) = decide(&app, id, "reject", app.company.admin_ids[1]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (code, out) = watch_from_the_cli(&app, id).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("rejected"), "{out}");
+}
+
+#[sqlx::test]
+async fn watching_an_expired_run_from_the_cli_returns_and_exits_nonzero(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    require_approval(&app, json!({"require_approval": true})).await;
+    let id = app.enqueue(&deletion(&app, app.regular(0))).await;
+    sqlx::query("UPDATE offboard.runs SET approval_expires_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.workers.dispatcher.sweep().await.approvals_expired, 1);
+    let (code, out) = watch_from_the_cli(&app, id).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("expired"), "{out}");
 }
 
 #[sqlx::test]

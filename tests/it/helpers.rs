@@ -16,6 +16,7 @@ use offboard::{
     api::{self, AppState},
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions, Seeded},
+    domain::RunStatus,
     executor::Outcome,
     ledger::steps::{self, DispatchLimits},
     queue::Queues,
@@ -258,12 +259,24 @@ impl TestApp {
         RunningWorkers { shutdown, handle }
     }
 
-    /// Polls the run until it finishes (succeeded, failed or canceled) or the deadline.
+    /// Polls the run until it finishes ([`RunStatus::is_finished`]) or the deadline.
     pub async fn wait_for_run(&self, id: Uuid) -> Value {
         self.wait_until(id, |run| {
-            matches!(run["status"].as_str(), Some("succeeded" | "failed" | "canceled"))
+            run["status"]
+                .as_str()
+                .and_then(|s| s.parse::<RunStatus>().ok())
+                .is_some_and(RunStatus::is_finished)
         })
         .await
+    }
+
+    /// Serves the app's API on a loopback port, as `offboard api` would; answers its URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
     }
 
     pub async fn wait_until(&self, id: Uuid, done: impl Fn(&Value) -> bool) -> Value {
