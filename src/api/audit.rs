@@ -233,13 +233,13 @@ fn csv_chunk(rows: &[AuditRow], header: bool) -> Bytes {
     for row in rows {
         writer
             .write_record([
-                row.record.clone(),
+                row.record.to_string(),
                 time(Some(row.at)),
                 row.run_id.to_string(),
                 row.company_id.to_string(),
                 row.user_id.to_string(),
-                row.action.clone(),
-                row.status.clone(),
+                row.action.to_string(),
+                row.status.to_string(),
                 row.actor.clone(),
                 row.approver_user_id.map(|id| id.to_string()).unwrap_or_default(),
                 row.event.clone().unwrap_or_default(),

@@ -8,7 +8,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ledger::batches::{self, BatchRow};
+use crate::{
+    domain::{BatchFormat, BatchStatus},
+    ledger::batches::{self, BatchRow},
+};
 
 /// A refused row: the code and field a single request would have got.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
@@ -45,9 +48,8 @@ pub struct BatchView {
     pub id: Uuid,
     /// `writing` while its chunks are written, `written`, or `refused` (all or nothing and
     /// a row refused: no run created).
-    pub status: String,
-    /// json, ndjson or csv.
-    pub format: String,
+    pub status: BatchStatus,
+    pub format: BatchFormat,
     pub all_or_nothing: bool,
     /// `token:operator` or `token:company-<id>`.
     pub submitted_by: String,

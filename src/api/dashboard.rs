@@ -22,6 +22,7 @@ use sqlx::PgExecutor;
 use tokio::sync::Mutex;
 
 use super::{AppState, auth::Caller, error::ApiError};
+use crate::domain::BreakerState;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -168,7 +169,7 @@ async fn read_stats(
         Value::Null
     } else {
         let breakers = crate::ledger::calls::breakers(&app.pool).await?;
-        json!(breakers.into_iter().filter(|b| b.state != "closed").collect::<Vec<_>>())
+        json!(breakers.into_iter().filter(|b| b.state != BreakerState::Closed).collect::<Vec<_>>())
     };
 
     Ok(json!({

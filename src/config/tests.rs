@@ -1,6 +1,6 @@
 use secrecy::ExposeSecret;
 
-use super::*;
+use super::{outbound::parse_oauth_clients, *};
 
 fn settings(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
     let pairs: Vec<(String, String)> =

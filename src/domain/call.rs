@@ -14,6 +14,17 @@ text_enum! {
 }
 
 text_enum! {
+    /// A destination host's breaker (`offboard.outbound_hosts`, read from `open_until`):
+    /// closed, open (calls wait out the pause), or half-open (the pause is over; the next
+    /// call probes).
+    pub enum BreakerState("breaker state") {
+        Closed = "closed",
+        Open = "open",
+        HalfOpen = "half_open",
+    }
+}
+
+text_enum! {
     pub enum CallStatus("call status") {
         Pending = "pending",
         Sending = "sending",

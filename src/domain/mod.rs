@@ -20,6 +20,7 @@ pub(crate) use debug_without_personal_data;
 mod text_enum;
 
 pub mod action;
+pub mod audit;
 pub mod batch;
 pub mod bulk;
 pub mod call;
@@ -37,9 +38,10 @@ pub mod webhook;
 pub mod wire;
 
 pub use action::Action;
+pub use audit::AuditRecord;
 pub use batch::{BatchFormat, BatchStatus};
 pub use bulk::{BulkKind, BulkStatus};
-pub use call::{CallKind, CallStatus};
+pub use call::{BreakerState, CallKind, CallStatus};
 pub use field_error::FieldError;
 pub use ids::{CompanyId, UserId};
 pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};

@@ -9,19 +9,21 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::{Action, AuditRecord, RunStatus};
+
 /// One row of the export: a run (`record = "run"`) or one entry of a run's history
 /// (`record = "event"`).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AuditRow {
-    pub record: String,
+    pub record: AuditRecord,
     /// A run's creation, or the history entry's time.
     pub at: DateTime<Utc>,
     pub run_id: Uuid,
     pub company_id: i64,
     pub user_id: i64,
-    pub action: String,
+    pub action: Action,
     /// The run's status now (for an event row too).
-    pub status: String,
+    pub status: RunStatus,
     /// Who asked for the run (`user:<id>`, `service:scim`, `service:policy`), or who
     /// made the history entry (`system`, `token:operator`, …).
     pub actor: String,

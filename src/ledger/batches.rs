@@ -8,13 +8,15 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::{BatchFormat, BatchStatus};
+
 /// A batch to record.
 #[derive(Debug, Clone)]
 pub struct NewBatch<'a> {
     pub id: Uuid,
     pub submitted_by: &'a str,
     pub company_scope: Option<i64>,
-    pub format: &'a str,
+    pub format: BatchFormat,
     pub all_or_nothing: bool,
     pub rows_total: i32,
     /// The `Idempotency-Key` and the keyed hash of the request.
@@ -87,7 +89,7 @@ pub async fn record_chunk(
 pub async fn finish(
     pool: &PgPool,
     batch_id: Uuid,
-    status: &str,
+    status: BatchStatus,
     refused: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -123,9 +125,9 @@ pub struct BatchRow {
     pub submitted_by: String,
     pub company_scope: Option<i64>,
     pub companies: Vec<i64>,
-    pub format: String,
+    pub format: BatchFormat,
     pub all_or_nothing: bool,
-    pub status: String,
+    pub status: BatchStatus,
     pub rows_total: i32,
     pub rows_accepted: i32,
     pub refused: Value,
@@ -233,9 +235,9 @@ mod tests {
             submitted_by: "token:operator".into(),
             company_scope: None,
             companies: vec![1],
-            format: "csv".into(),
+            format: BatchFormat::Csv,
             all_or_nothing: false,
-            status: "written".into(),
+            status: BatchStatus::Written,
             rows_total: total as i32,
             rows_accepted: total as i32,
             refused: json!([]),

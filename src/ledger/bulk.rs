@@ -20,44 +20,19 @@ use super::{
     runs,
 };
 
-/// What a bulk operation does to each run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BulkKind {
-    /// Dead steps back in line (as `POST /v1/offboardings/{id}/retry`).
-    Retry,
-    /// Stop the run (as `POST /v1/offboardings/{id}/cancel`).
-    Cancel,
-}
+pub use crate::domain::{BulkKind, BulkStatus};
 
-impl BulkKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BulkKind::Retry => "retry",
-            BulkKind::Cancel => "cancel",
+/// The runs the action applies to, beyond the filter: a retry takes runs with a dead
+/// step, a cancel active runs. Part of the count and of every chunk, so the dry run
+/// counts exactly the runs the action would touch.
+fn applies_sql(kind: BulkKind) -> &'static str {
+    match kind {
+        BulkKind::Retry => {
+            "r.status IN ('queued', 'running', 'failed')
+             AND EXISTS (SELECT 1 FROM offboard.steps d WHERE d.run_id = r.id AND d.status = 'dead')"
         }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "retry" => Some(BulkKind::Retry),
-            "cancel" => Some(BulkKind::Cancel),
-            _ => None,
-        }
-    }
-
-    /// The runs the action applies to, beyond the filter: a retry takes runs with a dead
-    /// step, a cancel active runs. Part of the count and of every chunk, so the dry run
-    /// counts exactly the runs the action would touch.
-    fn applies_sql(self) -> &'static str {
-        match self {
-            BulkKind::Retry => {
-                "r.status IN ('queued', 'running', 'failed')
-                 AND EXISTS (SELECT 1 FROM offboard.steps d WHERE d.run_id = r.id AND d.status = 'dead')"
-            }
-            BulkKind::Cancel => {
-                "r.status IN ('scheduled', 'awaiting_approval', 'queued', 'running', 'failed')"
-            }
+        BulkKind::Cancel => {
+            "r.status IN ('scheduled', 'awaiting_approval', 'queued', 'running', 'failed')"
         }
     }
 }
@@ -70,7 +45,7 @@ fn matching_sql(kind: BulkKind) -> String {
            AND {}
            AND ($12::bigint IS NULL OR r.company_id = $12)
            AND r.created_at <= $13",
-        kind.applies_sql()
+        applies_sql(kind)
     )
 }
 
@@ -93,12 +68,11 @@ pub async fn count<'e>(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BulkOperation {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: BulkKind,
     pub operator: String,
     pub filter: Value,
     pub company_scope: Option<i64>,
-    /// running or succeeded.
-    pub status: String,
+    pub status: BulkStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -136,7 +110,7 @@ pub async fn create(
         .bind(company_scope)
         .bind(Utc::now())
         .bind(Uuid::now_v7())
-        .bind(kind.as_str())
+        .bind(kind)
         .bind(operator)
         .bind(serde_json::to_value(filter).expect("a filter serializes"))
         .fetch_one(pool)
@@ -220,7 +194,7 @@ pub async fn run_chunk(
 ) -> Result<Option<Chunk>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Held {
-        kind: String,
+        kind: BulkKind,
         operator: String,
         filter: Value,
         company_scope: Option<i64>,
@@ -242,7 +216,7 @@ pub async fn run_chunk(
     else {
         return Ok(None);
     };
-    let kind = BulkKind::parse(&held.kind).expect("the table's check allows retry and cancel");
+    let kind = held.kind;
     let filter: RunFilter = serde_json::from_value(held.filter.clone())
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
 

@@ -9,6 +9,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::{BreakerState, CallKind};
+
 /// A call as a step's attempt sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CallRow {
@@ -183,8 +185,7 @@ pub async fn breaker_record(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BreakerView {
     pub host: String,
-    /// `closed`, `open` or `half_open` (the pause is over; the next call probes).
-    pub state: String,
+    pub state: BreakerState,
     pub consecutive_failures: i32,
     pub open_until: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -206,14 +207,13 @@ pub async fn breakers<'e>(db: impl PgExecutor<'e>) -> Result<Vec<BreakerView>, s
 pub struct CallView {
     #[serde(skip)]
     pub step: String,
-    /// `revoke_grant` or `uninstall_callback`.
-    pub kind: String,
+    pub kind: CallKind,
     /// The account sync (grant) or app install the call is about.
     pub target_id: i64,
     /// The destination host (and port).
     pub destination: String,
-    /// `pending`, `sending`, `succeeded`, `failed` (will be retried) or `dead`.
-    pub status: String,
+    /// `failed` will be retried; `dead` waits for an operator's retry.
+    pub status: crate::domain::CallStatus,
     pub attempts: i32,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,

@@ -8,8 +8,8 @@
 use std::fmt::Debug;
 
 use offboard::domain::{
-    Action, BatchFormat, BatchStatus, BulkKind, BulkStatus, CallKind, CallStatus, DeliveryStatus,
-    FiredBy, PurgeStatus, RunStatus, StepStatus, UserRole, UserStatus,
+    Action, BatchFormat, BatchStatus, BreakerState, BulkKind, BulkStatus, CallKind, CallStatus,
+    DeliveryStatus, FiredBy, PurgeStatus, RunStatus, StepStatus, UserRole, UserStatus,
 };
 use sqlx::{PgConnection, PgPool, Postgres};
 
@@ -120,6 +120,34 @@ async fn every_status_word_round_trips_through_its_column(pool: PgPool) {
         .await;
     round_trip(c, "offboard.offboarding_batches", "format", &BatchFormat::ALL, &BatchFormat::NAMES)
         .await;
+}
+
+/// A breaker's state is no column but a `CASE` over `open_until`: each of its words reads
+/// back as the variant it means.
+#[sqlx::test]
+async fn every_breaker_state_the_ledger_answers_is_a_variant(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO offboard.outbound_hosts (host, open_until) VALUES
+             ('closed.test', NULL), ('open.test', now() + interval '1 hour'),
+             ('probing.test', now() - interval '1 second')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let states: Vec<(String, BreakerState)> = offboard::ledger::calls::breakers(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.host, b.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("closed.test".to_string(), BreakerState::Closed),
+            ("open.test".to_string(), BreakerState::Open),
+            ("probing.test".to_string(), BreakerState::HalfOpen),
+        ]
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::{
     },
     domain::{
         FieldError, OffboardingRequest,
-        batch::{self, BatchFormat, RowRefusal},
+        batch::{self, BatchFormat, BatchStatus, RowRefusal},
     },
     ledger::{
         batches::{self, NewBatch},
@@ -113,7 +113,7 @@ pub async fn create(
         id: Uuid::now_v7(),
         submitted_by: &submitted_by,
         company_scope: caller.company_scope,
-        format: format.as_str(),
+        format,
         all_or_nothing: parsed.all_or_nothing,
         rows_total: parsed.total() as i32,
         idempotency: key.zip(hash.as_ref().map(RequestHash::stored)),
@@ -186,7 +186,7 @@ pub async fn create(
     if parsed.all_or_nothing && !refused.is_empty() {
         refused.sort_by_key(|r| r.row);
         let list = serde_json::to_value(&refused).expect("refusals serialize");
-        batches::finish(&app.pool, batch_id, "refused", &list).await?;
+        batches::finish(&app.pool, batch_id, BatchStatus::Refused, &list).await?;
         tracing::info!(%batch_id, refused = refused.len(), "batch refused (all or nothing)");
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -202,7 +202,7 @@ pub async fn create(
     write_chunks(&app, batch_id, &requests, &mut refused, true).await?;
     refused.sort_by_key(|r| r.row);
     let list = serde_json::to_value(&refused).expect("refusals serialize");
-    batches::finish(&app.pool, batch_id, "written", &list).await?;
+    batches::finish(&app.pool, batch_id, BatchStatus::Written, &list).await?;
     tracing::info!(%batch_id, rows = new.rows_total, refused = refused.len(), "batch written");
 
     let batch = batches::find(&app.pool, batch_id, None).await?.expect("just written");

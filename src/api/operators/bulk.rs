@@ -18,7 +18,7 @@ use crate::{
     api::{AppState, auth::Caller, body::JsonBody, error::ApiError, views::ErrorBody},
     domain::{FieldError, wire},
     ledger::{
-        bulk::{self, BulkKind, BulkOperation},
+        bulk::{self, BulkKind, BulkOperation, BulkStatus},
         filter::RunFilter,
     },
 };
@@ -54,8 +54,7 @@ fn dry_run<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
 /// The answer to a dry run: how many runs the action would touch.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BulkDryRun {
-    /// retry or cancel.
-    pub kind: String,
+    pub kind: BulkKind,
     pub dry_run: bool,
     /// Runs the action would touch now.
     pub matched: i64,
@@ -68,10 +67,8 @@ pub struct BulkDryRun {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BulkOperationView {
     pub id: Uuid,
-    /// retry or cancel.
-    pub kind: String,
-    /// running or succeeded.
-    pub status: String,
+    pub kind: BulkKind,
+    pub status: BulkStatus,
     /// Who asked: `token:operator` or `token:company-<id>`.
     pub operator: String,
     #[schema(value_type = Object)]
@@ -140,8 +137,7 @@ async fn bulk_action(
     if dry_run {
         let matched = bulk::count(&app.pool, kind, &filter, caller.company_scope).await?;
         let filter = serde_json::to_value(&filter).expect("a filter serializes");
-        return Ok(Json(BulkDryRun { kind: kind.as_str().into(), dry_run: true, matched, filter })
-            .into_response());
+        return Ok(Json(BulkDryRun { kind, dry_run: true, matched, filter }).into_response());
     }
     let op =
         bulk::create(&app.pool, kind, &filter, caller.company_scope, &operator(&caller)).await?;

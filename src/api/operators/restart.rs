@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::operator;
 use crate::{
     api::{AppState, auth::Caller, body::JsonBody, error::ApiError, views::ErrorBody},
-    domain::{FieldError, wire},
+    domain::{FieldError, RunStatus, wire},
     ledger::restart::{self, RestartRefusal},
 };
 
@@ -41,7 +41,7 @@ fn step_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Restarted {
     pub id: Uuid,
-    pub status: String,
+    pub status: RunStatus,
     pub from_step: String,
     /// The steps that will run again.
     pub steps: Vec<String>,
@@ -88,7 +88,7 @@ pub async fn restart(
         Ok(steps) => {
             app.nudge.notify_one();
             tracing::info!(run_id = %id, step, steps = steps.len(), "run restarted by an operator");
-            Ok(Json(Restarted { id, status: "running".into(), from_step: step.into(), steps }))
+            Ok(Json(Restarted { id, status: RunStatus::Running, from_step: step.into(), steps }))
         }
         Err(RestartRefusal::NotFound) => Err(ApiError::not_found("offboarding run")),
         Err(RestartRefusal::RunNotRestartable(status)) => Err(ApiError::conflict(

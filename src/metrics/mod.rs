@@ -4,28 +4,21 @@
 //! time. Labels are step names, statuses and routes only: bounded sets, never user or
 //! company data.
 
-use std::{
-    sync::LazyLock,
-    time::{Duration, Instant},
-};
+use std::{sync::LazyLock, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use sqlx::PgPool;
-use tokio::sync::Mutex;
 
-use crate::queue::Queues;
+mod ledger;
+
+pub use self::ledger::{LedgerCounts, LedgerSnapshot};
 
 /// Upper bounds (seconds) of the step-duration histogram buckets.
 const BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
-
-const RUN_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
-const STEP_STATUSES: [&str; 8] =
-    ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepOutcome {
@@ -247,147 +240,6 @@ impl Metrics {
     /// This process' series, ending the exposition (`# EOF`).
     fn encode(&self, out: &mut String) -> std::fmt::Result {
         text::encode(out, &self.registry)
-    }
-}
-
-/// Counts read from the ledger and Redis, shared by every process.
-#[derive(Clone, Debug, Default)]
-pub struct LedgerCounts {
-    pub runs: Vec<(String, i64)>,
-    pub steps: Vec<(String, i64)>,
-    /// (due and not fired, scheduled, done)
-    pub purges: (i64, i64, i64),
-    pub step_queue_depth: Option<u64>,
-    pub purge_queue_depth: Option<u64>,
-    /// Breakers of destination hosts: (host, state) with state `closed`, `open` or
-    /// `half_open`.
-    pub breakers: Vec<(String, String)>,
-}
-
-impl LedgerCounts {
-    async fn read(pool: &PgPool, queues: &Queues) -> Result<Self, sqlx::Error> {
-        let runs = sqlx::query_as("SELECT status, count(*) FROM offboard.runs GROUP BY status")
-            .fetch_all(pool)
-            .await?;
-        let steps = crate::ledger::steps::counts_by_status(pool).await?;
-        let purges = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'scheduled' AND due_at <= now()),
-                    count(*) FILTER (WHERE status = 'scheduled'),
-                    count(*) FILTER (WHERE status = 'done')
-             FROM offboard.scheduled_purges",
-        )
-        .fetch_one(pool)
-        .await?;
-        let breakers = crate::ledger::calls::breakers(pool)
-            .await?
-            .into_iter()
-            .map(|b| (b.host, b.state))
-            .collect();
-        Ok(Self {
-            runs,
-            steps,
-            purges,
-            breakers,
-            step_queue_depth: queues.step_depth().await.ok().map(|d| d.total()),
-            purge_queue_depth: queues.purge_depth().await.ok().map(|d| d.total()),
-        })
-    }
-
-    fn count(rows: &[(String, i64)], status: &str) -> i64 {
-        rows.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n)
-    }
-
-    /// The gauges as a registry of their own (encoded before the process' counters).
-    fn registry(&self) -> Registry {
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Status {
-            status: &'static str,
-        }
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct State {
-            state: &'static str,
-        }
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Queue {
-            queue: &'static str,
-        }
-        let mut registry = Registry::default();
-        let runs = Family::<Status, Gauge>::default();
-        for status in RUN_STATUSES {
-            runs.get_or_create(&Status { status }).set(Self::count(&self.runs, status));
-        }
-        registry.register("offboard_runs", "Runs by status", runs);
-        let steps = Family::<Status, Gauge>::default();
-        for status in STEP_STATUSES {
-            steps.get_or_create(&Status { status }).set(Self::count(&self.steps, status));
-        }
-        registry.register("offboard_steps", "Steps by status", steps);
-        let dead = Gauge::<i64>::default();
-        dead.set(Self::count(&self.steps, "dead"));
-        registry.register(
-            "offboard_dead_steps",
-            "Steps out of attempts, waiting for an operator",
-            dead,
-        );
-        let purges = Family::<State, Gauge>::default();
-        let (due, scheduled, done) = self.purges;
-        for (state, n) in [("due", due), ("scheduled", scheduled), ("done", done)] {
-            purges.get_or_create(&State { state }).set(n);
-        }
-        registry.register("offboard_purges", "Private-email purges by state", purges);
-        let depth = Family::<Queue, Gauge>::default();
-        for (queue, n) in [("steps", self.step_queue_depth), ("purges", self.purge_queue_depth)] {
-            if let Some(n) = n {
-                depth.get_or_create(&Queue { queue }).set(n as i64);
-            }
-        }
-        registry.register("offboard_queue_depth", "Tasks held in Redis by queue", depth);
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Breaker {
-            destination: String,
-            state: &'static str,
-        }
-        let breakers = Family::<Breaker, Gauge>::default();
-        for (host, state) in &self.breakers {
-            for s in ["closed", "open", "half_open"] {
-                breakers
-                    .get_or_create(&Breaker { destination: host.clone(), state: s })
-                    .set(i64::from(state == s));
-            }
-        }
-        registry.register(
-            "offboard_outbound_breaker",
-            "Breaker of each destination host outside calls reached: 1 for its state",
-            breakers,
-        );
-        registry
-    }
-}
-
-/// The ledger gauges of one process (one database), read at most once per `max_age`.
-#[derive(Debug)]
-pub struct LedgerSnapshot {
-    max_age: Duration,
-    taken: Mutex<Option<(Instant, LedgerCounts)>>,
-}
-
-impl LedgerSnapshot {
-    pub fn new(max_age: Duration) -> Self {
-        Self { max_age, taken: Mutex::new(None) }
-    }
-
-    /// The counts, read anew only when the last read is older than `max_age`. Concurrent
-    /// scrapes wait for one read instead of each running their own.
-    pub async fn get(&self, pool: &PgPool, queues: &Queues) -> Result<LedgerCounts, sqlx::Error> {
-        let mut taken = self.taken.lock().await;
-        if let Some((at, counts)) = taken.as_ref()
-            && at.elapsed() < self.max_age
-        {
-            return Ok(counts.clone());
-        }
-        let counts = LedgerCounts::read(pool, queues).await?;
-        *taken = Some((Instant::now(), counts.clone()));
-        Ok(counts)
     }
 }
 
