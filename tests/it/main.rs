@@ -8,6 +8,7 @@ mod bad_input;
 mod batches;
 mod dashboard;
 mod deactivation;
+mod dispatcher;
 mod erasure;
 mod hardening;
 mod helpers;
