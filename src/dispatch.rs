@@ -290,7 +290,7 @@ impl Dispatcher {
                 steps = ids.len(),
                 "re-pushing queued steps whose Redis task was lost or late"
             );
-            let alone: Vec<Vec<i64>> = ids.iter().map(|&id| vec![id]).collect();
+            let alone: Vec<Vec<_>> = ids.iter().map(|&step| vec![step]).collect();
             self.queues.push_steps(&alone).await?;
         }
         Ok(ids.len())

@@ -7,12 +7,34 @@ use std::{fmt, time::Duration};
 use apalis::prelude::TaskSink;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::StepKey;
 
 /// Run steps: one step, or several steps of one run on their first attempt, which the
-/// worker runs in one transaction.
+/// worker runs in one transaction. A step is its run and its position in the run's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTask {
-    pub step_ids: Vec<i64>,
+    pub run_id: Uuid,
+    pub positions: Vec<i32>,
+}
+
+impl StepTask {
+    /// The tasks that carry `steps`: one per run among them, in order.
+    pub fn carrying(steps: &[StepKey]) -> Vec<StepTask> {
+        let mut tasks: Vec<StepTask> = Vec::new();
+        for step in steps {
+            match tasks.last_mut() {
+                Some(t) if t.run_id == step.run_id => t.positions.push(step.position),
+                _ => tasks.push(StepTask { run_id: step.run_id, positions: vec![step.position] }),
+            }
+        }
+        tasks
+    }
+
+    pub fn steps(&self) -> Vec<StepKey> {
+        self.positions.iter().map(|&p| StepKey::new(self.run_id, p)).collect()
+    }
 }
 
 /// Fire one private-email purge.
@@ -110,11 +132,11 @@ impl Queues {
         self.conn.clone()
     }
 
-    /// Pushes one task per entry of `tasks` (the step ids it carries).
-    pub async fn push_steps(&self, tasks: &[Vec<i64>]) -> anyhow::Result<()> {
+    /// Pushes one task per entry of `tasks` (the steps it carries, of one run).
+    pub async fn push_steps(&self, tasks: &[Vec<StepKey>]) -> anyhow::Result<()> {
         let mut storage = self.steps.clone();
         for chunk in tasks.chunks(PUSH_CHUNK) {
-            let tasks = chunk.iter().map(|ids| StepTask { step_ids: ids.clone() }).collect();
+            let tasks = chunk.iter().flat_map(|steps| StepTask::carrying(steps)).collect();
             storage
                 .push_bulk(tasks)
                 .await

@@ -204,8 +204,8 @@ async fn handle_step(task: StepTask, executor: Data<Arc<Executor>>) -> Result<()
     // The task always ends cleanly: retries are scheduled in the ledger, not by apalis
     // (whose backend retry policy is fixed), and a task that could not even reach the
     // ledger is pushed again by the sweeper.
-    if let Err(e) = executor.run_task(&task.step_ids).await {
-        tracing::warn!(step_ids = ?task.step_ids, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
+    if let Err(e) = executor.run_task(&task.steps()).await {
+        tracing::warn!(run_id = %task.run_id, positions = ?task.positions, error = %format!("{e:#}"), "step task not completed; the ledger will redeliver it");
     }
     Ok(())
 }

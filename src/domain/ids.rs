@@ -34,3 +34,23 @@ macro_rules! id_type {
 
 id_type!(CompanyId, "company");
 id_type!(UserId, "user");
+
+/// A step of a run: the run and the step's place in the run's plan (the ledger's primary
+/// key for steps). Tasks, leases and outside calls name a step by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StepKey {
+    pub run_id: uuid::Uuid,
+    pub position: i32,
+}
+
+impl StepKey {
+    pub fn new(run_id: uuid::Uuid, position: i32) -> Self {
+        Self { run_id, position }
+    }
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.run_id, self.position)
+    }
+}

@@ -43,7 +43,7 @@ pub use batch::{BatchFormat, BatchStatus};
 pub use bulk::{BulkKind, BulkStatus};
 pub use call::{BreakerState, CallKind, CallStatus};
 pub use field_error::FieldError;
-pub use ids::{CompanyId, UserId};
+pub use ids::{CompanyId, StepKey, UserId};
 pub use policy::{OffboardingPolicy, OnDeactivate, OnDelete};
 pub use purge::{FiredBy, PurgeStatus};
 pub use request::{OffboardingRequest, OffboardingRequestBody, Origin, Replacement};

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     config::StepSettings,
-    domain::{RunStatus, StepStatus},
+    domain::{RunStatus, StepKey, StepStatus},
     ledger::steps::{self, Claim, Failure},
     metrics::METRICS,
     outbound::outside::{CallKind, CallsEnd, CallsFailure, Retry},
@@ -30,9 +30,9 @@ impl Executor {
     /// `detach`: see [`Executor::run_task`].
     pub(super) async fn run_alone(
         &self,
-        step_id: i64,
+        step_id: StepKey,
         detach: Option<&Arc<Self>>,
-    ) -> anyhow::Result<Option<(i64, Outcome)>> {
+    ) -> anyhow::Result<Option<(StepKey, Outcome)>> {
         let Some(claim) =
             steps::claim(&self.pool, step_id, &self.worker_name, self.worker.lease).await?
         else {
@@ -119,7 +119,7 @@ impl Executor {
             if let Some(calls) = CallKind::of_step(&claim.name) {
                 match self
                     .outside
-                    .run(calls, subject(run), claim.step_id, claim.lease_token, self.worker.lease)
+                    .run(calls, subject(run), claim.key(), claim.lease_token, self.worker.lease)
                     .await?
                 {
                     CallsEnd::Done => {}
@@ -163,7 +163,7 @@ impl Executor {
                 Outcome::Succeeded
             }
             Ok(None) => {
-                if steps::stop_canceled(&self.pool, claim.step_id, claim.lease_token).await? {
+                if steps::stop_canceled(&self.pool, claim.key(), claim.lease_token).await? {
                     tracing::info!("the run is canceling: step stopped at a batch boundary");
                     Outcome::Canceled
                 } else {
@@ -231,7 +231,7 @@ impl Executor {
             (claim.done, claim.total, claim.cursor.clone())
         } else {
             let Some(fenced) =
-                steps::fence(&mut tx, claim.step_id, claim.lease_token, self.worker.lease).await?
+                steps::fence(&mut tx, claim.key(), claim.lease_token, self.worker.lease).await?
             else {
                 return Ok(Attempt::LeaseLost);
             };
@@ -242,7 +242,7 @@ impl Executor {
         match progress {
             Progress::Batch { done, total, cursor } => {
                 let token = claim.lease_token;
-                if !steps::record_progress(&mut tx, claim.step_id, token, done, total, &cursor)
+                if !steps::record_progress(&mut tx, claim.key(), token, done, total, &cursor)
                     .await?
                 {
                     return Ok(Attempt::LeaseLost);
@@ -256,7 +256,7 @@ impl Executor {
             Progress::Finished(finished) => {
                 let Some(completion) = steps::complete(
                     &mut tx,
-                    claim.step_id,
+                    claim.key(),
                     claim.lease_token,
                     &finished.counts,
                     finished.done,
@@ -325,7 +325,7 @@ impl Executor {
                 // its worker slot.
                 let status = steps::defer(
                     &self.pool,
-                    claim.step_id,
+                    claim.key(),
                     claim.lease_token,
                     error.code(),
                     error.message(),
@@ -356,7 +356,7 @@ impl Executor {
             retry_in,
             ceiling: backoff.ceiling(claim.attempts),
         };
-        let status = steps::fail(&self.pool, claim.step_id, claim.lease_token, &failure).await?;
+        let status = steps::fail(&self.pool, claim.key(), claim.lease_token, &failure).await?;
         Ok(match status {
             Some(StepStatus::Canceled) => Outcome::Canceled,
             Some(StepStatus::Dead) => {

@@ -8,6 +8,7 @@ use tracing::Instrument;
 use super::{Executor, Outcome, Prepared, prepare, step_span, subject};
 use crate::{
     config::StepSettings,
+    domain::StepKey,
     ledger::steps::{self, Claim},
     metrics::METRICS,
     outbound::outside::CallKind,
@@ -20,10 +21,10 @@ enum GroupEnd {
     /// were claimed in it and continue alone, from what it recorded.
     Committed { finished: Vec<(Claim, Vec<AfterCommit>)>, continuing: Vec<Prepared> },
     /// Rolled back because this step failed; the others (`rest`) have not started.
-    StepFailed { culprit: i64, error: StepError, rest: Vec<i64> },
+    StepFailed { culprit: StepKey, error: StepError, rest: Vec<StepKey> },
     /// Rolled back for a reason no one step is to blame for (the database, say); none of
     /// the steps it had locked has started.
-    RolledBack { error: anyhow::Error, steps: Vec<i64> },
+    RolledBack { error: anyhow::Error, steps: Vec<StepKey> },
 }
 
 impl Executor {
@@ -39,9 +40,9 @@ impl Executor {
     /// (see [`Executor::run_task`]).
     pub(super) async fn run_group(
         &self,
-        step_ids: &[i64],
+        step_ids: &[StepKey],
         detach: Option<&Arc<Self>>,
-    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
+    ) -> anyhow::Result<Vec<(StepKey, Outcome)>> {
         let _group = self.leases.hold_group();
         let started = Instant::now();
         let mut outcomes = Vec::with_capacity(step_ids.len());
@@ -52,7 +53,7 @@ impl Executor {
             GroupEnd::Committed { finished, continuing: rest } => {
                 for (claim, after_commit) in finished {
                     let outcome = self.conclude(&claim, Ok(Some(after_commit)), started).await?;
-                    outcomes.push((claim.step_id, outcome));
+                    outcomes.push((claim.key(), outcome));
                 }
                 continuing = rest;
             }
@@ -82,7 +83,7 @@ impl Executor {
                 // A fresh attempt: the group's transaction counted it when it committed.
                 let began = Instant::now();
                 let lease = self.leases.hold(p.claim.lease_token, began + self.worker.step_timeout);
-                let step_id = p.claim.step_id;
+                let step_id = p.claim.key();
                 let span = step_span(&p.claim);
                 let outcome = this.go_on_detached(p, false, lease, began).instrument(span).await?;
                 outcomes.push((step_id, outcome));
@@ -98,7 +99,7 @@ impl Executor {
                 let result =
                     self.apply_within_deadline(&p.claim, &p.run, p.kind, false, began).await;
                 let outcome = self.conclude(&p.claim, result, started).await;
-                outcome.map(|o| (p.claim.step_id, o))
+                outcome.map(|o| (p.claim.key(), o))
             }
             .instrument(step_span(&p.claim))
         }))
@@ -117,7 +118,7 @@ impl Executor {
     /// The group's one transaction, within the attempt's deadline; see
     /// [`Executor::run_group`]. Past the deadline it is rolled back and its steps run
     /// alone, each with a deadline of its own.
-    async fn apply_group(&self, step_ids: &[i64], deadline: tokio::time::Instant) -> GroupEnd {
+    async fn apply_group(&self, step_ids: &[StepKey], deadline: tokio::time::Instant) -> GroupEnd {
         let mut locked = Vec::new();
         let applied =
             tokio::time::timeout_at(deadline, self.try_apply_group(step_ids, &mut locked)).await;
@@ -133,19 +134,19 @@ impl Executor {
 
     async fn try_apply_group(
         &self,
-        step_ids: &[i64],
-        locked: &mut Vec<i64>,
+        step_ids: &[StepKey],
+        locked: &mut Vec<StepKey>,
     ) -> anyhow::Result<GroupEnd> {
         let mut tx = self.pool.begin().await?;
         let claims = steps::lock_queued(&mut tx, step_ids).await?;
-        locked.extend(claims.iter().map(|c| c.step_id));
+        locked.extend(claims.iter().map(|c| c.key()));
         let mut group = Vec::with_capacity(claims.len());
         for claim in claims {
             match prepare(&claim) {
                 Ok((run, kind)) => group.push(Prepared { claim, run, kind }),
                 Err(error) => {
-                    let rest = locked.iter().copied().filter(|id| *id != claim.step_id).collect();
-                    return Ok(GroupEnd::StepFailed { culprit: claim.step_id, error, rest });
+                    let rest = locked.iter().copied().filter(|id| *id != claim.key()).collect();
+                    return Ok(GroupEnd::StepFailed { culprit: claim.key(), error, rest });
                 }
             }
         }
@@ -160,7 +161,7 @@ impl Executor {
             // is made inside a transaction. Its calls are planned here, committed with the
             // group.
             if let Some(calls) = CallKind::of_step(&claim.name) {
-                match crate::outbound::outside::plan(&mut tx, calls, subject(&p.run), claim.step_id)
+                match crate::outbound::outside::plan(&mut tx, calls, subject(&p.run), claim.key())
                     .await
                 {
                     Ok(0) => {}
@@ -169,7 +170,7 @@ impl Executor {
                         continue;
                     }
                     Err(error) => {
-                        let culprit = claim.step_id;
+                        let culprit = claim.key();
                         let rest = locked.iter().copied().filter(|id| *id != culprit).collect();
                         return Ok(GroupEnd::StepFailed { culprit, error: error.into(), rest });
                     }
@@ -188,7 +189,7 @@ impl Executor {
                 match self.apply_in(&mut tx, claim, &p.run, p.kind, state, &settings).await {
                     Ok(progress) => progress,
                     Err(error) => {
-                        let culprit = claim.step_id;
+                        let culprit = claim.key();
                         let rest = locked.iter().copied().filter(|id| *id != culprit).collect();
                         return Ok(GroupEnd::StepFailed { culprit, error, rest });
                     }
@@ -209,7 +210,7 @@ impl Executor {
         let completed: Vec<steps::Completed> = finished
             .iter()
             .map(|(i, f)| steps::Completed {
-                step_id: group[*i].claim.step_id,
+                step: group[*i].claim.key(),
                 result: &f.counts,
                 done: f.done,
                 total: f.total,
@@ -224,7 +225,7 @@ impl Executor {
             let goes_on: Vec<steps::GoesOn> = continuing
                 .iter()
                 .map(|(i, done, total, cursor)| steps::GoesOn {
-                    step_id: group[*i].claim.step_id,
+                    step: group[*i].claim.key(),
                     done_before: group[*i].claim.done,
                     done: *done,
                     total: *total,
@@ -237,7 +238,7 @@ impl Executor {
             anyhow::ensure!(leases.len() == goes_on.len(), "a locked step was not queued");
             // Their next transaction reads their progress back through the fence.
             for (step_id, token) in leases {
-                if let Some(p) = group.iter_mut().find(|p| p.claim.step_id == step_id) {
+                if let Some(p) = group.iter_mut().find(|p| p.claim.key() == step_id) {
                     p.claim.lease_token = token;
                 }
             }

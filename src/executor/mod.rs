@@ -19,7 +19,7 @@ pub use leases::Leases;
 pub use crate::faults::{Fault, Faults};
 use crate::{
     config::{StepSettings, WorkerSettings},
-    domain::{CompanyId, TransferPlan, UserId},
+    domain::{CompanyId, StepKey, TransferPlan, UserId},
     ledger::{runs, steps::Claim},
     queue::Queues,
     steps::{AfterCommit, RunContext, RunParams, StepError, StepKind},
@@ -105,7 +105,7 @@ impl Executor {
     }
 
     /// Runs one step task; see [`Executor::run_steps`].
-    pub async fn run_step(&self, step_id: i64) -> anyhow::Result<Outcome> {
+    pub async fn run_step(&self, step_id: StepKey) -> anyhow::Result<Outcome> {
         let outcomes = self.run_steps(&[step_id]).await?;
         Ok(outcomes.into_iter().next().map(|(_, o)| o).unwrap_or(Outcome::NotQueued))
     }
@@ -119,8 +119,8 @@ impl Executor {
     /// ends; a graceful shutdown waits for it.)
     pub async fn run_task(
         self: &Arc<Self>,
-        step_ids: &[i64],
-    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
+        step_ids: &[StepKey],
+    ) -> anyhow::Result<Vec<(StepKey, Outcome)>> {
         self.run_steps_with(step_ids, Some(self)).await
     }
 
@@ -128,17 +128,17 @@ impl Executor {
     /// step is claimed (its attempt committed first) and runs in transactions of its own;
     /// several — steps of one run on their first attempt — run in one transaction that
     /// also completes them, so a run's concurrent steps cost one commit, not one each.
-    pub async fn run_steps(&self, step_ids: &[i64]) -> anyhow::Result<Vec<(i64, Outcome)>> {
+    pub async fn run_steps(&self, step_ids: &[StepKey]) -> anyhow::Result<Vec<(StepKey, Outcome)>> {
         self.run_steps_with(step_ids, None).await
     }
 
     /// `detach`: this executor's `Arc` when steps that call outside go on off the slot.
     async fn run_steps_with(
         &self,
-        step_ids: &[i64],
+        step_ids: &[StepKey],
         detach: Option<&Arc<Self>>,
-    ) -> anyhow::Result<Vec<(i64, Outcome)>> {
-        let mut outcomes: HashMap<i64, Outcome> =
+    ) -> anyhow::Result<Vec<(StepKey, Outcome)>> {
+        let mut outcomes: HashMap<StepKey, Outcome> =
             step_ids.iter().map(|&id| (id, Outcome::NotQueued)).collect();
         let ran = if step_ids.len() == 1 {
             self.run_alone(step_ids[0], detach).await?.into_iter().collect()

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{BreakerState, CallKind};
+use crate::domain::{BreakerState, CallKind, StepKey};
 
 /// A call as a step's attempt sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,12 +24,13 @@ pub struct CallRow {
 }
 
 /// The calls of a step, in planning order.
-pub async fn of_step(tx: &mut PgConnection, step_id: i64) -> Result<Vec<CallRow>, sqlx::Error> {
+pub async fn of_step(tx: &mut PgConnection, step: StepKey) -> Result<Vec<CallRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, kind, target_id, host, idempotency_key, status, attempts
-         FROM offboard.outbound_calls WHERE step_id = $1 ORDER BY id",
+         FROM offboard.outbound_calls WHERE run_id = $1 AND position = $2 ORDER BY id",
     )
-    .bind(step_id)
+    .bind(step.run_id)
+    .bind(step.position)
     .fetch_all(&mut *tx)
     .await
 }
@@ -37,18 +38,19 @@ pub async fn of_step(tx: &mut PgConnection, step_id: i64) -> Result<Vec<CallRow>
 /// The step's progress is its calls: `done` succeeded of `total`. Fenced by the lease.
 pub async fn record_step_progress(
     tx: &mut PgConnection,
-    step_id: i64,
+    step: StepKey,
     token: Uuid,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE offboard.steps s
          SET done = c.done, total = c.total
          FROM (SELECT count(*) FILTER (WHERE status = 'succeeded') AS done, count(*) AS total
-               FROM offboard.outbound_calls WHERE step_id = $1) c
-         WHERE s.id = $1 AND s.lease_token = $2 AND s.status = 'running'",
+               FROM offboard.outbound_calls WHERE run_id = $1 AND position = $3) c
+         WHERE s.run_id = $1 AND s.position = $3 AND s.lease_token = $2 AND s.status = 'running'",
     )
-    .bind(step_id)
+    .bind(step.run_id)
     .bind(token)
+    .bind(step.position)
     .execute(&mut *tx)
     .await?;
     Ok(updated.rows_affected() == 1)
@@ -228,8 +230,9 @@ pub async fn of_run<'e>(
     sqlx::query_as(
         "SELECT s.name AS step, c.kind, c.target_id, c.host AS destination, c.status, c.attempts,
                 c.last_status_code, c.last_error, c.last_latency_ms
-         FROM offboard.outbound_calls c JOIN offboard.steps s ON s.id = c.step_id
-         WHERE c.run_id = $1 ORDER BY c.step_id, c.id",
+         FROM offboard.outbound_calls c
+         JOIN offboard.steps s ON s.run_id = c.run_id AND s.position = c.position
+         WHERE c.run_id = $1 ORDER BY c.position, c.id",
     )
     .bind(run_id)
     .fetch_all(db)

@@ -11,7 +11,7 @@ async fn fingerprint(app: &TestApp) -> String {
     sqlx::query_scalar(
         "SELECT md5(concat_ws('|',
             (SELECT count(*) FROM offboard.runs), (SELECT count(*) FROM offboard.steps),
-            (SELECT count(*) FROM offboard.run_events), (SELECT string_agg(status, ',' ORDER BY id) FROM offboard.steps),
+            (SELECT count(*) FROM offboard.run_events), (SELECT string_agg(status, ',' ORDER BY run_id, position) FROM offboard.steps),
             (SELECT string_agg(status || owner_id, ',' ORDER BY id) FROM crm.deals),
             (SELECT string_agg(status, ',' ORDER BY id) FROM crm.users)))",
     )

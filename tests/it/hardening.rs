@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use offboard::{crm::seed::SeedOptions, domain::ItemType};
+use offboard::{
+    crm::seed::SeedOptions,
+    domain::{ItemType, StepKey},
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -129,8 +132,10 @@ async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(po
     )
     .await
     .unwrap();
-    let claim =
-        steps::claim(&app.pool, ready[0].id, "w", Duration::from_secs(5)).await.unwrap().unwrap();
+    let claim = steps::claim(&app.pool, ready[0].key(), "w", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
     let (status, body) = app.post(&format!("/v1/offboardings/{id}/cancel"), &json!({})).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("canceling")), "{body}");
     // While its step still runs, the canceling run is the user's active run: a second run is
@@ -145,7 +150,7 @@ async fn a_step_that_fails_while_its_run_is_canceling_is_canceled_not_retried(po
         retry_in: Duration::ZERO,
         ceiling: Duration::ZERO,
     };
-    let status = steps::fail(&app.pool, claim.step_id, claim.lease_token, &failure).await.unwrap();
+    let status = steps::fail(&app.pool, claim.key(), claim.lease_token, &failure).await.unwrap();
     assert_eq!(status, Some(offboard::domain::StepStatus::Canceled));
     assert_eq!(app.run(id).await["status"], "canceled");
     assert!(app.drain().await.is_empty(), "no canceled step becomes ready again");
@@ -266,23 +271,28 @@ async fn dashboards_and_leadbooster_never_go_to_an_admin_who_is_leaving(pool: Pg
     let user = app.regular(0);
     let id = app.enqueue(&app.deactivation(user, json!({}))).await;
     // Run the user's steps only: the admin's run stays active.
-    let step_ids: Vec<i64> = sqlx::query_scalar(
-        "UPDATE offboard.steps SET status = 'queued' WHERE run_id = $1 AND status = 'ready' RETURNING id",
+    let positions: Vec<i32> = sqlx::query_scalar(
+        "UPDATE offboard.steps SET status = 'queued' WHERE run_id = $1 AND status = 'ready'
+         RETURNING position",
     )
     .bind(id)
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    for step in step_ids {
-        app.workers.executor.run_step(step).await.unwrap();
+    for position in positions {
+        app.workers.executor.run_step(StepKey::new(id, position)).await.unwrap();
     }
-    let mut rest: Vec<i64> = sqlx::query_scalar(
-        "UPDATE offboard.steps SET status = 'queued' WHERE run_id = $1 AND status = 'ready' RETURNING id",
+    let mut rest: Vec<StepKey> = sqlx::query_scalar(
+        "UPDATE offboard.steps SET status = 'queued' WHERE run_id = $1 AND status = 'ready'
+         RETURNING position",
     )
     .bind(id)
     .fetch_all(&app.pool)
     .await
-    .unwrap();
+    .unwrap()
+    .into_iter()
+    .map(|position| StepKey::new(id, position))
+    .collect();
     rest.sort();
     app.workers.executor.run_steps(&rest).await.unwrap();
     let run = app.run(id).await;

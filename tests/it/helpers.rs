@@ -217,12 +217,14 @@ impl TestApp {
                 let outcomes = self.workers.executor.run_steps(&task).await.expect("run steps");
                 let mut named = Vec::new();
                 for (id, outcome) in outcomes {
-                    let name: String =
-                        sqlx::query_scalar("SELECT name FROM offboard.steps WHERE id = $1")
-                            .bind(id)
-                            .fetch_one(&self.pool)
-                            .await
-                            .unwrap();
+                    let name: String = sqlx::query_scalar(
+                        "SELECT name FROM offboard.steps WHERE run_id = $1 AND position = $2",
+                    )
+                    .bind(id.run_id)
+                    .bind(id.position)
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
                     named.push((name, outcome));
                 }
                 tasks.push(named);

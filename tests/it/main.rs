@@ -27,5 +27,6 @@ mod scim;
 mod security;
 mod transfer;
 mod undo;
+mod upgrade;
 mod webhooks;
 mod words;

@@ -255,15 +255,16 @@ async fn a_claim_resumes_from_stored_progress_and_a_lost_lease_records_nothing(p
     let plan = json!({"deals": {"mode": "single", "targets": [{"user_id": target}]}});
     let id = app.enqueue(&app.deactivation(leaver, plan)).await;
     // As if an earlier attempt had committed a batch and lost its worker.
-    let step_id: i64 = sqlx::query_scalar(
+    let position: i32 = sqlx::query_scalar(
         "UPDATE offboard.steps SET status = 'queued', done = 3, total = 9,
                 cursor = '{\"created_at\": \"2025-01-06T09:00:00.000000Z\", \"id\": 7}'
-         WHERE run_id = $1 AND name = 'reassign_deals' RETURNING id",
+         WHERE run_id = $1 AND name = 'reassign_deals' RETURNING position",
     )
     .bind(id)
     .fetch_one(&app.pool)
     .await
     .unwrap();
+    let step_id = offboard::domain::StepKey::new(id, position);
 
     let lease = std::time::Duration::from_secs(10);
     let claim = steps::claim(&app.pool, step_id, "first", lease).await.unwrap().unwrap();
@@ -271,11 +272,15 @@ async fn a_claim_resumes_from_stored_progress_and_a_lost_lease_records_nothing(p
     assert_eq!(claim.cursor.as_ref().unwrap()["id"], 7);
 
     // The lease expires and another worker takes the step over.
-    sqlx::query("UPDATE offboard.steps SET lease_token = gen_random_uuid() WHERE id = $1")
-        .bind(step_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE offboard.steps SET lease_token = gen_random_uuid()
+         WHERE run_id = $1 AND position = $2",
+    )
+    .bind(id)
+    .bind(position)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let mut tx = app.pool.begin().await.unwrap();
     let cursor = json!({"created_at": "2025-01-06T09:00:00.000000Z", "id": 8});
     let recorded =
@@ -285,12 +290,14 @@ async fn a_claim_resumes_from_stored_progress_and_a_lost_lease_records_nothing(p
         steps::complete(&mut tx, step_id, claim.lease_token, &json!({}), 9, 9).await.unwrap();
     assert!(completed.is_none(), "a step under a lost lease must not complete");
     tx.rollback().await.unwrap();
-    let (status, done): (String, i64) =
-        sqlx::query_as("SELECT status, done FROM offboard.steps WHERE id = $1")
-            .bind(step_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let (status, done): (String, i64) = sqlx::query_as(
+        "SELECT status, done FROM offboard.steps WHERE run_id = $1 AND position = $2",
+    )
+    .bind(id)
+    .bind(position)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!((status.as_str(), done), ("running", 3));
     app.cleanup().await;
 }

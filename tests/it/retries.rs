@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use offboard::{
     crm::seed::SeedOptions,
+    domain::StepKey,
     executor::{Fault, Outcome},
     ledger::steps,
     steps::StepError,
@@ -27,14 +28,14 @@ async fn step_row(app: &TestApp, run: Uuid, name: &str) -> (String, i32, Option<
 }
 
 /// Moves what may start to `queued`, as the dispatcher does, without pushing to Redis.
-async fn dispatch(app: &TestApp) -> Vec<i64> {
+async fn dispatch(app: &TestApp) -> Vec<StepKey> {
     let limits = steps::DispatchLimits { max_in_flight: 100, max_in_flight_per_company: 100 };
-    steps::dispatch_ready(&app.pool, limits).await.unwrap().into_iter().map(|d| d.id).collect()
+    steps::dispatch_ready(&app.pool, limits).await.unwrap().into_iter().map(|d| d.key()).collect()
 }
 
 /// Dispatches until `step` is queued: a step whose lease expired is due again only after
 /// its backoff pause, so one dispatch right after the sweep may find nothing due.
-async fn dispatch_when_due(app: &TestApp, step: i64) {
+async fn dispatch_when_due(app: &TestApp, step: StepKey) {
     let started = Instant::now();
     while !dispatch(app).await.contains(&step) {
         assert!(started.elapsed() < DEADLINE, "step {step} never became due");
@@ -51,13 +52,15 @@ async fn sweep_until_a_lease_expires(app: &TestApp) {
     }
 }
 
-async fn step_id(app: &TestApp, run: Uuid, name: &str) -> i64 {
-    sqlx::query_scalar("SELECT id FROM offboard.steps WHERE run_id = $1 AND name = $2")
-        .bind(run)
-        .bind(name)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+async fn step_id(app: &TestApp, run: Uuid, name: &str) -> StepKey {
+    let position =
+        sqlx::query_scalar("SELECT position FROM offboard.steps WHERE run_id = $1 AND name = $2")
+            .bind(run)
+            .bind(name)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    StepKey::new(run, position)
 }
 
 #[sqlx::test]
@@ -253,13 +256,13 @@ async fn a_step_whose_worker_vanished_is_taken_over_when_its_lease_expires(pool:
     // The vanished worker, back from the dead with its old token, can record nothing.
     let mut tx = app.pool.begin().await.unwrap();
     assert!(
-        steps::fence(&mut tx, ghost.step_id, ghost.lease_token, Duration::from_secs(1))
+        steps::fence(&mut tx, ghost.key(), ghost.lease_token, Duration::from_secs(1))
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        steps::complete(&mut tx, ghost.step_id, ghost.lease_token, &json!({}), 1, 1)
+        steps::complete(&mut tx, ghost.key(), ghost.lease_token, &json!({}), 1, 1)
             .await
             .unwrap()
             .is_none()

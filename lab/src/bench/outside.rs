@@ -268,7 +268,7 @@ async fn profile(pool: &PgPool, company_id: i64) -> anyhow::Result<()> {
         "SELECT extract(epoch FROM r.finished_at - r.created_at)::float8 * 1000, s.name, s.attempts,
                 extract(epoch FROM s.finished_at - s.started_at)::float8 * 1000,
                 (SELECT coalesce(max(c.last_latency_ms), 0) FROM offboard.outbound_calls c
-                 WHERE c.step_id = s.id)
+                 WHERE c.run_id = s.run_id AND c.position = s.position)
          FROM offboard.runs r JOIN offboard.steps s ON s.run_id = r.id
          WHERE r.company_id = $1 AND r.status = 'succeeded'
            AND s.name IN ('stop_syncs', 'uninstall_apps')

@@ -22,6 +22,7 @@ use super::{
 };
 use offboard::{
     config::Settings,
+    domain::StepKey,
     ledger::runs::{self, NewRun},
     queue::{Queues, StepTask},
     shutdown::Shutdown,
@@ -172,7 +173,9 @@ async fn raw_apalis(env: &BenchEnv, tasks: usize) -> anyhow::Result<Duration> {
         let in_flight = pushed - done.load(Ordering::Relaxed) as usize;
         let room = limit.saturating_sub(in_flight).min(tasks - pushed);
         if room > 0 {
-            let tasks: Vec<Vec<i64>> = (pushed..pushed + room).map(|i| vec![i as i64]).collect();
+            let tasks: Vec<Vec<StepKey>> = (pushed..pushed + room)
+                .map(|i| vec![StepKey::new(uuid::Uuid::nil(), i as i32)])
+                .collect();
             queues.push_steps(&tasks).await?;
             pushed += room;
         } else {

@@ -164,7 +164,7 @@ pub async fn cancel_locked(
         "WITH canceled AS (
              UPDATE offboard.steps SET status = 'canceled', finished_at = now()
              WHERE run_id = $1 AND status IN ('pending', 'ready', 'queued', 'dead')
-             RETURNING id)
+             RETURNING position)
          SELECT (SELECT count(*) FROM canceled),
                 (SELECT count(*) FROM offboard.steps WHERE run_id = $1 AND status = 'running')",
     )

@@ -4,6 +4,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::StepKey;
+
 /// Limits that keep Redis small and tenants fair.
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchLimits {
@@ -68,22 +70,23 @@ pub async fn dispatch_ready(
              SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
              FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
          picked AS (
-             SELECT c.id, c.run_id, c.turn
+             SELECT c.run_id, c.position, c.turn
              FROM ready_companies r
              LEFT JOIN in_flight f ON f.company_id = r.company_id
              CROSS JOIN LATERAL (
-                 SELECT x.id, x.run_id, dense_rank() OVER (ORDER BY x.run_first) AS turn
-                 FROM (SELECT y.id, y.run_id, min(y.position) OVER (PARTITION BY y.run_id) AS run_first
-                       FROM (SELECT s.id, s.run_id,
-                                    row_number() OVER (ORDER BY s.next_attempt_at, s.id) AS position
+                 SELECT x.run_id, x.position, dense_rank() OVER (ORDER BY x.run_first) AS turn
+                 FROM (SELECT y.run_id, y.position,
+                              min(y.rank) OVER (PARTITION BY y.run_id) AS run_first
+                       FROM (SELECT s.run_id, s.position,
+                                    row_number() OVER (ORDER BY s.next_attempt_at, s.run_id, s.position) AS rank
                              FROM offboard.steps s
                              WHERE s.company_id = r.company_id AND s.status = 'ready'
                                AND s.next_attempt_at <= now()
-                             ORDER BY s.next_attempt_at, s.id
+                             ORDER BY s.next_attempt_at, s.run_id, s.position
                              LIMIT least(greatest(0, $2 - coalesce(f.n, 0)),
                                          (SELECT turns FROM room) * $3)) y) x) c
              WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
-             ORDER BY c.turn, c.id
+             ORDER BY c.turn, c.run_id, c.position
              LIMIT (SELECT n FROM room)),
          -- A step of a run that is stopping is never queued; rows an operator's cancel or
          -- retry holds are left for the next pass (no lock waits in the dispatcher).
@@ -92,12 +95,14 @@ pub async fn dispatch_ready(
              WHERE r.id IN (SELECT DISTINCT run_id FROM picked)
                AND r.status IN ('canceling', 'canceled')),
          free AS (
-             SELECT s.id FROM offboard.steps s JOIN picked p ON p.id = s.id
+             SELECT s.run_id, s.position FROM offboard.steps s
+             JOIN picked p ON p.run_id = s.run_id AND p.position = s.position
              WHERE s.status = 'ready' AND p.run_id NOT IN (SELECT id FROM stopping)
              FOR UPDATE OF s SKIP LOCKED)
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
-         FROM picked p WHERE s.id = p.id AND s.id IN (SELECT id FROM free)
-         RETURNING s.id, s.run_id, s.attempts, p.turn",
+         FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
+           AND (s.run_id, s.position) IN (SELECT run_id, position FROM free)
+         RETURNING s.run_id, s.position, s.attempts, p.turn",
     )
     .bind(limits.max_in_flight)
     .bind(limits.max_in_flight_per_company)
@@ -106,19 +111,25 @@ pub async fn dispatch_ready(
     .await?;
     tx.commit().await?;
     let mut picked = picked;
-    picked.sort_by_key(|d| (d.turn, d.id));
+    picked.sort_by_key(|d| (d.turn, d.run_id, d.position));
     Ok(picked)
 }
 
 /// A step the dispatcher moved to `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Dispatched {
-    pub id: i64,
     pub run_id: Uuid,
+    pub position: i32,
     /// Attempts made before this one.
     pub attempts: i32,
     /// Its company's turn in this pass (companies take turns).
     pub turn: i64,
+}
+
+impl Dispatched {
+    pub fn key(&self) -> StepKey {
+        StepKey::new(self.run_id, self.position)
+    }
 }
 
 /// Steps one task carries at most.
@@ -128,19 +139,19 @@ pub const MAX_STEPS_PER_TASK: usize = 16;
 /// first attempt travel together (up to [`MAX_STEPS_PER_TASK`]) and run in one transaction;
 /// a step that has been attempted before travels alone, so a step that fails or kills its
 /// worker cannot take its neighbours down with it again.
-pub fn into_tasks(dispatched: &[Dispatched]) -> Vec<Vec<i64>> {
-    let mut tasks: Vec<Vec<i64>> = Vec::new();
+pub fn into_tasks(dispatched: &[Dispatched]) -> Vec<Vec<StepKey>> {
+    let mut tasks: Vec<Vec<StepKey>> = Vec::new();
     let mut open: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     for step in dispatched {
         if step.attempts > 0 {
-            tasks.push(vec![step.id]);
+            tasks.push(vec![step.key()]);
             continue;
         }
         match open.get(&step.run_id) {
-            Some(&i) if tasks[i].len() < MAX_STEPS_PER_TASK => tasks[i].push(step.id),
+            Some(&i) if tasks[i].len() < MAX_STEPS_PER_TASK => tasks[i].push(step.key()),
             _ => {
                 open.insert(step.run_id, tasks.len());
-                tasks.push(vec![step.id]);
+                tasks.push(vec![step.key()]);
             }
         }
     }

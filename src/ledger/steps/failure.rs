@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::secs;
-use crate::domain::StepStatus;
+use crate::domain::{StepKey, StepStatus};
 
 /// How a failed attempt is recorded.
 #[derive(Debug, Clone)]
@@ -28,12 +28,12 @@ pub struct Failure<'a> {
 /// already lost.
 pub async fn fail(
     pool: &PgPool,
-    step_id: i64,
+    step: StepKey,
     token: Uuid,
     failure: &Failure<'_>,
 ) -> Result<Option<StepStatus>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
+    let Some((run_id, canceling)) = lock_run_of(&mut tx, step.run_id).await? else {
         return Ok(None);
     };
     let status: Option<StepStatus> = sqlx::query_scalar(
@@ -45,7 +45,7 @@ pub async fn fail(
                  finished_at = CASE WHEN $8 OR $3 OR attempts >= max_attempts THEN now() END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                  last_error_code = $4, last_error_message = $5
-             WHERE id = $1 AND lease_token = $2 AND status = 'running'
+             WHERE run_id = $1 AND position = $9 AND lease_token = $2 AND status = 'running'
              RETURNING run_id, name, status, attempts),
          run AS (
              UPDATE offboard.runs r
@@ -66,7 +66,7 @@ pub async fn fail(
              FROM failed)
          SELECT status FROM failed",
     )
-    .bind(step_id)
+    .bind(step.run_id)
     .bind(token)
     .bind(failure.permanent)
     .bind(failure.code)
@@ -74,6 +74,7 @@ pub async fn fail(
     .bind(secs(failure.retry_in))
     .bind(secs(failure.ceiling))
     .bind(canceling)
+    .bind(step.position)
     .fetch_optional(&mut *tx)
     .await?;
     if status == Some(StepStatus::Canceled) {
@@ -89,14 +90,14 @@ pub async fn fail(
 /// `None` if the lease was already lost.
 pub async fn defer(
     pool: &PgPool,
-    step_id: i64,
+    step: StepKey,
     token: Uuid,
     code: &str,
     message: &str,
     pause: Duration,
 ) -> Result<Option<StepStatus>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let Some((run_id, canceling)) = lock_run_of(&mut tx, step_id).await? else {
+    let Some((run_id, canceling)) = lock_run_of(&mut tx, step.run_id).await? else {
         return Ok(None);
     };
     let status: Option<StepStatus> = sqlx::query_scalar(
@@ -108,7 +109,7 @@ pub async fn defer(
                  finished_at = CASE WHEN $6 THEN now() END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                  last_error_code = $3, last_error_message = $4
-             WHERE id = $1 AND lease_token = $2 AND status = 'running'
+             WHERE run_id = $1 AND position = $7 AND lease_token = $2 AND status = 'running'
              RETURNING run_id, name, status, attempts),
          history AS (
              INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
@@ -118,12 +119,13 @@ pub async fn defer(
              FROM deferred)
          SELECT status FROM deferred",
     )
-    .bind(step_id)
+    .bind(step.run_id)
     .bind(token)
     .bind(code)
     .bind(message)
     .bind(secs(pause))
     .bind(canceling)
+    .bind(step.position)
     .fetch_optional(&mut *tx)
     .await?;
     if status == Some(StepStatus::Canceled) {
@@ -134,17 +136,16 @@ pub async fn defer(
 }
 
 /// Locks the run of a step (`FOR NO KEY UPDATE`, the first lock every writer of a run's
-/// steps takes) and says whether it is canceling. `None`: no such step.
+/// steps takes) and says whether it is canceling. `None`: no such run.
 async fn lock_run_of(
     tx: &mut PgConnection,
-    step_id: i64,
+    run_id: Uuid,
 ) -> Result<Option<(Uuid, bool)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT r.id, r.status = 'canceling' FROM offboard.runs r
-         WHERE r.id = (SELECT run_id FROM offboard.steps WHERE id = $1)
+        "SELECT r.id, r.status = 'canceling' FROM offboard.runs r WHERE r.id = $1
          FOR NO KEY UPDATE",
     )
-    .bind(step_id)
+    .bind(run_id)
     .fetch_optional(&mut *tx)
     .await
 }
@@ -152,9 +153,9 @@ async fn lock_run_of(
 /// A running step whose run is canceling stops here, at a batch boundary: `running ->
 /// canceled` (fenced by its lease), and the run turns `canceled`, with its receipt, if no
 /// other step of it runs. `false`: the lease was lost or the run is not canceling.
-pub async fn stop_canceled(pool: &PgPool, step_id: i64, token: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn stop_canceled(pool: &PgPool, step: StepKey, token: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let Some((run_id, true)) = lock_run_of(&mut tx, step_id).await? else {
+    let Some((run_id, true)) = lock_run_of(&mut tx, step.run_id).await? else {
         return Ok(false);
     };
     let stopped = sqlx::query(
@@ -162,15 +163,16 @@ pub async fn stop_canceled(pool: &PgPool, step_id: i64, token: Uuid) -> Result<b
              UPDATE offboard.steps
              SET status = 'canceled', finished_at = now(),
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND lease_token = $2 AND status = 'running'
+             WHERE run_id = $1 AND position = $3 AND lease_token = $2 AND status = 'running'
              RETURNING run_id, name, attempts, done)
          INSERT INTO offboard.run_events (run_id, kind, step, actor, detail)
          SELECT run_id, 'step_canceled', name, 'system',
                 jsonb_build_object('attempt', attempts, 'done', done)
          FROM stopped",
     )
-    .bind(step_id)
+    .bind(step.run_id)
     .bind(token)
+    .bind(step.position)
     .execute(&mut *tx)
     .await?
     .rows_affected()

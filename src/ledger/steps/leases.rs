@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::secs;
-use crate::domain::StepStatus;
+use crate::domain::{StepKey, StepStatus};
 
 /// Renews the leases of steps this process is running. Rows locked by a transaction that
 /// is working on them are skipped: that transaction either renewed the lease (its fence)
@@ -22,9 +22,9 @@ pub async fn renew_leases(
     }
     let renewed = sqlx::query(
         "UPDATE offboard.steps SET lease_expires_at = clock_timestamp() + make_interval(secs => $2)
-         WHERE id IN (SELECT id FROM offboard.steps
-                      WHERE lease_token = ANY ($1) AND status = 'running'
-                      FOR UPDATE SKIP LOCKED)",
+         WHERE (run_id, position) IN (SELECT run_id, position FROM offboard.steps
+                                      WHERE lease_token = ANY ($1) AND status = 'running'
+                                      FOR UPDATE SKIP LOCKED)",
     )
     .bind(tokens)
     .bind(secs(lease))
@@ -60,7 +60,7 @@ pub async fn reap_expired_leases(
              ORDER BY r.id
              FOR NO KEY UPDATE SKIP LOCKED),
          expired AS (
-             SELECT s.id, l.canceling,
+             SELECT s.run_id, s.position, l.canceling,
                     s.attempts - CASE WHEN s.done > s.done_at_claim THEN 1 ELSE 0 END AS counted
              FROM offboard.steps s JOIN runs l ON l.id = s.run_id
              WHERE s.status = 'running' AND s.lease_expires_at < clock_timestamp()
@@ -79,7 +79,7 @@ pub async fn reap_expired_leases(
                      THEN 'the worker was lost on every one of ' || e.counted || ' attempts'
                      ELSE 'the worker running attempt ' || s.attempts || ' was lost or passed its deadline' END,
                  lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-             FROM expired e WHERE s.id = e.id
+             FROM expired e WHERE s.run_id = e.run_id AND s.position = e.position
              RETURNING s.run_id, s.name, s.status, s.attempts, s.last_error_code, s.next_attempt_at),
          failed_runs AS (
              UPDATE offboard.runs r
@@ -124,16 +124,18 @@ pub async fn take_stale_queued(
     pool: &PgPool,
     after: Duration,
     limit: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Vec<StepKey>, sqlx::Error> {
+    let taken: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE offboard.steps SET queued_at = now()
-         WHERE id IN (SELECT id FROM offboard.steps
-                      WHERE status = 'queued' AND queued_at < now() - make_interval(secs => $1)
-                      ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
+         WHERE (run_id, position) IN (
+             SELECT run_id, position FROM offboard.steps
+             WHERE status = 'queued' AND queued_at < now() - make_interval(secs => $1)
+             ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING run_id, position",
     )
     .bind(secs(after))
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(taken.into_iter().map(|(run, position)| StepKey::new(run, position)).collect())
 }

@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::{
     config::OutboundSettings,
+    domain::StepKey,
     ledger::{
         calls::{self, CallRow},
         steps,
@@ -150,7 +151,7 @@ impl Outside {
         &self,
         kind: CallKind,
         subject: Subject,
-        step_id: i64,
+        step_id: StepKey,
         token: Uuid,
         lease: Duration,
     ) -> Result<CallsEnd, sqlx::Error> {
@@ -202,7 +203,7 @@ impl Outside {
         kind: CallKind,
         slot: Slot,
         calls: Vec<&CallRow>,
-        step_id: i64,
+        step_id: StepKey,
         token: Uuid,
     ) -> Result<Vec<Sent>, sqlx::Error> {
         let _slot = slot;

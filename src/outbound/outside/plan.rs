@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::CallKind;
+use crate::domain::StepKey;
 
 /// Whose calls: the run, its company and its user.
 #[derive(Debug, Clone, Copy)]
@@ -37,23 +38,23 @@ pub async fn plan(
     tx: &mut PgConnection,
     kind: CallKind,
     subject: Subject,
-    step_id: i64,
+    step: StepKey,
 ) -> Result<i64, sqlx::Error> {
     let sql = match kind {
         CallKind::RevokeGrant => concat!(
             "INSERT INTO offboard.outbound_calls
-                 (run_id, step_id, company_id, kind, target_id, host, idempotency_key)
+                 (run_id, position, company_id, kind, target_id, host, idempotency_key)
              SELECT $1, $2, s.company_id, 'revoke_grant', s.id, ",
             host_of!("p.revocation_url"),
             ", gen_random_uuid()
              FROM crm.account_syncs s JOIN crm.oauth_providers p ON p.id = s.provider_id
              WHERE s.company_id = $3 AND s.user_id = $4 AND s.refresh_token IS NOT NULL
              ORDER BY s.id
-             ON CONFLICT (step_id, kind, target_id) DO NOTHING"
+             ON CONFLICT (run_id, position, kind, target_id) DO NOTHING"
         ),
         CallKind::UninstallCallback => concat!(
             "INSERT INTO offboard.outbound_calls
-                 (run_id, step_id, company_id, kind, target_id, host, idempotency_key)
+                 (run_id, position, company_id, kind, target_id, host, idempotency_key)
              SELECT $1, $2, i.company_id, 'uninstall_callback', i.id, ",
             host_of!("a.vendor_uninstall_url"),
             ", md5('uninstall_callback:' || i.id)::uuid
@@ -64,20 +65,22 @@ pub async fn plan(
                     OR (i.shared AND coalesce((SELECT u.role = 'admin' FROM crm.users u
                                                WHERE u.id = $4 AND u.company_id = $3), false)))
              ORDER BY i.id
-             ON CONFLICT (step_id, kind, target_id) DO NOTHING"
+             ON CONFLICT (run_id, position, kind, target_id) DO NOTHING"
         ),
     };
     sqlx::query(sql)
-        .bind(subject.run_id)
-        .bind(step_id)
+        .bind(step.run_id)
+        .bind(step.position)
         .bind(subject.company_id)
         .bind(subject.user_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query_scalar(
-        "SELECT count(*) FROM offboard.outbound_calls WHERE step_id = $1 AND status <> 'succeeded'",
+        "SELECT count(*) FROM offboard.outbound_calls
+         WHERE run_id = $1 AND position = $2 AND status <> 'succeeded'",
     )
-    .bind(step_id)
+    .bind(step.run_id)
+    .bind(step.position)
     .fetch_one(&mut *tx)
     .await
 }

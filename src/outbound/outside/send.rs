@@ -10,6 +10,7 @@ use super::{
     request::{Outgoing, classify, outgoing, said},
 };
 use crate::{
+    domain::StepKey,
     ledger::calls::{self, CallRow, CallStatus},
     metrics::METRICS,
     outbound::{
@@ -56,7 +57,7 @@ impl Outside {
         &self,
         kind: CallKind,
         call: &CallRow,
-        step_id: i64,
+        step_id: StepKey,
         token: Uuid,
     ) -> Result<Sent, sqlx::Error> {
         let host = call.host.as_str();
@@ -136,7 +137,7 @@ impl Outside {
         &self,
         kind: CallKind,
         call: &CallRow,
-        step_id: i64,
+        step_id: StepKey,
         token: Uuid,
         status: CallStatus,
         code: Option<u16>,
