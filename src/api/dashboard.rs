@@ -22,7 +22,7 @@ use sqlx::PgExecutor;
 use tokio::sync::Mutex;
 
 use super::{AppState, auth::Caller, error::ApiError};
-use crate::domain::BreakerState;
+use crate::domain::{BreakerState, RunStatus, StepStatus};
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -38,10 +38,10 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-const RUN_STATUSES: [&str; 6] =
-    ["queued", "running", "canceling", "succeeded", "failed", "canceled"];
-const STEP_STATUSES: [&str; 8] =
-    ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
+/// Every run status and every step status has its count, from the domain's lists (a
+/// status left out here would vanish from the header).
+const RUN_STATUSES: [&str; 10] = RunStatus::NAMES;
+const STEP_STATUSES: [&str; 8] = StepStatus::NAMES;
 /// Throughput is counted over this window.
 const THROUGHPUT_WINDOW_SECONDS: i64 = 60;
 

@@ -94,7 +94,10 @@ async fn stats_count_runs_steps_throughput_and_due_purges(pool: PgPool) {
     assert_eq!(stats["company_id"], Value::Null);
     assert_eq!(
         stats["runs"],
-        json!({"queued": 1, "running": 0, "canceling": 0, "succeeded": 1, "failed": 0, "canceled": 0})
+        json!({
+            "scheduled": 0, "awaiting_approval": 0, "queued": 1, "running": 0, "canceling": 0,
+            "succeeded": 1, "failed": 0, "canceled": 0, "expired": 0, "rejected": 0,
+        })
     );
     assert_eq!(stats["steps"]["succeeded"], succeeded_steps);
     let steps_total: i64 =
@@ -114,6 +117,37 @@ async fn stats_count_runs_steps_throughput_and_due_purges(pool: PgPool) {
     let (_, later) = app.get("/v1/stats").await;
     assert_eq!(later["throughput"]["steps_succeeded"], 0);
     assert_eq!(later["steps"]["succeeded"], succeeded_steps);
+    app.cleanup().await;
+}
+
+/// Runs that ended in an expiry or a rejection are counted like any other (the header used
+/// to list six of the ten run statuses, so those runs vanished from it).
+#[sqlx::test]
+async fn stats_count_expired_and_rejected_runs(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_STATS_MAX_AGE", "0s")],
+        SeedOptions { users: 4, items_per_user: 2, seed: 7 },
+    )
+    .await;
+    let expired = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    let rejected = app.enqueue(&app.deactivation(app.regular(1), json!({}))).await;
+    // How the approval flow ends them is its own tests' business; here only the count.
+    for (run, status) in [(expired, "expired"), (rejected, "rejected")] {
+        sqlx::query("UPDATE offboard.runs SET status = $2, finished_at = now() WHERE id = $1")
+            .bind(run)
+            .bind(status)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    let (status, stats) = app.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(stats["runs"]["expired"], 1, "{stats}");
+    assert_eq!(stats["runs"]["rejected"], 1, "{stats}");
+    let runs_total: i64 =
+        stats["runs"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
+    assert_eq!(runs_total, 2, "every run counted once: {stats}");
     app.cleanup().await;
 }
 

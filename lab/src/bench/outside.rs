@@ -237,13 +237,21 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs of the company not finished yet.
+/// Runs of the company not finished yet ([`RunStatus::is_finished`]'s list).
+///
+/// [`RunStatus::is_finished`]: offboard::domain::RunStatus::is_finished
 async fn unfinished(pool: &PgPool, company_id: i64) -> anyhow::Result<i64> {
+    let finished: Vec<&str> = offboard::domain::RunStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_finished())
+        .map(|s| s.as_str())
+        .collect();
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM offboard.runs
-         WHERE company_id = $1 AND status NOT IN ('succeeded', 'failed', 'canceled')",
+         WHERE company_id = $1 AND status <> ALL($2)",
     )
     .bind(company_id)
+    .bind(finished)
     .fetch_one(pool)
     .await?)
 }

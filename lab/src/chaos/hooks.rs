@@ -27,7 +27,13 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use offboard::{domain::webhook::WebhookSecret, outbound::signing};
+use offboard::{
+    domain::{
+        RunStatus,
+        webhook::{EVENT_TYPES, WebhookSecret},
+    },
+    outbound::signing,
+};
 
 /// The share of deliveries answered 500, and of deliveries never answered.
 const FAIL: f64 = 0.30;
@@ -161,11 +167,19 @@ pub async fn check(
     .fetch_one(pool)
     .await? as usize;
     tally.deliveries = rows.len();
-    // The outbox itself: each ended run and each done purge wrote its event.
+    // The outbox itself: each ended run and each done purge wrote its event. A run that
+    // ends expired or rejected has no event of its own, so the statuses checked are the
+    // finished ones the domain's event types name.
+    let announced: Vec<&str> = RunStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_finished())
+        .map(|s| s.as_str())
+        .filter(|s| EVENT_TYPES.contains(&format!("offboarding.{s}").as_str()))
+        .collect();
     let unwritten: Vec<(String, String)> = sqlx::query_as(
         "SELECT 'run ' || r.id || ' ended ' || r.status, 'offboarding.' || r.status
          FROM offboard.runs r WHERE r.company_id = $1
-           AND r.status IN ('succeeded', 'failed', 'canceled')
+           AND r.status = ANY($2)
            AND NOT EXISTS (SELECT 1 FROM offboard.webhook_events e
                            WHERE e.company_id = r.company_id AND e.type = 'offboarding.' || r.status
                              AND e.payload->'data'->>'run_id' = r.id::text)
@@ -177,6 +191,7 @@ pub async fn check(
                              AND e.payload->'data'->>'purge_id' = p.id::text)",
     )
     .bind(company_id)
+    .bind(announced)
     .fetch_all(pool)
     .await?;
     for (what, kind) in unwritten {

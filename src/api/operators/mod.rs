@@ -37,9 +37,8 @@ pub use self::{
 
 /// Every status a run can be in (one list, in the domain).
 pub use crate::domain::run_status::RUN_STATUSES;
-/// Every status a step can be in.
-pub const STEP_STATUSES: [&str; 8] =
-    ["pending", "ready", "queued", "running", "succeeded", "skipped", "dead", "canceled"];
+/// Every status a step can be in (one list, in the domain).
+pub const STEP_STATUSES: [&str; 8] = crate::domain::StepStatus::NAMES;
 
 /// The filter's fields, as a query string or a JSON body names them (those of
 /// [`FilterBody`]).
