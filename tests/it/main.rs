@@ -9,6 +9,7 @@ mod batches;
 mod dashboard;
 mod deactivation;
 mod dispatcher;
+mod enqueue_cost;
 mod erasure;
 mod hardening;
 mod helpers;

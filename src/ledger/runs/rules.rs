@@ -75,11 +75,15 @@ macro_rules! request_rules_sql {
                         -- An aggregate, not ORDER BY … LIMIT 1 or EXISTS: planned for
                         -- its first row, those walked every active run of the company
                         -- (a layoff's thousands), evaluating the JSON path of each;
-                        -- aggregated, it probes runs_active_targets.
+                        -- aggregated, it probes runs_active_targets. The company is
+                        -- checked on the few rows the probe finds (`+ 0`), not read from
+                        -- an index: AND-ed with the company's index entries, the probe
+                        -- read every run of the company (8,000 runs: 44 buffers, 0.25 ms
+                        -- a request, against 3 buffers).
                         CASE WHEN ", $l, "::bool THEN
                             (SELECT (array_agg(r.id ORDER BY r.created_at))[1]
                              FROM offboard.runs r
-                             WHERE r.company_id = ", $c, " AND r.status IN ",
+                             WHERE r.company_id + 0 = ", $c, " AND r.status IN ",
             crate::active_run_statuses_sql!(),
             "
                                AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
@@ -203,6 +207,23 @@ pub struct Clearance<'a> {
     pub targets: &'a [i64],
 }
 
+/// The statement [`judge`] runs: company, actor, user, idempotency key ($1–$4), up to four
+/// targets ($5–$8, absent ones NULL), the status the user must be in ($9) and whether the
+/// action takes the user away ($10). Public so that tests can read its plan.
+pub const JUDGE_SQL: &str = concat!(
+    "WITH ",
+    request_rules_sql!(
+        company = "$1",
+        actor = "$2",
+        user = "$3",
+        key = "$4",
+        user_status = "$9",
+        leaves = "$10",
+        targets = "ARRAY[$5, $6, $7, $8]::bigint[]"
+    ),
+    " SELECT * FROM verdict"
+);
+
 /// The rules' verdict on a request, in one round trip and without a lock (targets past
 /// [`TARGETS_JUDGED_WITH_REQUEST`] in a second): two requests about one user that both
 /// read "no active run" cannot both write one, because the unique index on active runs
@@ -219,31 +240,19 @@ pub async fn judge(
 ) -> Result<RequestVerdict, sqlx::Error> {
     let inline = request.targets.len() <= TARGETS_JUDGED_WITH_REQUEST;
     let target = |i: usize| request.targets.get(i).filter(|_| inline);
-    let mut verdict: RequestVerdict = sqlx::query_as(concat!(
-        "WITH ",
-        request_rules_sql!(
-            company = "$1",
-            actor = "$2",
-            user = "$3",
-            key = "$4",
-            user_status = "$9",
-            leaves = "$10",
-            targets = "ARRAY[$5, $6, $7, $8]::bigint[]"
-        ),
-        " SELECT * FROM verdict"
-    ))
-    .bind(request.company_id)
-    .bind(request.actor_user_id)
-    .bind(request.user_id)
-    .bind(request.idempotency_key)
-    .bind(target(0))
-    .bind(target(1))
-    .bind(target(2))
-    .bind(target(3))
-    .bind(request.user_status)
-    .bind(request.leaves)
-    .fetch_one(&mut *conn)
-    .await?;
+    let mut verdict: RequestVerdict = sqlx::query_as(JUDGE_SQL)
+        .bind(request.company_id)
+        .bind(request.actor_user_id)
+        .bind(request.user_id)
+        .bind(request.idempotency_key)
+        .bind(target(0))
+        .bind(target(1))
+        .bind(target(2))
+        .bind(target(3))
+        .bind(request.user_status)
+        .bind(request.leaves)
+        .fetch_one(&mut *conn)
+        .await?;
     if !inline {
         let states =
             target_states(&mut *conn, request.company_id, request.user_id, request.targets).await?;

@@ -1,0 +1,77 @@
+//! What the enqueue's rules cost PostgreSQL, read from their plan: it must not grow with
+//! the company's runs (a layoff's enqueue must not slow down as the layoff goes on).
+
+use offboard::ledger::runs::JUDGE_SQL;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+
+/// Shared buffers the plan's top node touched.
+fn buffers(plan: &Value) -> i64 {
+    let top = &plan[0]["Plan"];
+    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
+/// The judging of a regular user's deactivation, as PostgreSQL ran it.
+async fn judged(app: &TestApp, user: i64, target: i64) -> Value {
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {JUDGE_SQL}");
+    let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(app.company.company_id)
+        .bind(app.admin())
+        .bind(user)
+        .bind(None::<String>)
+        .bind(Some(target))
+        .bind(None::<i64>)
+        .bind(None::<i64>)
+        .bind(None::<i64>)
+        .bind("active")
+        .bind(true)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    plan
+}
+
+/// Writes an active run for each of `users` (not users of the store), each naming `target`.
+async fn active_runs(app: &TestApp, users: std::ops::Range<i64>, target: i64) {
+    sqlx::query(
+        "INSERT INTO offboard.runs (id, company_id, user_id, action, status, actor_user_id,
+                                    steps_total, steps_remaining, plan)
+         SELECT gen_random_uuid(), $1, 900000000 + k, 'deactivate', 'queued', $2, 15, 15,
+                jsonb_build_object('default', jsonb_build_object('mode', 'single',
+                    'targets', jsonb_build_array(jsonb_build_object('user_id', $3::bigint))))
+         FROM generate_series($4::bigint, $5::bigint - 1) k",
+    )
+    .bind(app.company.company_id)
+    .bind(app.admin())
+    .bind(target)
+    .bind(users.start)
+    .bind(users.end)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// The transfer-target rule read every run written since the last vacuum (GIN's pending
+/// list, which each probe reads whole): 20,000 active runs made the judging 62 buffers,
+/// against 17 with a few.
+#[sqlx::test]
+async fn judging_a_deactivation_costs_the_same_in_a_company_with_thousands_of_active_runs(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    let (user, target) = (app.regular(0), app.regular(1));
+    active_runs(&app, 0..20, target).await;
+    sqlx::raw_sql("ANALYZE offboard.runs").execute(&app.pool).await.unwrap();
+    let few = buffers(&judged(&app, user, target).await);
+    active_runs(&app, 20..20_020, target).await;
+    sqlx::raw_sql("ANALYZE offboard.runs").execute(&app.pool).await.unwrap();
+    let plan = judged(&app, user, target).await;
+    let many = buffers(&plan);
+    assert!(
+        many <= few + 10,
+        "judging read {many} buffers with 20,000 active runs against {few} with 20: {plan:#}"
+    );
+    app.cleanup().await;
+}
