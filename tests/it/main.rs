@@ -8,7 +8,6 @@ mod bad_input;
 mod batches;
 mod dashboard;
 mod deactivation;
-mod dispatcher;
 mod enqueue_cost;
 mod erasure;
 mod hardening;
