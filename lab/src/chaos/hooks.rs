@@ -70,7 +70,7 @@ impl Receiver {
 
     /// Registers the receiver as an endpoint of the company (all event types) through
     /// the API, and keeps the secret it is shown to verify what arrives.
-    pub async fn register(&mut self, api: &super::Api, company_id: i64) -> anyhow::Result<()> {
+    pub async fn register(&mut self, api: &super::api::Api, company_id: i64) -> anyhow::Result<()> {
         let body = json!({"company_id": company_id, "url": self.url,
                           "description": "offboard-lab chaos receiver"});
         let (status, answer) = api.post("/v1/webhook-endpoints", &body, None).await?;
