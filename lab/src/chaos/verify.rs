@@ -30,11 +30,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{
-    RunRecord,
-    model::{Ledger, Status},
-};
-use offboard::domain::ItemType;
+use super::{RunRecord, model::Ledger};
+use offboard::domain::{ItemType, UserStatus};
 
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -477,8 +474,8 @@ async fn check_users(
             continue;
         }
         let runs: Vec<&RunRecord> = input.records.iter().filter(|r| r.user == user.id).collect();
-        let mut before = Status::Active;
-        let mut expected = Status::Active;
+        let mut before = UserStatus::Active;
+        let mut expected = UserStatus::Active;
         for run in &runs {
             before = expected;
             expected = run.step.status_after(expected);
@@ -498,7 +495,7 @@ async fn check_users(
             }
             continue;
         }
-        if user.holds_seat != (expected == Status::Active) {
+        if user.holds_seat != (expected == UserStatus::Active) {
             f.lost.push(format!(
                 "user {} is {} and {} a seat",
                 user.id,
@@ -506,8 +503,8 @@ async fn check_users(
                 if user.holds_seat { "holds" } else { "holds no" }
             ));
         }
-        if user.deactivated != (expected != Status::Active)
-            || user.deleted != (expected == Status::Deleted)
+        if user.deactivated != (expected != UserStatus::Active)
+            || user.deleted != (expected == UserStatus::Deleted)
         {
             f.lost.push(format!("user {} is {} with the wrong timestamps", user.id, user.status));
         }
@@ -516,7 +513,7 @@ async fn check_users(
                 .push(format!("user {} still has {} sessions or API tokens", user.id, user.access));
         }
         // The last redaction stands unless a deletion erased everything after it.
-        if expected != Status::Deleted
+        if expected != UserStatus::Deleted
             && let Some(redaction) = runs.iter().rev().find(|r| r.step.action == "redact")
         {
             if let Some(name) = &redaction.step.display_name
