@@ -17,6 +17,12 @@
 //!
 //! Before each load the ledger is emptied (`TRUNCATE`, `VACUUM ANALYZE`), so every shape
 //! starts from the same tables. CPU is per accepted request, per process.
+//!
+//! Here the loads and their report; [`wrk`] the same load from `wrk`, [`raw`] the baseline
+//! transaction.
+
+mod raw;
+mod wrk;
 
 use std::{
     net::SocketAddr,
@@ -24,30 +30,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use hyper::StatusCode;
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 
+use self::{
+    raw::raw_transactions,
+    wrk::{WRK_THREADS, find_on_path, wrk_load},
+};
 use super::{
-    BenchEnv, BenchOptions, Cpu, LoadRequest, LoadResult, WorkerProcess, cpu_of,
-    free_loopback_addr, get, http_load, mib, post_json, verdict,
+    BenchEnv, BenchOptions, Cpu, LoadRequest, LoadResult, WorkerProcess, free_loopback_addr, get,
+    http_load, mib, post_json, verdict,
 };
-use offboard::{
-    config::Settings,
-    domain::{Action, TransferPlan},
-    ledger::runs::{self, NewRun},
-    steps::{self, RunParams},
-};
+use offboard::config::Settings;
 
 const CONNECTIONS: usize = 64;
 /// Companies of shapes (a) and (b): a host app's traffic spans tenants.
 const SMALL_COMPANIES: usize = 32;
 /// Companies of shape (d).
 const MANY_COMPANIES: usize = 200;
-/// The wrk script: POSTs of the same requests as ours.
-const WRK_SCRIPT: &str = include_str!("wrk-enqueue.lua");
-const WRK_THREADS: usize = 2;
 
 pub(super) async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<()> {
     let env = BenchEnv::create(base, "enqueue").await?;
@@ -315,230 +315,5 @@ fn report_load(name: &str, load: &LoadResult) {
             load.failed,
             load.first_failure.as_deref().unwrap_or("?")
         );
-    }
-}
-
-/// What `wrk` printed, and what it cost.
-struct WrkResult {
-    version: String,
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-    cpu: Cpu,
-    /// Runs the ledger holds afterwards (its 202s that wrote one).
-    accepted: i64,
-}
-
-fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-}
-
-/// `wrk` with the POST script against the API at `addr`, for `duration`; its own CPU is
-/// sampled from `/proc` while it runs (the last tenth of a second is missed).
-async fn wrk_load(
-    env: &BenchEnv,
-    wrk: &std::path::Path,
-    addr: SocketAddr,
-    process: &WorkerProcess,
-    tenants: &Tenants,
-    duration: Duration,
-) -> anyhow::Result<WrkResult> {
-    reset_ledger(env).await?;
-    let script =
-        std::env::temp_dir().join(format!("{}-wrk-enqueue.lua", env.settings.queue_prefix));
-    std::fs::write(&script, WRK_SCRIPT)?;
-    let spec: Vec<String> = tenants
-        .iter()
-        .map(|t| {
-            let first = t.users[0];
-            anyhow::ensure!(
-                t.users.iter().enumerate().all(|(i, &u)| u == first + i as i64),
-                "wrk needs consecutive user ids"
-            );
-            Ok(format!("{},{},{},{},{}", t.company_id, t.actor, t.target, first, t.users.len()))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let version = std::process::Command::new(wrk)
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned()
-                + &String::from_utf8_lossy(&o.stderr);
-            text.split_whitespace().nth(1).map(str::to_string)
-        })
-        .unwrap_or_else(|| "?".into());
-    let cpu_before = Cpu::sample_with(env, &[], &[process]).await?;
-    let child = tokio::process::Command::new(wrk)
-        .arg(format!("-t{WRK_THREADS}"))
-        .arg(format!("-c{CONNECTIONS}"))
-        .arg(format!("-d{}s", duration.as_secs().max(1)))
-        .arg("--latency")
-        .arg("-s")
-        .arg(&script)
-        .arg(format!("http://{addr}"))
-        .env("WRK_TENANTS", spec.join(";"))
-        .env("WRK_THREADS", WRK_THREADS.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start wrk")?;
-    let pid = child.id().context("wrk exited at once")?;
-    let waited = tokio::spawn(child.wait_with_output());
-    let mut wrk_cpu = Duration::ZERO;
-    while !waited.is_finished() {
-        if let Some(t) = cpu_of(format!("/proc/{pid}/stat")) {
-            wrk_cpu = t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let output = waited.await??;
-    let _ = std::fs::remove_file(&script);
-    let mut cpu = Cpu::sample_with(env, &[], &[process]).await?.since(&cpu_before);
-    cpu.wrk = wrk_cpu;
-    cpu.bench = Duration::ZERO;
-    let text = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(
-        output.status.success(),
-        "wrk failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rate = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
-    let percentile = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
-            .and_then(wrk_duration_ms)
-            .unwrap_or(f64::NAN)
-    };
-    let non_2xx = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let accepted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
-    Ok(WrkResult {
-        version,
-        rate,
-        p50_ms: percentile("50%"),
-        p99_ms: percentile("99%"),
-        non_2xx,
-        cpu,
-        accepted,
-    })
-}
-
-/// A wrk duration (`812.00us`, `12.34ms`, `1.02s`) in milliseconds.
-fn wrk_duration_ms(text: &str) -> Option<f64> {
-    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        return None;
-    };
-    number.trim().parse::<f64>().ok().map(|n| n * factor)
-}
-
-/// The writes of one enqueue — run, its 15 steps, its history entry and its idempotency
-/// key — in the one statement an enqueue writes them with (no BEGIN/COMMIT around it),
-/// from `CONNECTIONS` connections at once; transactions per second.
-async fn raw_transactions(
-    env: &BenchEnv,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<(f64, Cpu, u64)> {
-    let pool = PgPoolOptions::new()
-        .max_connections(CONNECTIONS as u32)
-        .min_connections(CONNECTIONS as u32)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&env.settings.database_url)
-        .await
-        .context("the raw baseline needs 64 connections")?;
-    let plan =
-        TransferPlan::parse(&json!({"default": {"mode": "single", "targets": [{"user_id": 1}]}}))
-            .and_then(|p| p.resolve(None))
-            .map_err(|e| anyhow::anyhow!("bench plan: {e:?}"))?;
-    let steps = steps::plan(Action::Deactivate, &plan);
-    let plan = plan.to_json();
-    let params = serde_json::to_value(RunParams::default())?;
-    // The pool's connections are open (min_connections), so the sample sees their backends.
-    let cpu_before = Cpu::sample(env, &[]).await?;
-    let start = Instant::now();
-    let (window_start, window_end) = (start + warmup, start + warmup + window);
-    let mut tasks = Vec::new();
-    for connection in 0..CONNECTIONS {
-        let (pool, steps, plan, params) =
-            (pool.clone(), steps.clone(), plan.clone(), params.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            let mut counted = 0u64;
-            let mut i = 0i64;
-            while Instant::now() < window_end {
-                // Users that exist nowhere else: the ledger has no foreign key to the CRM.
-                let user_id = 100_000_000 + connection as i64 * 10_000_000 + i;
-                i += 1;
-                let run_id = runs::new_run_id();
-                let key = format!("raw-{user_id}");
-                runs::insert(
-                    &mut conn,
-                    &NewRun {
-                        id: run_id,
-                        company_id: 1,
-                        user_id,
-                        action: offboard::domain::Action::Deactivate,
-                        plan: plan.clone(),
-                        params: params.clone(),
-                        actor_user_id: 1,
-                        idempotency_key: Some(&key),
-                        steps: steps.clone(),
-                        max_attempts: 8,
-                        status: offboard::domain::RunStatus::Queued,
-                        effective_at: None,
-                    },
-                    Some((&key, "0")),
-                )
-                .await?;
-                let done = Instant::now();
-                if done >= window_start && done < window_end {
-                    counted += 1;
-                }
-            }
-            anyhow::Ok((counted, i as u64))
-        }));
-    }
-    let (mut total, mut all) = (0, 0);
-    for task in tasks {
-        let (counted, issued) = task.await??;
-        total += counted;
-        all += issued;
-    }
-    let cpu = Cpu::sample(env, &[]).await?.since(&cpu_before);
-    pool.close().await;
-    Ok((total as f64 / window.as_secs_f64(), cpu, all))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrk_durations_read_in_milliseconds() {
-        assert_eq!(wrk_duration_ms("812.00us"), Some(0.812));
-        assert_eq!(wrk_duration_ms("12.34ms"), Some(12.34));
-        assert_eq!(wrk_duration_ms("1.50s"), Some(1500.0));
-        assert_eq!(wrk_duration_ms("fast"), None);
     }
 }
