@@ -7,6 +7,7 @@
 
 mod bench;
 mod chaos;
+mod throwaway;
 
 use std::time::Duration;
 

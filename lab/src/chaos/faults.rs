@@ -16,6 +16,8 @@ use rand::{Rng, rngs::StdRng};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+use crate::throwaway::delete_keys;
+
 /// Environment of every worker process.
 #[derive(Clone, Debug)]
 pub struct WorkerEnv {
@@ -197,26 +199,7 @@ impl Services {
     pub async fn flush_own_keys(&self) -> anyhow::Result<u64> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut deleted = 0;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                deleted += keys.len() as u64;
-                redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
+        Ok(delete_keys(&mut conn, &self.prefix).await?)
     }
 
     /// Shuts Redis down without saving, keeps it down for `down`, starts it again empty.

@@ -41,9 +41,10 @@ use self::{
     faults::{Fleet, Services},
     inject::Phase,
     model::{Ledger, Promise, Step},
-    store::{drop_database, wait_for_deliveries, wait_for_purges, with_database},
+    store::{wait_for_deliveries, wait_for_purges},
 };
 pub use self::{options::ChaosOptions, report::Report};
+use crate::throwaway::{drop_database, with_database};
 use offboard::{
     app,
     config::Settings,

@@ -1,48 +1,16 @@
-//! The suite's own database and what it reads from the store outside the checks: the
-//! database made and dropped, the items a user owns and the private emails per user
-//! (counted before the runs and after them), the waits for purges and webhook deliveries
-//! to finish, and a retry through PostgreSQL restarts.
+//! What the suite reads from the store outside the checks: the items a user owns and the
+//! private emails per user (counted before the runs and after them), the waits for purges
+//! and webhook deliveries to finish, and a retry through PostgreSQL restarts.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
 use super::hooks;
 use offboard::{dispatch::PURGE_GRACE, domain::ItemType};
-
-/// `url` with its database name replaced.
-pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let scheme = url.find("://").context("DATABASE_URL is not a URL")? + 3;
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    let server = match base[scheme..].find('/') {
-        Some(slash) => &base[..scheme + slash],
-        None => base,
-    };
-    Ok(format!("{server}/{database}{query}"))
-}
-
-async fn admin_connection(database_url: &str) -> anyhow::Result<sqlx::PgConnection> {
-    use std::str::FromStr;
-    let options = sqlx::postgres::PgConnectOptions::from_str(database_url)?.database("postgres");
-    sqlx::PgConnection::connect_with(&options).await.context("cannot reach PostgreSQL")
-}
-
-pub async fn drop_database(database_url: &str, database: &str) -> anyhow::Result<()> {
-    let mut admin = admin_connection(database_url).await?;
-    let quoted = database.replace('"', "\"\"");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("cannot drop database {database}"))?;
-    Ok(())
-}
 
 /// Items of every type `user` owns.
 pub async fn owned_by(pool: &PgPool, company_id: i64, user: i64) -> anyhow::Result<i64> {
@@ -129,23 +97,5 @@ pub async fn wait_for_deliveries(pool: &PgPool, company_id: i64, limit: Duration
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_name_is_replaced_and_options_kept() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/offboard", "offboard_chaos").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/offboard_chaos"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@db/x?sslmode=disable", "c").unwrap(),
-            "postgres://u:p@db/c?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://db", "c").unwrap(), "postgres://db/c");
     }
 }
