@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use offboard::{
     domain::{
-        RunStatus,
+        DeliveryStatus, RunStatus,
         webhook::{EVENT_TYPES, WebhookSecret},
     },
     outbound::signing,
@@ -208,7 +208,7 @@ pub async fn check(
 }
 
 /// One delivery row of the outbox: event id, type, payload, endpoint, status, attempts.
-type Row = (Uuid, String, Value, Uuid, String, i32);
+type Row = (Uuid, String, Value, Uuid, DeliveryStatus, i32);
 
 /// The outbox's deliveries against what each endpoint's receiver applied.
 fn judge(
@@ -228,7 +228,7 @@ fn judge(
         *expected.entry(*endpoint).or_default() += 1;
         let msg = format!("msg_{}", event.simple());
         match log.effects.get(&msg) {
-            _ if status != "succeeded" => lost.push(format!(
+            _ if *status != DeliveryStatus::Succeeded => lost.push(format!(
                 "event {event} ({kind}) to endpoint {endpoint}: delivery {status} after {attempts} attempts"
             )),
             None => lost.push(format!(
@@ -284,13 +284,13 @@ pub async fn sending(pool: &PgPool) -> Option<i64> {
 mod tests {
     use super::*;
 
-    fn row(event: Uuid, endpoint: Uuid, status: &str) -> Row {
+    fn row(event: Uuid, endpoint: Uuid, status: DeliveryStatus) -> Row {
         (
             event,
             "offboarding.succeeded".into(),
             json!({"type": "offboarding.succeeded"}),
             endpoint,
-            status.into(),
+            status,
             3,
         )
     }
@@ -318,8 +318,14 @@ mod tests {
     fn every_event_applied_once_passes() {
         let (endpoint, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let log = applied(&[a, b]);
-        let (tally, lost, doubled, broken) =
-            judged(&[row(a, endpoint, "succeeded"), row(b, endpoint, "succeeded")], endpoint, &log);
+        let (tally, lost, doubled, broken) = judged(
+            &[
+                row(a, endpoint, DeliveryStatus::Succeeded),
+                row(b, endpoint, DeliveryStatus::Succeeded),
+            ],
+            endpoint,
+            &log,
+        );
         assert!(lost.is_empty() && doubled.is_empty() && broken.is_empty());
         assert_eq!((tally.requests, tally.duplicates_absorbed), (3, 1));
     }
@@ -328,8 +334,14 @@ mod tests {
     fn a_failed_delivery_or_one_the_receiver_never_applied_is_lost() {
         let (endpoint, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let log = applied(&[]);
-        let (_, lost, _, _) =
-            judged(&[row(a, endpoint, "failed"), row(b, endpoint, "succeeded")], endpoint, &log);
+        let (_, lost, _, _) = judged(
+            &[
+                row(a, endpoint, DeliveryStatus::Failed),
+                row(b, endpoint, DeliveryStatus::Succeeded),
+            ],
+            endpoint,
+            &log,
+        );
         assert_eq!(lost.len(), 2, "{lost:?}");
         assert!(lost[0].contains("delivery failed") && lost[1].contains("never applied"));
     }
@@ -339,12 +351,14 @@ mod tests {
         let (endpoint, a) = (Uuid::new_v4(), Uuid::new_v4());
         let mut log = applied(&[a]);
         log.effects.get_mut(&format!("msg_{}", a.simple())).expect("applied").0 = 2;
-        let (_, _, doubled, _) = judged(&[row(a, endpoint, "succeeded")], endpoint, &log);
+        let (_, _, doubled, _) =
+            judged(&[row(a, endpoint, DeliveryStatus::Succeeded)], endpoint, &log);
         assert_eq!(doubled.len(), 1);
         let mut log = applied(&[a]);
         log.effects.get_mut(&format!("msg_{}", a.simple())).expect("applied").1 = json!({});
         log.bad_signatures = 1;
-        let (_, _, _, broken) = judged(&[row(a, endpoint, "succeeded")], endpoint, &log);
+        let (_, _, _, broken) =
+            judged(&[row(a, endpoint, DeliveryStatus::Succeeded)], endpoint, &log);
         assert_eq!(broken.len(), 2, "{broken:?}");
     }
 }
