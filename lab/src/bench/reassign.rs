@@ -20,7 +20,7 @@ use super::{
 use offboard::{
     config::Settings,
     crm::seed::{self, SeedOptions},
-    domain::{TransferPlan, UserId},
+    domain::{StepStatus, TransferPlan, UserId},
     ledger::runs::{self, NewRun},
     steps::{RunParams, StepSpec, reassign::Journal},
 };
@@ -256,7 +256,7 @@ async fn reassign_through_offboard(
 
     let deadline = Instant::now() + Duration::from_secs(600);
     let (elapsed, done) = loop {
-        let (status, elapsed, done, error): (String, Option<f64>, i64, Option<String>) =
+        let (status, elapsed, done, error): (StepStatus, Option<f64>, i64, Option<String>) =
             sqlx::query_as(
                 "SELECT status, extract(epoch FROM clock_timestamp() - started_at)::float8, done,
                         last_error_code || ': ' || last_error_message
@@ -265,9 +265,11 @@ async fn reassign_through_offboard(
             .bind(run_id)
             .fetch_one(&env.pool)
             .await?;
-        match status.as_str() {
-            "succeeded" => break (elapsed.unwrap_or(f64::NAN), done),
-            "dead" | "canceled" => bail!("the reassignment step ended {status}: {error:?}"),
+        match status {
+            StepStatus::Succeeded => break (elapsed.unwrap_or(f64::NAN), done),
+            StepStatus::Dead | StepStatus::Canceled => {
+                bail!("the reassignment step ended {status}: {error:?}")
+            }
             _ => {}
         }
         if Instant::now() > deadline {

@@ -37,6 +37,7 @@ use super::{
 use offboard::{
     config::{DEV_TOKEN, Settings},
     crm::seed::{self, SeedOptions, Seeded},
+    domain::RunStatus,
 };
 
 const ITEMS_PER_USER: usize = 200;
@@ -333,13 +334,16 @@ pub(super) async fn single_offboarding(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no run id"))?;
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_one(&env.pool)
-            .await?;
-        match status.as_str() {
-            "succeeded" => return Ok(started.elapsed()),
-            "failed" | "canceled" => anyhow::bail!("the fairness run ended {status}"),
+        let status: RunStatus =
+            sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_one(&env.pool)
+                .await?;
+        match status {
+            RunStatus::Succeeded => return Ok(started.elapsed()),
+            RunStatus::Failed | RunStatus::Canceled => {
+                anyhow::bail!("the fairness run ended {status}")
+            }
             _ => {}
         }
         anyhow::ensure!(
