@@ -242,7 +242,7 @@ fn csv_chunk(rows: &[AuditRow], header: bool) -> Bytes {
                 row.status.to_string(),
                 row.actor.clone(),
                 row.approver_user_id.map(|id| id.to_string()).unwrap_or_default(),
-                row.event.clone().unwrap_or_default(),
+                row.event.map(|kind| kind.to_string()).unwrap_or_default(),
                 row.step.clone().unwrap_or_default(),
                 row.error_code.clone().unwrap_or_default(),
                 time(row.effective_at),

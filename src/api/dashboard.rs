@@ -38,10 +38,6 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// Every run status and every step status has its count, from the domain's lists (a
-/// status left out here would vanish from the header).
-const RUN_STATUSES: [&str; 10] = RunStatus::NAMES;
-const STEP_STATUSES: [&str; 8] = StepStatus::NAMES;
 /// Throughput is counted over this window.
 const THROUGHPUT_WINDOW_SECONDS: i64 = 60;
 
@@ -153,15 +149,20 @@ async fn read_stats(
     let steps = steps_by_status(&app.pool, company_id).await?;
     let purges = purges(&app.pool, company_id).await?;
 
-    let count_of = |rows: &[(String, i64, i64)], status: &str| {
-        rows.iter().find(|(s, _, _)| s == status).map_or(0, |(_, n, _)| *n)
-    };
-    let by_status = |statuses: &[&str], rows: &[(String, i64, i64)]| {
-        statuses.iter().map(|s| (s.to_string(), json!(count_of(rows, s)))).collect::<Map<_, _>>()
-    };
-    let succeeded_recently =
-        steps.iter().find(|(s, _, _)| s == "succeeded").map_or(0, |(_, _, recent)| *recent);
-    let in_flight = count_of(&steps, "queued") + count_of(&steps, "running");
+    fn count_of<S: PartialEq>(rows: &[(S, i64, i64)], status: S) -> i64 {
+        rows.iter().find(|(s, _, _)| *s == status).map_or(0, |(_, n, _)| *n)
+    }
+    fn by_status<S: Copy + PartialEq + std::fmt::Display>(
+        statuses: &[S],
+        rows: &[(S, i64, i64)],
+    ) -> Map<String, Value> {
+        statuses.iter().map(|&s| (s.to_string(), json!(count_of(rows, s)))).collect()
+    }
+    let succeeded_recently = steps
+        .iter()
+        .find(|(s, _, _)| *s == StepStatus::Succeeded)
+        .map_or(0, |(_, _, recent)| *recent);
+    let in_flight = count_of(&steps, StepStatus::Queued) + count_of(&steps, StepStatus::Running);
     let queue_depth = if scoped { Value::Null } else { queue_depth(app).await };
     // Breakers of destination hosts that are not closed (open, or half-open awaiting a
     // probe); hosts are shared by every company, so for unscoped tokens only.
@@ -175,8 +176,9 @@ async fn read_stats(
     Ok(json!({
         "company_id": company_id,
         "at": Utc::now(),
-        "runs": by_status(&RUN_STATUSES, &runs),
-        "steps": by_status(&STEP_STATUSES, &steps),
+        // Every status has its count, from the domain's lists, present in the ledger or not.
+        "runs": by_status(&RunStatus::ALL, &runs),
+        "steps": by_status(&StepStatus::ALL, &steps),
         "in_flight": in_flight,
         "throughput": {
             "window_seconds": THROUGHPUT_WINDOW_SECONDS,
@@ -204,7 +206,7 @@ async fn queue_depth(app: &AppState) -> Value {
 async fn runs_by_status<'e>(
     db: impl PgExecutor<'e>,
     company_id: Option<i64>,
-) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<(RunStatus, i64, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT status, count(*), 0::bigint FROM offboard.runs
          WHERE ($1::bigint IS NULL OR company_id = $1)
@@ -219,7 +221,7 @@ async fn runs_by_status<'e>(
 async fn steps_by_status<'e>(
     db: impl PgExecutor<'e>,
     company_id: Option<i64>,
-) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<(StepStatus, i64, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT status, count(*),
                 count(*) FILTER (WHERE finished_at > now() - make_interval(secs => $2))

@@ -26,13 +26,12 @@ pub async fn healthz(State(app): State<AppState>) -> Response {
     let postgres = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool).await.is_ok();
     let redis = app.queues.ping().await.is_ok();
     let status = if postgres && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let word = |ok: bool| if ok { "ok" } else { "down" };
     (
         status,
         Json(Health {
-            status: word(postgres && redis).into(),
-            postgres: word(postgres).into(),
-            redis: word(redis).into(),
+            status: (postgres && redis).into(),
+            postgres: postgres.into(),
+            redis: redis.into(),
         }),
     )
         .into_response()

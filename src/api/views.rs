@@ -147,10 +147,24 @@ pub struct Canceled {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// ok or down.
-    pub status: String,
-    pub postgres: String,
-    pub redis: String,
+    /// `ok` when PostgreSQL and Redis both answer.
+    pub status: Reachability,
+    pub postgres: Reachability,
+    pub redis: Reachability,
+}
+
+/// Whether a store answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    Ok,
+    Down,
+}
+
+impl From<bool> for Reachability {
+    fn from(answers: bool) -> Self {
+        if answers { Reachability::Ok } else { Reachability::Down }
+    }
 }
 
 impl From<&RunDetail> for RunView {

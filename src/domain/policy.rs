@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::{
-    Action, FieldError, TransferPlan, UserId,
+    Action, FieldError, TransferPlan, UserId, UserStatus,
     transfer::{PlanBody, RuleBody, string_enum},
     wire,
 };
@@ -34,12 +34,14 @@ impl OnDelete {
         }
     }
 
-    /// The action a DELETE starts for a user in `status` (`active` or `deactivated`), or
-    /// `None` when the policy does not delete a user in that status.
-    pub fn action_for(self, status: &str) -> Option<Action> {
+    /// The action a DELETE starts for a user in `status`, or `None` when the policy does
+    /// not delete a user in that status.
+    pub fn action_for(self, status: UserStatus) -> Option<Action> {
         match (self, status) {
-            (_, "deactivated") => Some(Action::Delete),
-            (OnDelete::DeactivateAndDelete, "active") => Some(Action::DeactivateAndDelete),
+            (_, UserStatus::Deactivated) => Some(Action::Delete),
+            (OnDelete::DeactivateAndDelete, UserStatus::Active) => {
+                Some(Action::DeactivateAndDelete)
+            }
             _ => None,
         }
     }
@@ -294,12 +296,15 @@ mod tests {
 
     #[test]
     fn delete_of_an_active_user_follows_the_policy() {
-        assert_eq!(OnDelete::Delete.action_for("active"), None);
-        assert_eq!(OnDelete::Delete.action_for("deactivated"), Some(Action::Delete));
+        assert_eq!(OnDelete::Delete.action_for(UserStatus::Active), None);
+        assert_eq!(OnDelete::Delete.action_for(UserStatus::Deactivated), Some(Action::Delete));
         assert_eq!(
-            OnDelete::DeactivateAndDelete.action_for("active"),
+            OnDelete::DeactivateAndDelete.action_for(UserStatus::Active),
             Some(Action::DeactivateAndDelete)
         );
-        assert_eq!(OnDelete::DeactivateAndDelete.action_for("deactivated"), Some(Action::Delete));
+        assert_eq!(
+            OnDelete::DeactivateAndDelete.action_for(UserStatus::Deactivated),
+            Some(Action::Delete)
+        );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{Action, AuditRecord, RunStatus};
+use crate::domain::{Action, AuditRecord, RunEventKind, RunStatus};
 
 /// One row of the export: a run (`record = "run"`) or one entry of a run's history
 /// (`record = "event"`).
@@ -33,7 +33,7 @@ pub struct AuditRow {
     pub batch_id: Option<Uuid>,
     /// The history entry's kind (`enqueued`, `started`, `approved`, `step_dead`, …);
     /// empty on a run row.
-    pub event: Option<String>,
+    pub event: Option<RunEventKind>,
     pub step: Option<String>,
     pub error_code: Option<String>,
     pub effective_at: Option<DateTime<Utc>>,

@@ -9,17 +9,17 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{BreakerState, CallKind, StepKey};
+use crate::domain::{BreakerState, CallKind, CallStatus, StepKey};
 
 /// A call as a step's attempt sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CallRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: CallKind,
     pub target_id: i64,
     pub host: String,
     pub idempotency_key: Uuid,
-    pub status: String,
+    pub status: CallStatus,
     pub attempts: i32,
 }
 
@@ -69,9 +69,10 @@ pub async fn mark_sending(pool: &PgPool, call_id: i64) -> Result<i32, sqlx::Erro
     .await
 }
 
-/// How a call ended.
+/// How a call ended: one of the [`CallStatus`]es a call can be left in once it went
+/// (never `pending` or `sending`), so that what follows a call matches on three cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallStatus {
+pub enum CallOutcome {
     Succeeded,
     /// Worth another attempt (5xx, 408, 429, no answer).
     Failed,
@@ -80,12 +81,13 @@ pub enum CallStatus {
     Dead,
 }
 
-impl CallStatus {
-    pub fn as_str(self) -> &'static str {
+impl CallOutcome {
+    /// The status the call's row is left in.
+    pub fn status(self) -> CallStatus {
         match self {
-            CallStatus::Succeeded => "succeeded",
-            CallStatus::Failed => "failed",
-            CallStatus::Dead => "dead",
+            CallOutcome::Succeeded => CallStatus::Succeeded,
+            CallOutcome::Failed => CallStatus::Failed,
+            CallOutcome::Dead => CallStatus::Dead,
         }
     }
 }
@@ -94,7 +96,7 @@ impl CallStatus {
 pub async fn record(
     tx: &mut PgConnection,
     call_id: i64,
-    status: CallStatus,
+    outcome: CallOutcome,
     code: Option<u16>,
     error: Option<&str>,
     latency: Option<Duration>,
@@ -107,7 +109,7 @@ pub async fn record(
          WHERE id = $1",
     )
     .bind(call_id)
-    .bind(status.as_str())
+    .bind(outcome.status())
     .bind(code.map(i32::from))
     .bind(error)
     .bind(latency.map(|l| l.as_millis().min(i32::MAX as u128) as i32))

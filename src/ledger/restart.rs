@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::runs::record_event;
 use crate::{
-    domain::{RunStatus, StepStatus},
+    domain::{RunEventKind, RunStatus, StepStatus},
     steps::StepKind,
 };
 
@@ -139,7 +139,7 @@ pub async fn restart_from(
     record_event(
         &mut *tx,
         run_id,
-        "restarted",
+        RunEventKind::Restarted,
         Some(step),
         actor,
         json!({"from_step": step, "steps": names, "previous_status": status}),

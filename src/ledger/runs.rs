@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::filter::FILTER_SQL;
 pub use super::filter::RunFilter;
 use crate::{
-    domain::{Action, FiredBy, PurgeStatus, RunStatus, StepStatus},
+    domain::{Action, FiredBy, PurgeStatus, RunEventKind, RunStatus, StepStatus},
     steps::StepSpec,
 };
 
@@ -192,7 +192,7 @@ pub async fn insert(
 pub async fn record_event<'e>(
     db: impl PgExecutor<'e>,
     run_id: Uuid,
-    kind: &str,
+    kind: RunEventKind,
     step: Option<&str>,
     actor: &str,
     detail: Value,
@@ -266,7 +266,7 @@ pub struct StepRow {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: RunEventKind,
     pub step: Option<String>,
     pub actor: String,
     #[schema(value_type = Object)]

@@ -20,8 +20,8 @@ use crate::{
 /// Counts read from the ledger and Redis, shared by every process.
 #[derive(Clone, Debug, Default)]
 pub struct LedgerCounts {
-    pub runs: Vec<(String, i64)>,
-    pub steps: Vec<(String, i64)>,
+    pub runs: Vec<(RunStatus, i64)>,
+    pub steps: Vec<(StepStatus, i64)>,
     /// (due and not fired, scheduled, done)
     pub purges: (i64, i64, i64),
     pub step_queue_depth: Option<u64>,
@@ -59,8 +59,8 @@ impl LedgerCounts {
         })
     }
 
-    fn count(rows: &[(String, i64)], status: &str) -> i64 {
-        rows.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n)
+    fn count<S: PartialEq>(rows: &[(S, i64)], status: S) -> i64 {
+        rows.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n)
     }
 
     /// The gauges as a registry of their own (encoded before the process' counters).
@@ -79,17 +79,20 @@ impl LedgerCounts {
         }
         let mut registry = Registry::default();
         let runs = Family::<Status, Gauge>::default();
-        for status in RunStatus::NAMES {
-            runs.get_or_create(&Status { status }).set(Self::count(&self.runs, status));
+        for status in RunStatus::ALL {
+            runs.get_or_create(&Status { status: status.as_str() })
+                .set(Self::count(&self.runs, status));
         }
         registry.register("offboard_runs", "Runs by status", runs);
         let steps = Family::<Status, Gauge>::default();
-        for status in StepStatus::NAMES {
-            steps.get_or_create(&Status { status }).set(Self::count(&self.steps, status));
+        for status in StepStatus::ALL {
+            steps
+                .get_or_create(&Status { status: status.as_str() })
+                .set(Self::count(&self.steps, status));
         }
         registry.register("offboard_steps", "Steps by status", steps);
         let dead = Gauge::<i64>::default();
-        dead.set(Self::count(&self.steps, "dead"));
+        dead.set(Self::count(&self.steps, StepStatus::Dead));
         registry.register(
             "offboard_dead_steps",
             "Steps out of attempts, waiting for an operator",
@@ -164,7 +167,7 @@ mod tests {
     #[test]
     fn every_run_status_has_its_series_waiting_and_final_ones_too() {
         let counts = LedgerCounts {
-            runs: vec![("awaiting_approval".into(), 2), ("rejected".into(), 1)],
+            runs: vec![(RunStatus::AwaitingApproval, 2), (RunStatus::Rejected, 1)],
             ..LedgerCounts::default()
         };
         let out = super::super::render(&counts);

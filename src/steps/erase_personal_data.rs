@@ -7,6 +7,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{Finished, Progress, Stage, Step, StepContext, StepError};
+use crate::domain::UserStatus;
 
 pub const ERASED_FIELDS: [&str; 8] = [
     "name",
@@ -31,15 +32,15 @@ pub(super) async fn apply(
     cx: &StepContext<'_>,
     tx: &mut PgConnection,
 ) -> Result<Progress, StepError> {
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<UserStatus> = sqlx::query_scalar(
         "SELECT status FROM crm.users WHERE id = $2 AND company_id = $1 FOR UPDATE",
     )
     .bind(cx.company())
     .bind(cx.user())
     .fetch_optional(&mut *tx)
     .await?;
-    match status.as_deref() {
-        Some("deactivated") | Some("deleted") => {}
+    match status {
+        Some(UserStatus::Deactivated | UserStatus::Deleted) => {}
         Some(_) => {
             return Err(StepError::permanent(
                 "user_not_deactivated",

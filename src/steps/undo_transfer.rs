@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{Finished, Progress, Stage, Step, StepContext, StepError};
-use crate::domain::journal::JOURNALED;
+use crate::domain::{UserStatus, journal::JOURNALED};
 
 /// Registered in [`super::REGISTRY`]; the one step of an `undo_transfer` run.
 pub(super) const STEP: Step = Step {
@@ -102,15 +102,15 @@ async fn lock_active_target(
     company_id: i64,
     target: i64,
 ) -> Result<(), StepError> {
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<UserStatus> = sqlx::query_scalar(
         "SELECT status FROM crm.users WHERE company_id = $1 AND id = $2 FOR SHARE",
     )
     .bind(company_id)
     .bind(target)
     .fetch_optional(&mut *tx)
     .await?;
-    match status.as_deref() {
-        Some("active") => Ok(()),
+    match status {
+        Some(UserStatus::Active) => Ok(()),
         _ => Err(StepError::permanent(
             "target_inactive",
             format!("user {target} who gets the items back is not active; retry once they are"),

@@ -108,7 +108,7 @@ async fn types_holding_names_or_emails_never_show_them_in_debug(pool: PgPool) {
     };
     let provisioned = ProvisionedUser {
         id: 5,
-        status: "active".into(),
+        status: offboard::domain::UserStatus::Active,
         user_name: Some(email.into()),
         external_id: None,
         given_name: Some(name.into()),

@@ -25,7 +25,8 @@ use crate::{
     api::{AppState, enqueue::submit, policy::service_actor},
     crm::provisioning::{self, ProvisionedUser, Refusal, UserAttributes},
     domain::{
-        Action, CompanyId, OffboardingRequest, Origin, TransferPlan, UserId, transfer::Recipient,
+        Action, CompanyId, OffboardingRequest, Origin, TransferPlan, UserId, UserStatus,
+        transfer::Recipient,
     },
     ledger::policies,
 };
@@ -234,7 +235,7 @@ async fn set_active(
     }
     if user.run_active {
         let run = user.run_id.map(|id| id.to_string()).unwrap_or_default();
-        let action = user.run_action.as_deref().unwrap_or("offboarding");
+        let action = user.run_action.map_or("offboarding", Action::as_str);
         return Err(ScimError::conflict(
             None,
             format!(
@@ -243,11 +244,11 @@ async fn set_active(
             ),
         ));
     }
-    let action = match (want, user.status.as_str()) {
-        (false, "active") => {
+    let action = match (want, user.status) {
+        (false, UserStatus::Active) => {
             policies::find(&app.pool, company_id).await?.policy.on_deactivate.action()
         }
-        (true, "deactivated") => Action::Reactivate,
+        (true, UserStatus::Deactivated) => Action::Reactivate,
         _ => return Ok(()),
     };
     start(app, company_id, user, action, Goal::Active(want)).await
@@ -335,7 +336,7 @@ pub async fn remove(
 ) -> Result<Response, ScimError> {
     let user = load(&app, caller.company_id, user_id(&id)?).await?;
     let policy = policies::find(&app.pool, caller.company_id).await?.policy;
-    let Some(action) = policy.on_delete.action_for(&user.status) else {
+    let Some(action) = policy.on_delete.action_for(user.status) else {
         return Err(ScimError::conflict(
             None,
             format!(
@@ -351,7 +352,7 @@ pub async fn remove(
             format!(
                 "user {} has an active {} run ({run}); send the DELETE again once it finished",
                 user.id,
-                user.run_action.as_deref().unwrap_or("offboarding")
+                user.run_action.map_or("offboarding", Action::as_str)
             ),
         ));
     }

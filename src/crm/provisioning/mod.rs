@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::debug_without_personal_data;
+use crate::domain::{Action, RunStatus, UserStatus, debug_without_personal_data};
 
 mod service_actor;
 mod writes;
@@ -44,8 +44,8 @@ debug_without_personal_data!(UserAttributes { email_type, email_primary, extensi
 #[derive(Clone, sqlx::FromRow)]
 pub struct ProvisionedUser {
     pub id: i64,
-    /// `active` or `deactivated` (deleted users and users a run is deleting are gone).
-    pub status: String,
+    /// Active or deactivated (deleted users and users a run is deleting are gone).
+    pub status: UserStatus,
     pub user_name: Option<String>,
     pub external_id: Option<String>,
     pub given_name: Option<String>,
@@ -59,8 +59,8 @@ pub struct ProvisionedUser {
     pub last_modified: DateTime<Utc>,
     /// The user's active run, else the latest one.
     pub run_id: Option<Uuid>,
-    pub run_action: Option<String>,
-    pub run_status: Option<String>,
+    pub run_action: Option<Action>,
+    pub run_status: Option<RunStatus>,
     pub run_active: bool,
 }
 
@@ -83,19 +83,12 @@ impl ProvisionedUser {
     /// Whether the user is, or is becoming, active: an active user no run is deactivating,
     /// or a deactivated user a run is reactivating.
     pub fn is_active(&self) -> bool {
-        let running = |action: &str| self.run_active && self.run_action.as_deref() == Some(action);
-        match self.status.as_str() {
-            "active" => !running("deactivate"),
-            _ => running("reactivate"),
+        let running = |action: Action| self.run_active && self.run_action == Some(action);
+        match self.status {
+            UserStatus::Active => !running(Action::Deactivate),
+            UserStatus::Deactivated | UserStatus::Deleted => running(Action::Reactivate),
         }
     }
-}
-
-/// The run statuses that hold a user (the `runs_one_active_per_user` index's list).
-macro_rules! active_run_statuses {
-    () => {
-        "('scheduled', 'awaiting_approval', 'queued', 'running', 'canceling', 'failed')"
-    };
 }
 
 /// The provisioned users of `$1`: people, not deleted, no active run deleting them; each
@@ -110,19 +103,19 @@ macro_rules! provisioned_sql {
                     greatest(u.created_at, u.deactivated_at, r.created_at, r.finished_at) AS last_modified,
                     r.id AS run_id, r.action AS run_action, r.status AS run_status,
                     coalesce(r.status IN ",
-            active_run_statuses!(),
+            crate::active_run_statuses_sql!(),
             ", false) AS run_active
              FROM crm.users u
              LEFT JOIN LATERAL (
                  SELECT id, action, status, created_at, finished_at FROM offboard.runs r
                  WHERE r.company_id = u.company_id AND r.user_id = u.id
                  ORDER BY (r.status IN ",
-            active_run_statuses!(),
+            crate::active_run_statuses_sql!(),
             ") DESC, r.created_at DESC
                  LIMIT 1) r ON true
              WHERE u.company_id = $1 AND u.kind = 'person' AND u.status <> 'deleted'
                AND NOT (coalesce(r.status IN ",
-            active_run_statuses!(),
+            crate::active_run_statuses_sql!(),
             ", false) AND r.action IN ('delete', 'deactivate_and_delete'))
                AND ",
             $extra,

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{RUN_COLUMNS, RunRow, build_receipt, record_event, steps_of};
-use crate::domain::RunStatus;
+use crate::domain::{RunEventKind, RunStatus};
 
 /// Why an operator action was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub async fn retry_locked(
     if let Value::Object(map) = &mut detail {
         map.insert("steps".into(), json!(revived));
     }
-    record_event(&mut *tx, run_id, "retried", None, actor, detail).await?;
+    record_event(&mut *tx, run_id, RunEventKind::Retried, None, actor, detail).await?;
     Ok(revived.len() as i64)
 }
 
@@ -186,7 +186,7 @@ pub async fn cancel_locked(
         if let Value::Object(map) = &mut detail {
             map.insert("steps_running".into(), json!(running));
         }
-        record_event(&mut *tx, run_id, "canceling", None, actor, detail).await?;
+        record_event(&mut *tx, run_id, RunEventKind::Canceling, None, actor, detail).await?;
         RunStatus::Canceling
     };
     Ok(Cancellation { steps_canceled: canceled, steps_running: running, status })
@@ -235,6 +235,6 @@ async fn finish_canceled_if_idle_as(
     .bind(&receipt)
     .execute(&mut *tx)
     .await?;
-    record_event(&mut *tx, run_id, "canceled", None, actor, detail).await?;
+    record_event(&mut *tx, run_id, RunEventKind::Canceled, None, actor, detail).await?;
     Ok(true)
 }

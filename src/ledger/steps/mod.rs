@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Action, RunStatus, StepKey};
+use crate::domain::{Action, RunStatus, StepKey, StepStatus};
 
 pub use self::{
     dispatch::{DispatchLimits, Dispatched, MAX_STEPS_PER_TASK, dispatch_ready, into_tasks},
@@ -245,7 +245,7 @@ pub async fn complete(
 /// Counts of steps by status, for health and metrics.
 pub async fn counts_by_status<'e>(
     db: impl PgExecutor<'e>,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<(StepStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, count(*) FROM offboard.steps GROUP BY status ORDER BY status")
         .fetch_all(db)
         .await

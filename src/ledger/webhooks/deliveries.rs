@@ -99,7 +99,7 @@ pub async fn replay(
     company: Option<i64>,
 ) -> Result<Result<DeliveryRow, ReplayRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let found: Option<(String, bool)> = sqlx::query_as(
+    let found: Option<(DeliveryStatus, bool)> = sqlx::query_as(
         "SELECT d.status, e.enabled
          FROM offboard.webhook_deliveries d JOIN offboard.webhook_endpoints e ON e.id = d.endpoint_id
          WHERE d.id = $1 AND ($2::bigint IS NULL OR d.company_id = $2)
@@ -112,7 +112,7 @@ pub async fn replay(
     match found {
         None => return Ok(Err(ReplayRefusal::NotFound)),
         Some((_, false)) => return Ok(Err(ReplayRefusal::EndpointDisabled)),
-        Some((status, _)) if status == "pending" || status == "sending" => {
+        Some((DeliveryStatus::Pending | DeliveryStatus::Sending, _)) => {
             return Ok(Err(ReplayRefusal::InProgress));
         }
         Some(_) => {}

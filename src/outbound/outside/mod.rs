@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::{
     config::OutboundSettings,
-    domain::StepKey,
+    domain::{CallStatus, StepKey},
     ledger::{
         calls::{self, CallRow},
         steps,
@@ -58,14 +58,7 @@ pub use plan::{Subject, plan};
 pub use request::classify;
 use send::{Sent, waiting};
 
-/// What a step calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallKind {
-    /// RFC 7009 revocation of an account sync's grant.
-    RevokeGrant,
-    /// A vendor's uninstall callback for an app install.
-    UninstallCallback,
-}
+pub use crate::domain::CallKind;
 
 impl CallKind {
     /// The calls the step of this name makes, if any.
@@ -74,13 +67,6 @@ impl CallKind {
             "stop_syncs" => Some(CallKind::RevokeGrant),
             "uninstall_apps" => Some(CallKind::UninstallCallback),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallKind::RevokeGrant => "revoke_grant",
-            CallKind::UninstallCallback => "uninstall_callback",
         }
     }
 
@@ -163,7 +149,8 @@ impl Outside {
         let planned = calls::of_step(&mut tx, step_id).await?;
         calls::record_step_progress(&mut tx, step_id, token).await?;
         tx.commit().await?;
-        let todo: Vec<&CallRow> = planned.iter().filter(|c| c.status != "succeeded").collect();
+        let todo: Vec<&CallRow> =
+            planned.iter().filter(|c| c.status != CallStatus::Succeeded).collect();
         if todo.is_empty() {
             return Ok(CallsEnd::Done);
         }

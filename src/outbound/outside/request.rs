@@ -9,7 +9,7 @@ use super::CallKind;
 use crate::{
     config::OutboundSettings,
     domain::webhook::WebhookSecret,
-    ledger::calls::{CallRow, CallStatus},
+    ledger::calls::{CallOutcome, CallRow},
     outbound::{
         client::{Answer, Body},
         signing,
@@ -127,17 +127,17 @@ pub(super) async fn outgoing(
 
 /// Which answers are worth another attempt: 5xx, 408, 429 and no answer at all; a refused
 /// or unusable destination and every other answer are permanent.
-pub fn classify(answer: &Answer) -> CallStatus {
+pub fn classify(answer: &Answer) -> CallOutcome {
     if answer.succeeded() {
-        return CallStatus::Succeeded;
+        return CallOutcome::Succeeded;
     }
     match answer.status {
-        Some(408 | 429) => CallStatus::Failed,
-        Some(code) if code >= 500 => CallStatus::Failed,
-        Some(_) => CallStatus::Dead,
+        Some(408 | 429) => CallOutcome::Failed,
+        Some(code) if code >= 500 => CallOutcome::Failed,
+        Some(_) => CallOutcome::Dead,
         None => match answer.error.as_deref() {
-            Some("address_refused" | "invalid_url") => CallStatus::Dead,
-            _ => CallStatus::Failed,
+            Some("address_refused" | "invalid_url") => CallOutcome::Dead,
+            _ => CallOutcome::Failed,
         },
     }
 }
@@ -180,18 +180,18 @@ mod tests {
 
     #[test]
     fn server_errors_timeouts_and_rate_limits_retry_other_answers_are_permanent() {
-        assert_eq!(classify(&answer(Some(200), None)), CallStatus::Succeeded);
+        assert_eq!(classify(&answer(Some(200), None)), CallOutcome::Succeeded);
         for code in [500, 502, 503, 408, 429] {
             let a = answer(Some(code), Some(&format!("http_{code}")));
-            assert_eq!(classify(&a), CallStatus::Failed, "{code}");
+            assert_eq!(classify(&a), CallOutcome::Failed, "{code}");
         }
         for code in [400, 401, 403, 404, 410, 301] {
             let a = answer(Some(code), Some(&format!("http_{code}")));
-            assert_eq!(classify(&a), CallStatus::Dead, "{code}");
+            assert_eq!(classify(&a), CallOutcome::Dead, "{code}");
         }
-        assert_eq!(classify(&answer(None, Some("timeout"))), CallStatus::Failed);
-        assert_eq!(classify(&answer(None, Some("connect"))), CallStatus::Failed);
-        assert_eq!(classify(&answer(None, Some("address_refused"))), CallStatus::Dead);
+        assert_eq!(classify(&answer(None, Some("timeout"))), CallOutcome::Failed);
+        assert_eq!(classify(&answer(None, Some("connect"))), CallOutcome::Failed);
+        assert_eq!(classify(&answer(None, Some("address_refused"))), CallOutcome::Dead);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     domain::StepKey,
-    ledger::calls::{self, CallRow, CallStatus},
+    ledger::calls::{self, CallOutcome, CallRow},
     metrics::METRICS,
     outbound::{
         client::{Answer, Call},
@@ -76,12 +76,12 @@ impl Outside {
         let (url, headers, body) = match outgoing(&self.pool, &self.settings, kind, call).await? {
             Outgoing::Send { url, headers, body } => (url, headers, body),
             Outgoing::Nothing => {
-                self.record(kind, call, step_id, token, CallStatus::Succeeded, None, None, None)
+                self.record(kind, call, step_id, token, CallOutcome::Succeeded, None, None, None)
                     .await?;
                 return Ok(Sent::Succeeded);
             }
             Outgoing::Refused { code, message } => {
-                self.record(kind, call, step_id, token, CallStatus::Dead, None, Some(code), None)
+                self.record(kind, call, step_id, token, CallOutcome::Dead, None, Some(code), None)
                     .await?;
                 METRICS.outbound_call(host, "dead", None);
                 return Ok(Sent::Dead { message });
@@ -89,13 +89,13 @@ impl Outside {
         };
         calls::mark_sending(&self.pool, call.id).await?;
         let answer = self.client.post(Call { url: &url, headers, body }).await;
-        let status = classify(&answer);
+        let outcome = classify(&answer);
         self.record(
             kind,
             call,
             step_id,
             token,
-            status,
+            outcome,
             answer.status,
             answer.error.as_deref(),
             Some(&answer),
@@ -103,10 +103,10 @@ impl Outside {
         .await?;
         METRICS.outbound_call(
             host,
-            match status {
-                CallStatus::Succeeded => "succeeded",
-                CallStatus::Failed => "retry",
-                CallStatus::Dead => "dead",
+            match outcome {
+                CallOutcome::Succeeded => "succeeded",
+                CallOutcome::Failed => "retry",
+                CallOutcome::Dead => "dead",
             },
             Some(answer.latency),
         );
@@ -121,12 +121,12 @@ impl Outside {
             "outside call"
         );
         let message = || said(host, &target, &answer);
-        Ok(match status {
-            CallStatus::Succeeded => Sent::Succeeded,
-            CallStatus::Failed => {
+        Ok(match outcome {
+            CallOutcome::Succeeded => Sent::Succeeded,
+            CallOutcome::Failed => {
                 Sent::Retry { message: message(), retry_after: answer.retry_after }
             }
-            CallStatus::Dead => Sent::Dead { message: message() },
+            CallOutcome::Dead => Sent::Dead { message: message() },
         })
     }
 
@@ -139,14 +139,14 @@ impl Outside {
         call: &CallRow,
         step_id: StepKey,
         token: Uuid,
-        status: CallStatus,
+        outcome: CallOutcome,
         code: Option<u16>,
         error: Option<&str>,
         answer: Option<&Answer>,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        calls::record(&mut tx, call.id, status, code, error, answer.map(|a| a.latency)).await?;
-        if status == CallStatus::Succeeded && kind == CallKind::RevokeGrant {
+        calls::record(&mut tx, call.id, outcome, code, error, answer.map(|a| a.latency)).await?;
+        if outcome == CallOutcome::Succeeded && kind == CallKind::RevokeGrant {
             sqlx::query(
                 "UPDATE crm.account_syncs SET refresh_token = NULL, revoked_at = now()
                  WHERE id = $1",
@@ -165,7 +165,7 @@ impl Outside {
                 calls::breaker_record(
                     &mut tx,
                     &call.host,
-                    status != CallStatus::Failed,
+                    outcome != CallOutcome::Failed,
                     self.settings.breaker_after,
                     self.settings.breaker_pause,
                 )

@@ -39,7 +39,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{RunRecord, model::Ledger};
-use offboard::domain::{RunStatus, StepStatus};
+use offboard::domain::{RunEventKind, RunStatus, StepStatus};
 
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -127,20 +127,21 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
     for step in &steps {
         steps_of.entry(step.run_id).or_default().push(step);
     }
-    let events: Vec<(Uuid, String, i64)> = sqlx::query_as(
+    let events: Vec<(Uuid, RunEventKind, i64)> = sqlx::query_as(
         "SELECT e.run_id, e.kind, count(*) FROM offboard.run_events e
          JOIN offboard.runs r ON r.id = e.run_id WHERE r.company_id = $1 GROUP BY 1, 2",
     )
     .bind(company)
     .fetch_all(pool)
     .await?;
-    let event_count = |run: Uuid, kind: &str| {
-        events.iter().find(|(r, k, _)| *r == run && k == kind).map_or(0, |(_, _, n)| *n)
+    let event_count = |run: Uuid, kind: RunEventKind| {
+        events.iter().find(|(r, k, _)| *r == run && *k == kind).map_or(0, |(_, _, n)| *n)
     };
-    t.leases_taken_back =
-        events.iter().filter(|(_, k, _)| k == "lease_expired").map(|(_, _, n)| n).sum();
-    t.retries =
-        events.iter().filter(|(_, k, _)| k == "step_retry_scheduled").map(|(_, _, n)| n).sum();
+    let count_of = |kind: RunEventKind| -> i64 {
+        events.iter().filter(|(_, k, _)| *k == kind).map(|(_, _, n)| n).sum()
+    };
+    t.leases_taken_back = count_of(RunEventKind::LeaseExpired);
+    t.retries = count_of(RunEventKind::StepRetryScheduled);
 
     // Runs: each asked for once, each finished, each step's progress what was promised.
     let asked: HashSet<Uuid> = input.records.iter().map(|r| r.id).collect();
@@ -222,12 +223,12 @@ pub async fn verify(input: Input<'_>) -> anyhow::Result<(Findings, Tally)> {
                 record.id, run.steps_total
             ));
         }
-        match event_count(record.id, "succeeded") {
+        match event_count(record.id, RunEventKind::Succeeded) {
             1 => {}
             0 => f.broken.push(format!("run {} succeeded without a history event", record.id)),
             n => f.doubled.push(format!("run {} has {n} succeeded events", record.id)),
         }
-        if event_count(record.id, "enqueued") != 1 {
+        if event_count(record.id, RunEventKind::Enqueued) != 1 {
             f.doubled.push(format!("run {} was enqueued more than once", record.id));
         }
         runs::check_steps(record, run, &run_steps, &mut f);
