@@ -211,6 +211,23 @@ async fn all_or_nothing_creates_nothing_when_any_row_is_refused(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_batch_whose_actor_is_not_a_user_id_is_refused_whole_and_creates_nothing(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (company, user) = (app.company.company_id, app.regular(0));
+    let rows = json!([{"company_id": company, "user_id": user, "action": "deactivate"}]);
+    for actor in [json!([app.admin()]), json!(String::from("x")), json!(0)] {
+        let body = json!({"rows": rows, "actor_user_id": actor}).to_string();
+        let path = format!("/v1/offboarding-batches?actor_user_id={}", app.admin());
+        let (status, err) = send(&app, app.token(), &path, "application/json", body, &[]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{actor}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_request");
+        assert_eq!(err["error"]["field"], "actor_user_id");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM offboard.offboarding_batches").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM offboard.runs").await, 0);
+}
+
+#[sqlx::test]
 async fn a_batch_over_10000_rows_is_refused_with_a_clear_error_and_creates_nothing(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (company, user) = (app.company.company_id, app.regular(0));

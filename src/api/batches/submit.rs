@@ -103,6 +103,9 @@ pub async fn create(
 
     let key = idempotency_key(&headers)?;
     let hash = key.map(|_| {
+        // The actor as JSON, as it was hashed before it was typed: a key stored then still
+        // matches its replay.
+        let actor = actor.map(Value::from);
         let mut canonical =
             format!("{}|{}|{actor:?}|", format.as_str(), parsed.all_or_nothing).into_bytes();
         canonical.extend_from_slice(&bytes);
@@ -144,7 +147,7 @@ pub async fn create(
     for mut row in parsed.rows {
         let company_id = row.body.get("company_id").and_then(Value::as_i64);
         if let Some(actor) = &actor {
-            row.body.entry("actor_user_id").or_insert_with(|| actor.clone());
+            row.body.entry("actor_user_id").or_insert_with(|| Value::from(*actor));
         }
         if row.policy_plan
             && let Some(company) = company_id.filter(|c| *c > 0)
@@ -218,7 +221,7 @@ pub async fn create(
 /// The query parameters of a submission.
 struct BatchOptions {
     all_or_nothing: bool,
-    actor_user_id: Option<Value>,
+    actor_user_id: Option<i64>,
 }
 
 impl BatchOptions {
@@ -236,12 +239,12 @@ impl BatchOptions {
         };
         let actor_user_id = match query.get("actor_user_id") {
             None => None,
-            Some(v) => Some(Value::from(
+            Some(v) => Some(
                 v.parse::<i64>()
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or_else(|| bad("actor_user_id must be a positive whole number"))?,
-            )),
+            ),
         };
         Ok(Self { all_or_nothing, actor_user_id })
     }

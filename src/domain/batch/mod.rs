@@ -97,7 +97,7 @@ pub struct ParsedBatch {
     pub refused: Vec<RowRefusal>,
     pub all_or_nothing: bool,
     /// The actor of rows that name none (`actor_user_id` of a JSON body).
-    pub actor_user_id: Option<Value>,
+    pub actor_user_id: Option<i64>,
 }
 
 impl ParsedBatch {
@@ -145,10 +145,12 @@ pub struct BatchRequest {
     /// Create nothing when any row is refused.
     #[serde(default, deserialize_with = "wire::optional_flag")]
     pub all_or_nothing: Option<bool>,
-    /// The actor of rows that name none (checked in each row, as the row's own).
-    #[serde(default, deserialize_with = "given")]
-    #[schema(value_type = Option<i64>, minimum = 1)]
-    pub actor_user_id: Option<Value>,
+    /// The actor of rows that name none: a positive whole number, checked here for the
+    /// whole batch (a bad one refuses the batch, not each row); each row then checks the
+    /// user, as its own.
+    #[serde(default, deserialize_with = "wire::some_positive_id")]
+    #[schema(minimum = 1)]
+    pub actor_user_id: Option<i64>,
 }
 
 fn rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
@@ -156,11 +158,6 @@ fn rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
         Value::Array(rows) => Ok(rows),
         _ => Err(D::Error::custom("must be an array of requests")),
     }
-}
-
-/// A value given, even `null` (a row checks it).
-fn given<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
 }
 
 fn parse_json(bytes: &[u8]) -> Result<ParsedBatch, FieldError> {

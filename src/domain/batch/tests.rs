@@ -68,3 +68,19 @@ fn content_types_name_formats() {
     assert_eq!(BatchFormat::from_content_type("Application/JSON"), Some(BatchFormat::Json));
     assert_eq!(BatchFormat::from_content_type("text/plain"), None);
 }
+
+#[test]
+fn a_batch_actor_that_is_not_a_positive_id_refuses_the_batch() {
+    for actor in [json!([1]), json!("1"), json!(0), json!(-3), json!(1.5), json!(null)] {
+        let body = json!({"rows": [{"company_id": 1, "user_id": 2, "action": "deactivate"}],
+                          "actor_user_id": actor});
+        let err = parse(BatchFormat::Json, body.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "actor_user_id", "{actor}");
+    }
+    let body = json!({"rows": [{"company_id": 1, "user_id": 2, "action": "deactivate"}],
+                      "actor_user_id": 9});
+    assert_eq!(
+        parse(BatchFormat::Json, body.to_string().as_bytes()).unwrap().actor_user_id,
+        Some(9)
+    );
+}
