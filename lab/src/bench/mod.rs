@@ -23,6 +23,7 @@ mod outside;
 mod process;
 mod reassign;
 mod remote;
+mod statements;
 mod steps;
 mod webhooks;
 
@@ -42,6 +43,7 @@ pub(crate) use self::{
         wait_until,
     },
     process::{ApiServer, WorkerProcess, free_loopback_addr, mib, wait_for_workers},
+    statements::Statements,
 };
 use offboard::{config::Settings, queue::Queues};
 

@@ -38,8 +38,8 @@ use self::{
     wrk::{WRK_THREADS, find_on_path, wrk_load},
 };
 use super::{
-    BenchEnv, BenchOptions, Cpu, LoadRequest, LoadResult, WorkerProcess, free_loopback_addr, get,
-    http_load, mib, post_json, verdict,
+    BenchEnv, BenchOptions, Cpu, LoadRequest, LoadResult, Statements, WorkerProcess,
+    free_loopback_addr, get, http_load, mib, post_json, verdict,
 };
 use offboard::config::Settings;
 
@@ -111,6 +111,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let d = seed_tenants(env, MANY_COMPANIES, many_users).await?;
     sqlx::raw_sql("VACUUM ANALYZE").execute(&env.pool).await?;
     println!("# seeded in {:.1} s", started.elapsed().as_secs_f64());
+    let statements = Statements::detect(&env.pool).await;
 
     // (a), wrk, (c), (d): one `offboard api` process.
     let addr = free_loopback_addr()?;
@@ -119,13 +120,20 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let healthz =
         http_load(addr, CONNECTIONS, warmup, window, StatusCode::OK, |_| Some(get("/healthz")))
             .await?;
-    let shape_a = enqueue_load(env, addr, &api, &a, "bench-a", warmup, window).await?;
+    let load = Load { env, addr, statements: &statements, warmup, window };
+    let shape_a = load.enqueue(&api, &a, "bench-a").await?;
     let by_wrk = match (&wrk, &w) {
-        (Some(wrk), Some(w)) => Some(wrk_load(env, wrk, addr, &api, w, warmup + window).await?),
+        (Some(wrk), Some(w)) => {
+            reset_ledger(env).await?;
+            statements.reset(&env.pool).await?;
+            let by_wrk = wrk_load(env, wrk, addr, &api, w, warmup + window).await?;
+            statements.report(&env.pool, "(a) by wrk", by_wrk.accepted as f64, "request").await?;
+            Some(by_wrk)
+        }
         _ => None,
     };
-    let shape_c = enqueue_load(env, addr, &api, &c, "bench-c", warmup, window).await?;
-    let shape_d = enqueue_load(env, addr, &api, &d, "bench-d", warmup, window).await?;
+    let shape_c = load.enqueue(&api, &c, "bench-c").await?;
+    let shape_d = load.enqueue(&api, &d, "bench-d").await?;
     let api_rss = api.stop().await?;
 
     // (b): one `offboard serve` process, its workers running what is enqueued.
@@ -133,7 +141,8 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let addr = free_loopback_addr()?;
     let mut serve = spawn_service(env, "serve", addr)?;
     serve.wait_for_api(addr).await?;
-    let shape_b = enqueue_load(env, addr, &serve, &b, "bench-b", warmup, window).await?;
+    let load = Load { addr, ..load };
+    let shape_b = load.enqueue(&serve, &b, "bench-b").await?;
     let (succeeded, waiting): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'succeeded'),
                 count(*) FILTER (WHERE status IN ('ready', 'queued', 'running'))
@@ -231,30 +240,49 @@ async fn reset_ledger(env: &BenchEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The enqueue load on `tenants` against the API at `addr`, served by `process`.
-async fn enqueue_load(
-    env: &BenchEnv,
+/// What every enqueue load of a run shares.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    env: &'a BenchEnv,
+    /// The API's address.
     addr: SocketAddr,
-    process: &WorkerProcess,
-    tenants: &Tenants,
-    key_prefix: &'static str,
+    statements: &'a Statements,
     warmup: Duration,
     window: Duration,
-) -> anyhow::Result<Shape> {
-    reset_ledger(env).await?;
-    let cpu_before = Cpu::sample_with(env, &[], &[process]).await?;
-    let load = {
-        let tenants = tenants.clone();
-        http_load(addr, CONNECTIONS, warmup, window, StatusCode::ACCEPTED, move |i| {
-            enqueue_request(&tenants, i, key_prefix)
-        })
-        .await?
-    };
-    // Includes the warm-up: CPU per request over every accepted request.
-    let cpu = Cpu::sample_with(env, &[], &[process]).await?.since(&cpu_before);
-    let accepted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
-    Ok(Shape { load, cpu, accepted })
+}
+
+impl Load<'_> {
+    /// The enqueue load on `tenants` against the API, served by `process`, from an empty
+    /// ledger.
+    async fn enqueue(
+        &self,
+        process: &WorkerProcess,
+        tenants: &Tenants,
+        key_prefix: &'static str,
+    ) -> anyhow::Result<Shape> {
+        let env = self.env;
+        reset_ledger(env).await?;
+        self.statements.reset(&env.pool).await?;
+        let cpu_before = Cpu::sample_with(env, &[], &[process]).await?;
+        let load = {
+            let tenants = tenants.clone();
+            http_load(
+                self.addr,
+                CONNECTIONS,
+                self.warmup,
+                self.window,
+                StatusCode::ACCEPTED,
+                move |i| enqueue_request(&tenants, i, key_prefix),
+            )
+            .await?
+        };
+        // Includes the warm-up: CPU per request over every accepted request.
+        let cpu = Cpu::sample_with(env, &[], &[process]).await?.since(&cpu_before);
+        let accepted: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM offboard.runs").fetch_one(&env.pool).await?;
+        self.statements.report(&env.pool, key_prefix, accepted as f64, "request").await?;
+        Ok(Shape { load, cpu, accepted })
+    }
 }
 
 /// Request `i`: the companies in turn, each its next user.

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 
-use super::{CONNECTIONS, Tenants, reset_ledger};
+use super::{CONNECTIONS, Tenants};
 use crate::bench::{BenchEnv, Cpu, WorkerProcess, cpu_of};
 
 /// The wrk script: POSTs of the same requests as ours.
@@ -30,7 +30,8 @@ pub(super) fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// `wrk` with the POST script against the API at `addr`, for `duration`; its own CPU is
+/// `wrk` with the POST script against the API at `addr`, for `duration` (on a ledger the
+/// caller emptied); its own CPU is
 /// sampled from `/proc` while it runs (the last tenth of a second is missed).
 pub(super) async fn wrk_load(
     env: &BenchEnv,
@@ -40,7 +41,6 @@ pub(super) async fn wrk_load(
     tenants: &Tenants,
     duration: Duration,
 ) -> anyhow::Result<WrkResult> {
-    reset_ledger(env).await?;
     let script =
         std::env::temp_dir().join(format!("{}-wrk-enqueue.lua", env.settings.queue_prefix));
     std::fs::write(&script, WRK_SCRIPT)?;
