@@ -54,6 +54,16 @@ macro_rules! active_run_statuses_sql {
     };
 }
 
+/// The statuses a run ends in — every status not in [`ACTIVE_RUN_STATUSES`] — as a SQL
+/// list, for `status NOT IN (...)`: the same runs as `status IN` the active list, said so
+/// that it matches `runs_active_targets` and no other partial index.
+#[macro_export]
+macro_rules! final_run_statuses_sql {
+    () => {
+        "('succeeded', 'canceled', 'expired', 'rejected')"
+    };
+}
+
 impl RunStatus {
     /// Whether a run in this status still holds its user.
     pub fn is_active(self) -> bool {
@@ -104,6 +114,14 @@ mod tests {
         assert_eq!(sql, ACTIVE_RUN_STATUSES.map(RunStatus::as_str));
         let active: Vec<RunStatus> = RunStatus::ALL.into_iter().filter(|s| s.is_active()).collect();
         assert_eq!(active, ACTIVE_RUN_STATUSES);
+        let finals: Vec<String> = final_run_statuses_sql!()
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(|s| s.trim_matches('\'').to_string())
+            .collect();
+        let not_active: Vec<&str> =
+            RunStatus::ALL.into_iter().filter(|s| !s.is_active()).map(RunStatus::as_str).collect();
+        assert_eq!(finals, not_active);
     }
 
     #[test]

@@ -169,8 +169,8 @@ fn step_columns<'a>(run: &'a NewRun<'_>) -> (Vec<&'a str>, Vec<String>) {
 // After the macro it uses.
 mod rules;
 pub use self::rules::{
-    Clearance, JUDGE_SQL, Judged, RequestVerdict, TARGETS_JUDGED_WITH_REQUEST, TargetState,
-    insert_if_clear, judge, target_states,
+    BEGIN_ENQUEUE, Clearance, JUDGE_SQL, Judged, RequestVerdict, TARGETS_JUDGED_WITH_REQUEST,
+    TargetState, begin_enqueue, insert_if_clear, judge, target_states,
 };
 
 /// Writes the run, its steps, the first history entry and the idempotency key, in one

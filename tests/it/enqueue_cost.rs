@@ -1,7 +1,7 @@
 //! What the enqueue's rules cost PostgreSQL, read from their plan: it must not grow with
 //! the company's runs (a layoff's enqueue must not slow down as the layoff goes on).
 
-use offboard::ledger::runs::JUDGE_SQL;
+use offboard::ledger::runs::{self, JUDGE_SQL};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -74,4 +74,73 @@ async fn judging_a_deactivation_costs_the_same_in_a_company_with_thousands_of_ac
         "judging read {many} buffers with 20,000 active runs against {few} with 20: {plan:#}"
     );
     app.cleanup().await;
+}
+
+/// The plan PostgreSQL keeps for the judging on a connection (its generic plan), made in
+/// an enqueue's transaction on an empty, vacuumed ledger, as `EXPLAIN ANALYZE` runs it
+/// with `runs` active runs.
+async fn kept_plan(app: &TestApp, user: i64, target: i64, runs_after: i64) -> Value {
+    sqlx::raw_sql("VACUUM ANALYZE offboard.runs, offboard.idempotency_keys")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    // What PostgreSQL chooses after five calls, chosen at once (PostgreSQL 15 has no
+    // EXPLAIN (GENERIC_PLAN)).
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    let mut tx = runs::begin_enqueue(&mut conn).await.unwrap();
+    let prepare = format!(
+        "PREPARE judge_kept(bigint, bigint, bigint, text, bigint, bigint, bigint, bigint, text, boolean) AS {JUDGE_SQL}"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *tx).await.unwrap();
+    let execute = format!(
+        "EXECUTE judge_kept({}, {}, {user}, 'key', {target}, NULL, NULL, NULL, 'active', true)",
+        app.company.company_id,
+        app.admin()
+    );
+    // The plan is made here, on the empty ledger, and kept.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(execute.clone())).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    active_runs(app, 0..runs_after, target).await;
+    let mut tx = runs::begin_enqueue(&mut conn).await.unwrap();
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {execute}");
+    let (plan,): (Value,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    sqlx::raw_sql("DEALLOCATE judge_kept; RESET plan_cache_mode")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    plan
+}
+
+/// A plan made while the ledger was empty scanned `runs` and `idempotency_keys` whole, and
+/// kept doing so as a layoff wrote thousands of runs (`runs::BEGIN_ENQUEUE`): the judging
+/// read every run of the company, evaluating each one's JSON path.
+#[sqlx::test]
+async fn a_plan_made_on_an_empty_ledger_still_probes_by_key_when_thousands_of_runs_follow(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    let (user, target) = (app.regular(0), app.regular(1));
+    let plan = kept_plan(&app, user, target, 5_000).await;
+    let scanned = seq_scans(&plan[0]["Plan"]);
+    for table in ["runs", "idempotency_keys"] {
+        assert!(!scanned.iter().any(|t| t == table), "the kept plan scans {table} whole: {plan:#}");
+    }
+    let read = buffers(&plan);
+    assert!(read < 100, "the kept plan read {read} buffers with 5,000 active runs: {plan:#}");
+    app.cleanup().await;
+}
+
+/// The tables a plan scans sequentially.
+fn seq_scans(node: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    if node["Node Type"] == "Seq Scan" {
+        found.push(node["Relation Name"].as_str().unwrap_or_default().to_string());
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        found.extend(seq_scans(child));
+    }
+    found
 }

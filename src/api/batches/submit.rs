@@ -32,7 +32,7 @@ use crate::{
     ledger::{
         batches::{self, NewBatch},
         idempotency::RequestHash,
-        policies,
+        policies, runs,
     },
 };
 
@@ -264,7 +264,7 @@ async fn write_chunks(
 ) -> Result<(), ApiError> {
     for chunk in requests.chunks(CHUNK_ROWS) {
         let mut conn = app.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = runs::begin_enqueue(&mut conn).await?;
         let mut written = Vec::with_capacity(chunk.len());
         for (row, request) in chunk {
             let named = named_targets(&request.transfer);

@@ -110,7 +110,7 @@ async fn enqueue(
         let targets: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
         let clearance = clearance(request, key, &targets);
         let mut conn = app.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = runs::begin_enqueue(&mut conn).await?;
         users::lock_for_enqueue(&mut tx, request.user_id.get(), clearance.leaves, &targets).await?;
         let judged = runs::insert_if_clear(
             &mut tx,
@@ -170,7 +170,7 @@ async fn enqueue_checked(
     hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let mut conn = app.pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = runs::begin_enqueue(&mut conn).await?;
     let written = enqueue_checked_in(&mut tx, app, request, named, key, hash).await?;
     match tx.commit().await {
         Ok(()) => Ok(written),

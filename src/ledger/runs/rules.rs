@@ -13,7 +13,7 @@
 //! moving items to). Each named target then has its `problem`: `is_user` (the user being
 //! offboarded), `not_in_company`, `inactive`, `leaving` (an active run deactivates them).
 
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{NewRun, bind_new_run, step_columns};
@@ -79,12 +79,16 @@ macro_rules! request_rules_sql {
                         -- checked on the few rows the probe finds (`+ 0`), not read from
                         -- an index: AND-ed with the company's index entries, the probe
                         -- read every run of the company (8,000 runs: 44 buffers, 0.25 ms
-                        -- a request, against 3 buffers).
+                        -- a request, against 3 buffers). The active runs are named
+                        -- by the final statuses they are not in: the predicate of
+                        -- runs_active_targets and of no other index, so that no plan,
+                        -- however empty the ledger was when it was made, reads
+                        -- runs_one_active_per_user whole instead (see BEGIN_ENQUEUE).
                         CASE WHEN ", $l, "::bool THEN
                             (SELECT (array_agg(r.id ORDER BY r.created_at))[1]
                              FROM offboard.runs r
-                             WHERE r.company_id + 0 = ", $c, " AND r.status IN ",
-            crate::active_run_statuses_sql!(),
+                             WHERE r.company_id + 0 = ", $c, " AND r.status NOT IN ",
+            crate::final_run_statuses_sql!(),
             "
                                AND jsonb_path_query_array(r.plan, '$.*.targets[*].user_id')
                                    @> jsonb_build_array(", $u, "::bigint)) END
@@ -110,6 +114,29 @@ macro_rules! request_rules_sql {
                                     WHERE problem IS NOT NULL ORDER BY ord LIMIT 1) bad ON true)"
         )
     };
+}
+
+/// How an enqueue's transaction begins: in the same round trip, with sequential scans off
+/// for its statements ([`judge`], [`insert_if_clear`], [`super::insert`]).
+///
+/// Every table they read they probe by key (a user, a company's active run for a user, an
+/// idempotency key, the runs naming a user as a target), so an index is right at any size.
+/// But PostgreSQL plans a prepared statement once for its connection after five calls
+/// (the generic plan) and keeps that plan until the table's statistics change; made while
+/// the ledger is empty or small (a new deployment, a ledger just vacuumed, autovacuum not
+/// yet round), it scanned `runs` and `idempotency_keys` whole, evaluating the JSON path of
+/// every run — and went on doing so as a layoff wrote thousands. Measured with
+/// `pg_stat_statements` (`offboard-lab bench enqueue` on a server that loads it): the
+/// enqueue statement took 0.9 ms and 117 buffers a request on the first load, then 5.7 ms
+/// and 409 buffers on the next load on the same connections, and 18.3 ms on the layoff
+/// shape, where every run is the one company's.
+pub const BEGIN_ENQUEUE: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+
+/// Begins an enqueue's transaction on `conn` (see [`BEGIN_ENQUEUE`]).
+pub async fn begin_enqueue(
+    conn: &mut PgConnection,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(BEGIN_ENQUEUE).await
 }
 
 /// What the rules say of a request (see the module doc).
