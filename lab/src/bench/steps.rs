@@ -18,7 +18,8 @@ use apalis::prelude::{
 use serde_json::json;
 
 use super::{
-    BenchEnv, BenchOptions, Cpu, WorkerProcess, mib, verdict, wait_for_workers, wait_until,
+    BenchEnv, BenchOptions, Cpu, Statements, WorkerProcess, mib, verdict, wait_for_workers,
+    wait_until,
 };
 use offboard::{
     config::Settings,
@@ -111,6 +112,8 @@ async fn through_offboard(
         )
         .await?;
     }
+    let statements = Statements::detect(&env.pool).await;
+    statements.reset(&env.pool).await?;
     let cpu_before = Cpu::sample(env, &[worker]).await?;
     tx.commit().await?;
     let started = Instant::now();
@@ -131,6 +134,7 @@ async fn through_offboard(
     })
     .await?;
     let cpu = Cpu::sample(env, &[worker]).await?.since(&cpu_before);
+    statements.report(&env.pool, "no-op runs", (runs * STEPS_PER_RUN) as f64, "step").await?;
     let since_last: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM clock_timestamp() - max(finished_at))::float8 FROM offboard.runs",
     )

@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use self::direct::direct_sql;
 use super::{
-    ApiServer, BenchEnv, BenchOptions, Cpu, WorkerProcess, http_client, http_load, median, mib,
-    post_json, verdict, wait_for_workers,
+    ApiServer, BenchEnv, BenchOptions, Cpu, Statements, WorkerProcess, http_client, http_load,
+    median, mib, post_json, verdict, wait_for_workers,
 };
 use offboard::{
     config::{DEV_TOKEN, Settings},
@@ -125,6 +125,8 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         idle.push(single_offboarding(env, &api, &client, &small, who).await?);
     }
     let progress = Arc::new(AtomicUsize::new(0));
+    let statements = Statements::detect(&env.pool).await;
+    statements.reset(&env.pool).await?;
     let cpu_before = Cpu::sample(env, &[&workers[0]]).await?;
     let layoff_one = {
         let watcher =
@@ -149,6 +151,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
         (elapsed, loaded)
     };
     let cpu = Cpu::sample(env, &[&workers[0]]).await?.since(&cpu_before);
+    statements.report(&env.pool, "layoff, 1 worker", leaving as f64, "run").await?;
     // The same layoff as one batch file, on the same worker process.
     let batch = batch::layoff_as_batch(env, &api, &as_batch).await?;
     let mut rss = workers.pop().expect("one worker").stop().await?;
