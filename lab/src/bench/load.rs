@@ -211,6 +211,12 @@ where
     }
 }
 
+/// The time from `started` to the last finish the ledger recorded, `since_last` seconds
+/// before now: the polling's last interval is not counted.
+pub(crate) fn until_last_finish(started: Instant, since_last: f64) -> Duration {
+    started.elapsed().saturating_sub(Duration::from_secs_f64(since_last.max(0.0)))
+}
+
 /// `met` or `MISSED` for a target line.
 pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }

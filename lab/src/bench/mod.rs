@@ -39,8 +39,8 @@ pub(crate) use self::{
     cpu::{Cpu, cpu_of},
     env::{BenchEnv, delete_redis_keys},
     load::{
-        LoadRequest, LoadResult, get, http_client, http_load, median, post_json, verdict,
-        wait_until,
+        LoadRequest, LoadResult, get, http_client, http_load, median, post_json, until_last_finish,
+        verdict, wait_until,
     },
     process::{ApiServer, WorkerProcess, free_loopback_addr, mib, wait_for_workers},
     statements::Statements,

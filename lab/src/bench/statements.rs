@@ -13,7 +13,7 @@ pub(crate) struct Statements {
 }
 
 /// How many statements a report lists.
-const TOP: i64 = 6;
+const TOP: usize = 6;
 
 impl Statements {
     /// Creates the extension in the scenario's database when the server has it loaded.
@@ -77,8 +77,7 @@ impl Statements {
             calls as f64 / per,
             buffers as f64 / per
         );
-        for (query, calls, time, returned, buffers, dirtied, wal) in rows.iter().take(TOP as usize)
-        {
+        for (query, calls, time, returned, buffers, dirtied, wal) in rows.iter().take(TOP) {
             let c = (*calls).max(1) as f64;
             println!(
                 "#   {:5.1} % {:.3} ms/{unit} | {:.2} calls/{unit}, {:.3} ms, {:.1} rows, {:.1} buffers, {:.1} dirtied, {:.0} WAL bytes a call | {query}",

@@ -18,8 +18,8 @@ use apalis::prelude::{
 use serde_json::json;
 
 use super::{
-    BenchEnv, BenchOptions, Cpu, Statements, WorkerProcess, mib, verdict, wait_for_workers,
-    wait_until,
+    BenchEnv, BenchOptions, Cpu, Statements, WorkerProcess, mib, until_last_finish, verdict,
+    wait_for_workers, wait_until,
 };
 use offboard::{
     config::Settings,
@@ -140,7 +140,7 @@ async fn through_offboard(
     )
     .fetch_one(&env.pool)
     .await?;
-    Ok((started.elapsed().saturating_sub(Duration::from_secs_f64(since_last.max(0.0))), cpu))
+    Ok((until_last_finish(started, since_last), cpu))
 }
 
 /// The same number of tasks through apalis-redis alone: a feeder keeps at most

@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{BenchEnv, BenchOptions, Cpu, WorkerProcess, mib, remote::Remote, wait_for_workers};
+use super::{
+    BenchEnv, BenchOptions, Cpu, WorkerProcess, mib, remote::Remote, until_last_finish,
+    wait_for_workers, wait_until,
+};
 use offboard::{config::Settings, domain::webhook::WebhookSecret};
 
 const RECEIVER_LATENCY: Duration = Duration::from_millis(50);
@@ -102,31 +105,31 @@ async fn through_offboard(
     .await?;
     let started = Instant::now();
     tx.commit().await?;
-    loop {
-        let (succeeded, other): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'succeeded'),
+    let pool = &env.pool;
+    wait_until(
+        "the deliveries",
+        Duration::from_millis(50),
+        Duration::from_secs(600),
+        || async move {
+            let (succeeded, other): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'succeeded'),
                     count(*) FILTER (WHERE status = 'failed')
              FROM offboard.webhook_deliveries",
-        )
-        .fetch_one(&env.pool)
-        .await?;
-        anyhow::ensure!(other == 0, "{other} deliveries failed");
-        if succeeded as usize == deliveries {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "the deliveries took over 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            )
+            .fetch_one(pool)
+            .await?;
+            anyhow::ensure!(other == 0, "{other} deliveries failed");
+            Ok(succeeded as usize == deliveries)
+        },
+    )
+    .await?;
     let since_last: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM clock_timestamp() - max(finished_at))::float8
          FROM offboard.webhook_deliveries",
     )
     .fetch_one(&env.pool)
     .await?;
-    Ok(started.elapsed().saturating_sub(Duration::from_secs_f64(since_last.max(0.0))))
+    Ok(until_last_finish(started, since_last))
 }
 
 /// `n` POSTs of a thin event body from `concurrency` tasks sharing one client.

@@ -32,7 +32,7 @@ use uuid::Uuid;
 use self::direct::direct_sql;
 use super::{
     ApiServer, BenchEnv, BenchOptions, Cpu, Statements, WorkerProcess, http_client, http_load,
-    median, mib, post_json, verdict, wait_for_workers,
+    median, mib, post_json, until_last_finish, verdict, wait_for_workers, wait_until,
 };
 use offboard::{
     config::{DEV_TOKEN, Settings},
@@ -237,25 +237,20 @@ async fn wait_for_layoff(
 ) -> anyhow::Result<Duration> {
     let company_id = layoff.company.company_id;
     let expected = layoff.leaving.len() as i64;
-    loop {
+    let pool = &env.pool;
+    wait_until("the layoff", Duration::from_millis(100), Duration::from_secs(900), || async move {
         let (succeeded, failed): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'succeeded'),
                     count(*) FILTER (WHERE status IN ('failed', 'canceled'))
              FROM offboard.runs WHERE company_id = $1",
         )
         .bind(company_id)
-        .fetch_one(&env.pool)
+        .fetch_one(pool)
         .await?;
         anyhow::ensure!(failed == 0, "{failed} layoff runs failed");
-        if succeeded == expected {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(900),
-            "the layoff took over 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(succeeded == expected)
+    })
+    .await?;
     // The last run's finish as the ledger recorded it, against the wall clock now.
     let since_last: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM clock_timestamp() - max(finished_at))::float8
@@ -264,7 +259,7 @@ async fn wait_for_layoff(
     .bind(company_id)
     .fetch_one(&env.pool)
     .await?;
-    Ok(started.elapsed().saturating_sub(Duration::from_secs_f64(since_last.max(0.0))))
+    Ok(until_last_finish(started, since_last))
 }
 
 /// Requests every deactivation of the layoff over HTTP (all accepted), without waiting.
