@@ -39,7 +39,7 @@ mod disable_webhooks;
 mod erase_personal_data;
 mod error;
 mod finish_deactivation;
-mod first_admin;
+pub mod first_admin;
 mod hand_over_leadbooster;
 mod noop;
 mod plan;

@@ -34,7 +34,7 @@ async fn judged(app: &TestApp, user: i64, target: i64) -> Value {
 }
 
 /// Writes an active run for each of `users` (not users of the store), each naming `target`.
-async fn active_runs(app: &TestApp, users: std::ops::Range<i64>, target: i64) {
+pub(crate) async fn active_runs(app: &TestApp, users: std::ops::Range<i64>, target: i64) {
     sqlx::query(
         "INSERT INTO offboard.runs (id, company_id, user_id, action, status, actor_user_id,
                                     steps_total, steps_remaining, plan)

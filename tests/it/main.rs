@@ -24,6 +24,7 @@ mod retries;
 mod scheduled;
 mod scim;
 mod security;
+mod step_cost;
 mod transfer;
 mod undo;
 mod upgrade;
