@@ -2,11 +2,13 @@
 //! only ids; what to do and whether it was done is in the ledger. Only the dispatcher and
 //! the sweeper push here, a bounded number at a time.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use apalis::prelude::TaskSink;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::StepKey;
@@ -56,6 +58,9 @@ pub struct Queues {
     conn: ConnectionManager,
     steps: RedisStorage<StepTask>,
     purges: RedisStorage<PurgeTask>,
+    /// Notified after each push of steps, so this process's step worker fetches at once
+    /// instead of at its next poll ([`Queues::step_pushes`]).
+    pushed_steps: Arc<Notify>,
 }
 
 impl fmt::Debug for Queues {
@@ -95,7 +100,7 @@ impl Queues {
         // larger fetches.
         let purges = RedisStorage::new(conn.clone())
             .with_config(Self::config(&format!("{prefix}:purges")).batch_size(PURGE_FETCH));
-        Self { prefix: prefix.to_string(), conn, steps, purges }
+        Self { prefix: prefix.to_string(), conn, steps, purges, pushed_steps: Arc::default() }
     }
 
     /// The settings every offboard queue uses. A worker fetches 4 tasks at a time: tasks it
@@ -124,6 +129,18 @@ impl Queues {
         self.steps.clone()
     }
 
+    /// An item each time this process pushed steps (several pushes before a read are one
+    /// item): the step worker's signal to fetch now. An idle worker otherwise finds a task
+    /// only at its next poll, up to a poll interval after the dispatcher pushed it, on each
+    /// hop of a run from one step to the next. Workers of other processes still poll.
+    pub fn step_pushes(&self) -> impl Stream<Item = ()> + Unpin + Send + Sync + 'static {
+        let pushed = self.pushed_steps.clone();
+        Box::pin(futures::stream::unfold(pushed, |pushed| async move {
+            pushed.notified().await;
+            Some(((), pushed))
+        }))
+    }
+
     pub fn purge_storage(&self) -> RedisStorage<PurgeTask> {
         self.purges.clone()
     }
@@ -141,6 +158,9 @@ impl Queues {
                 .push_bulk(tasks)
                 .await
                 .map_err(|e| anyhow::anyhow!("pushing steps to Redis: {e}"))?;
+        }
+        if !tasks.is_empty() {
+            self.pushed_steps.notify_one();
         }
         Ok(())
     }

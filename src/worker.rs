@@ -5,7 +5,8 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use apalis::prelude::{
-    BackendExt, BoxDynError, Data, ParallelizeExt, WorkerBuilder, WorkerBuilderExt, WorkerError,
+    BackendExt, BoxDynError, Data, ParallelizeExt, Strategy, WorkerBuilder, WorkerBuilderExt,
+    WorkerError,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -94,7 +95,14 @@ impl Workers {
             let name = name.clone();
             supervise("steps", shutdown.clone(), move |restarts, stop| {
                 WorkerBuilder::new(format!("{name}-steps-{restarts}"))
-                    .backend(queues.step_storage().poll_with_interval(settings.poll_interval))
+                    .backend(
+                        queues.step_storage().poll_with_strategy(
+                            // Fetch as soon as this process pushed steps, else every interval.
+                            Strategy::new()
+                                .stream(queues.step_pushes())
+                                .interval(settings.poll_interval),
+                        ),
+                    )
                     .data(executor.clone())
                     .concurrency(settings.concurrency)
                     .parallelize(spawn_handler)

@@ -74,6 +74,29 @@ async fn an_api_in_another_process_wakes_the_workers_dispatcher_at_once(pool: Pg
     app.cleanup().await;
 }
 
+/// The dispatcher pushes a run's next step to Redis as the last one finishes; the step
+/// worker of the same process fetches it at once, not at its next poll, on every hop.
+#[sqlx::test]
+async fn a_step_pushed_by_this_process_is_fetched_at_once_not_at_the_next_poll(pool: PgPool) {
+    // The step worker looks on its own once an hour, and once when it starts.
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_POLL_INTERVAL", "1h")],
+        SeedOptions { users: 8, items_per_user: 10, seed: 7 },
+    )
+    .await;
+    let workers = app.start_workers();
+    let started = Instant::now();
+    let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    let run = app.wait_for_run(id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // Under a second here; 15 s when each hop waited for apalis' own wake-ups instead.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the run's steps took {took:?} to go through");
+    workers.stop().await;
+    app.cleanup().await;
+}
+
 /// Nudges every millisecond for `burst`, from a paced loop (the nudges are the load, not
 /// a wait); returns how many were sent.
 async fn nudge_for(nudge: &Notify, burst: Duration) -> u64 {
