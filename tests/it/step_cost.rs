@@ -1,7 +1,8 @@
-//! What the steps' own statements cost PostgreSQL, read from their plans: a layoff's steps
-//! must not slow down as its runs accumulate.
+//! What the steps' statements and the dispatcher's pass cost PostgreSQL: a layoff must not
+//! slow down as its runs and its dispatched steps accumulate.
 
-use offboard::steps::first_admin::first_admin;
+use offboard::{ledger::steps::DISPATCH_SQL, steps::first_admin::first_admin};
+use serde_json::Value;
 use sqlx::{Acquire, PgPool};
 
 use crate::{enqueue_cost::active_runs, helpers::TestApp};
@@ -47,4 +48,65 @@ async fn runs_read(conn: &mut sqlx::PgConnection) -> i64 {
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+/// The dispatcher's search for the companies with ready steps, after 9,800 of a company's
+/// 10,000 ready steps were dispatched (not yet vacuumed): it read through the dead index
+/// entries they left on every pass, a hundred pages and more in `bench layoff`.
+#[sqlx::test]
+async fn a_dispatch_pass_finds_the_companies_with_ready_steps_past_those_already_dispatched(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    sqlx::query(
+        "INSERT INTO offboard.steps (run_id, company_id, name, position, deps_remaining, status,
+                                     max_attempts, next_attempt_at)
+         SELECT gen_random_uuid(), $1, 'noop', 0, 0, 'ready', 8,
+                now() - interval '1 hour' + k * interval '1 ms'
+         FROM generate_series(1, 10000) k",
+    )
+    .bind(app.company.company_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("VACUUM ANALYZE offboard.steps").execute(&app.pool).await.unwrap();
+    // Dispatched as the dispatcher does, oldest first, a pass at a time.
+    for _ in 0..98 {
+        sqlx::query(
+            "UPDATE offboard.steps SET status = 'queued', queued_at = now()
+             WHERE (run_id, position) IN (
+                 SELECT run_id, position FROM offboard.steps WHERE status = 'ready'
+                 ORDER BY company_id, next_attempt_at LIMIT 100)",
+        )
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DISPATCH_SQL}");
+    let mut read = 0;
+    // The second pass: the first marks the dead entries it meets as dead.
+    for _ in 0..2 {
+        let mut tx = app.pool.begin().await.unwrap();
+        let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain.clone()))
+            .bind(100_000_i64)
+            .bind(100_000_i64)
+            .bind(16_i64)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let node = subplan(&plan[0]["Plan"], "CTE ready_companies").expect("the CTE's node");
+        read = node["Shared Hit Blocks"].as_i64().unwrap()
+            + node["Shared Read Blocks"].as_i64().unwrap();
+    }
+    assert!(read <= 10, "finding the companies with ready steps read {read} pages");
+    app.cleanup().await;
+}
+
+/// The node of a plan named `name` (a CTE or a subplan).
+fn subplan<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["Subplan Name"] == name {
+        return Some(node);
+    }
+    node["Plans"].as_array().into_iter().flatten().find_map(|c| subplan(c, name))
 }

@@ -13,6 +13,60 @@ pub struct DispatchLimits {
     pub max_in_flight_per_company: i64,
 }
 
+/// The pass (`$1` the global limit, `$2` the per-company limit, `$3` steps a task carries).
+///
+/// The companies with ready steps are found from the right end of `steps_ready_by_company`
+/// (`ORDER BY company_id DESC`): within a company the entries are in `next_attempt_at`
+/// order, and the steps dispatched since the last vacuum leave dead entries on the left,
+/// oldest first, which a probe from the left read through on every pass (a hundred pages
+/// and more during a layoff, growing with each step dispatched). From the right, a probe
+/// meets the steps that became ready last, which are still ready. Which order the companies
+/// are found in does not matter: turns decide.
+pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
+             (SELECT company_id FROM offboard.steps WHERE status = 'ready'
+              ORDER BY company_id DESC LIMIT 1)
+             UNION ALL
+             SELECT (SELECT s.company_id FROM offboard.steps s
+                     WHERE s.status = 'ready' AND s.company_id < r.company_id
+                     ORDER BY s.company_id DESC LIMIT 1)
+             FROM ready_companies r WHERE r.company_id IS NOT NULL),
+         in_flight AS (
+             SELECT company_id, count(*) AS n FROM offboard.steps
+             WHERE status IN ('queued', 'running') GROUP BY company_id),
+         room AS (
+             SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
+             FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
+         picked AS (
+             SELECT c.run_id, c.position, c.turn
+             FROM ready_companies r
+             LEFT JOIN in_flight f ON f.company_id = r.company_id
+             CROSS JOIN LATERAL (
+                 SELECT x.run_id, x.position, dense_rank() OVER (ORDER BY x.run_first) AS turn
+                 FROM (SELECT y.run_id, y.position,
+                              min(y.rank) OVER (PARTITION BY y.run_id) AS run_first
+                       FROM (SELECT s.run_id, s.position,
+                                    row_number() OVER (ORDER BY s.next_attempt_at, s.run_id, s.position) AS rank
+                             FROM offboard.steps s
+                             WHERE s.company_id = r.company_id AND s.status = 'ready'
+                               AND s.next_attempt_at <= now()
+                             ORDER BY s.next_attempt_at, s.run_id, s.position
+                             LIMIT least(greatest(0, $2 - coalesce(f.n, 0)),
+                                         (SELECT turns FROM room) * $3)) y) x) c
+             WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
+             ORDER BY c.turn, c.run_id, c.position
+             LIMIT (SELECT n FROM room)),
+         -- A step of a run that is stopping is never queued; runs an operator's cancel or
+         -- retry holds are left for the next pass (no lock waits in the dispatcher).
+         free AS (
+             SELECT r.id FROM offboard.runs r
+             WHERE r.id IN (SELECT DISTINCT run_id FROM picked)
+               AND r.status NOT IN ('canceling', 'canceled')
+             FOR SHARE OF r SKIP LOCKED)
+         UPDATE offboard.steps s SET status = 'queued', queued_at = now()
+         FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
+           AND s.status = 'ready' AND p.run_id IN (SELECT id FROM free)
+         RETURNING s.run_id, s.position, s.attempts, p.turn";
+
 /// `ready -> queued` for the steps that may start now, within the global and per-company
 /// limits, taking companies in turn. A turn is one task: the ready steps of the company's
 /// oldest run with any (see [`into_tasks`]), so a run's steps that became ready together
@@ -59,57 +113,12 @@ pub async fn dispatch_ready(
     if !locked {
         return Ok(Vec::new());
     }
-    let picked: Vec<Dispatched> = sqlx::query_as(
-        "WITH RECURSIVE ready_companies AS (
-             (SELECT company_id FROM offboard.steps WHERE status = 'ready'
-              ORDER BY company_id LIMIT 1)
-             UNION ALL
-             SELECT (SELECT s.company_id FROM offboard.steps s
-                     WHERE s.status = 'ready' AND s.company_id > r.company_id
-                     ORDER BY s.company_id LIMIT 1)
-             FROM ready_companies r WHERE r.company_id IS NOT NULL),
-         in_flight AS (
-             SELECT company_id, count(*) AS n FROM offboard.steps
-             WHERE status IN ('queued', 'running') GROUP BY company_id),
-         room AS (
-             SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
-             FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
-         picked AS (
-             SELECT c.run_id, c.position, c.turn
-             FROM ready_companies r
-             LEFT JOIN in_flight f ON f.company_id = r.company_id
-             CROSS JOIN LATERAL (
-                 SELECT x.run_id, x.position, dense_rank() OVER (ORDER BY x.run_first) AS turn
-                 FROM (SELECT y.run_id, y.position,
-                              min(y.rank) OVER (PARTITION BY y.run_id) AS run_first
-                       FROM (SELECT s.run_id, s.position,
-                                    row_number() OVER (ORDER BY s.next_attempt_at, s.run_id, s.position) AS rank
-                             FROM offboard.steps s
-                             WHERE s.company_id = r.company_id AND s.status = 'ready'
-                               AND s.next_attempt_at <= now()
-                             ORDER BY s.next_attempt_at, s.run_id, s.position
-                             LIMIT least(greatest(0, $2 - coalesce(f.n, 0)),
-                                         (SELECT turns FROM room) * $3)) y) x) c
-             WHERE r.company_id IS NOT NULL AND c.turn <= (SELECT turns FROM room)
-             ORDER BY c.turn, c.run_id, c.position
-             LIMIT (SELECT n FROM room)),
-         -- A step of a run that is stopping is never queued; runs an operator's cancel or
-         -- retry holds are left for the next pass (no lock waits in the dispatcher).
-         free AS (
-             SELECT r.id FROM offboard.runs r
-             WHERE r.id IN (SELECT DISTINCT run_id FROM picked)
-               AND r.status NOT IN ('canceling', 'canceled')
-             FOR SHARE OF r SKIP LOCKED)
-         UPDATE offboard.steps s SET status = 'queued', queued_at = now()
-         FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
-           AND s.status = 'ready' AND p.run_id IN (SELECT id FROM free)
-         RETURNING s.run_id, s.position, s.attempts, p.turn",
-    )
-    .bind(limits.max_in_flight)
-    .bind(limits.max_in_flight_per_company)
-    .bind(MAX_STEPS_PER_TASK as i64)
-    .fetch_all(&mut *tx)
-    .await?;
+    let picked: Vec<Dispatched> = sqlx::query_as(DISPATCH_SQL)
+        .bind(limits.max_in_flight)
+        .bind(limits.max_in_flight_per_company)
+        .bind(MAX_STEPS_PER_TASK as i64)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     let mut picked = picked;
     picked.sort_by_key(|d| (d.turn, d.run_id, d.position));

@@ -22,7 +22,9 @@ use uuid::Uuid;
 use crate::domain::{Action, RunStatus, StepKey, StepStatus};
 
 pub use self::{
-    dispatch::{DispatchLimits, Dispatched, MAX_STEPS_PER_TASK, dispatch_ready, into_tasks},
+    dispatch::{
+        DISPATCH_SQL, DispatchLimits, Dispatched, MAX_STEPS_PER_TASK, dispatch_ready, into_tasks,
+    },
     failure::{Failure, defer, fail, stop_canceled},
     group::{Completed, Completions, GoesOn, claim_locked, complete_many, lock_queued},
     leases::{reap_expired_leases, renew_leases, take_stale_queued},
