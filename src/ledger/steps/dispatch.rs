@@ -37,7 +37,7 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
              SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
              FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
          picked AS (
-             SELECT c.run_id, c.position, c.turn
+             SELECT c.run_id, c.position, c.turn, 'ready'::text AS status
              FROM ready_companies r
              LEFT JOIN in_flight f ON f.company_id = r.company_id
              CROSS JOIN LATERAL (
@@ -62,9 +62,12 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
              WHERE r.id IN (SELECT DISTINCT run_id FROM picked)
                AND r.status NOT IN ('canceling', 'canceled')
              FOR SHARE OF r SKIP LOCKED)
+         -- Still ready (another writer may have changed the step since this statement's
+         -- snapshot), said as `s.status = p.status`, which no partial index matches: the
+         -- update finds each picked step by its key, whatever the statistics say.
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
-           AND s.status = 'ready' AND p.run_id IN (SELECT id FROM free)
+           AND s.status = p.status AND p.run_id IN (SELECT id FROM free)
          RETURNING s.run_id, s.position, s.attempts, p.turn";
 
 /// `ready -> queued` for the steps that may start now, within the global and per-company
