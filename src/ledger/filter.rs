@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::{Action, RunStatus, StepStatus};
+
 /// Runs by company, user, status, action, a step in a given state, creation time, run id
 /// prefix or suffix and batch. Every field is optional; together they all must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,15 +16,15 @@ pub struct RunFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<Action>,
     /// A step of the run by name (with `step_status`: in that state).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Some step of the run (or the `step`) in this state.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub step_status: Option<String>,
+    pub step_status: Option<StepStatus>,
     /// Created at or after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_after: Option<DateTime<Utc>>,
@@ -65,10 +67,10 @@ macro_rules! bind_filter {
         $query
             .bind(f.company_id)
             .bind(f.user_id)
-            .bind(f.status.as_deref())
-            .bind(f.action.as_deref())
+            .bind(f.status)
+            .bind(f.action)
             .bind(f.step.as_deref())
-            .bind(f.step_status.as_deref())
+            .bind(f.step_status)
             .bind(f.created_after)
             .bind(f.created_before)
             .bind(f.id_prefix.as_deref())
@@ -96,6 +98,23 @@ pub fn short_id(id: Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bulk operation stores its filter as JSON and its worker reads it back: the words
+    /// stored before the filter held enums still read, and are written the same way.
+    #[test]
+    fn a_stored_filter_reads_back_as_typed_words_and_writes_the_same_json() {
+        let stored = serde_json::json!({
+            "company_id": 7, "status": "failed", "action": "deactivate_and_delete",
+            "step": "uninstall_apps", "step_status": "dead"
+        });
+        let filter: RunFilter = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(filter.status, Some(RunStatus::Failed));
+        assert_eq!(filter.action, Some(Action::DeactivateAndDelete));
+        assert_eq!(filter.step_status, Some(StepStatus::Dead));
+        assert_eq!(serde_json::to_value(&filter).unwrap(), stored);
+        let typo = serde_json::json!({"status": "faild"});
+        assert!(serde_json::from_value::<RunFilter>(typo).is_err());
+    }
 
     #[test]
     fn id_fragments_are_hex_without_dashes() {

@@ -117,12 +117,19 @@ fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 impl FilterBody {
     /// The filter, its values checked. Errors name the field.
     pub fn validate(self) -> Result<RunFilter, FieldError> {
-        let one_of = |name: &str, value: Option<String>, allowed: &[&str]| match value {
-            Some(v) if !allowed.contains(&v.as_str()) => {
-                Err(FieldError::new(name, format!("must be one of {}", allowed.join(", "))))
-            }
-            v => Ok(v),
-        };
+        fn one_of<T: std::str::FromStr>(
+            name: &str,
+            value: Option<String>,
+            allowed: &[&str],
+        ) -> Result<Option<T>, FieldError> {
+            value
+                .map(|v| {
+                    v.parse::<T>().map_err(|_| {
+                        FieldError::new(name, format!("must be one of {}", allowed.join(", ")))
+                    })
+                })
+                .transpose()
+        }
         let time = |name: &str, value: Option<String>| {
             value
                 .map(|v| {
@@ -145,12 +152,11 @@ impl FilterBody {
         {
             return Err(FieldError::new("step", "is not a step name (e.g. uninstall_apps)"));
         }
-        let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
         Ok(RunFilter {
             company_id: self.company_id,
             user_id: self.user_id,
             status: one_of("status", self.status, &RUN_STATUSES)?,
-            action: one_of("action", self.action, &actions)?,
+            action: one_of("action", self.action, &Action::NAMES)?,
             step: self.step,
             step_status: one_of("step_status", self.step_status, &STEP_STATUSES)?,
             created_after: time("created_after", self.created_after)?,
