@@ -314,6 +314,7 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
       (await Promise.all(bulkRuns.map((id) => page.$(`#runs tr[data-run-id="${id}"]`)))).every(Boolean));
     const tail = await page.textContent(`#runs tr[data-run-id="${bulkRuns[0]}"] code`);
     assert.equal(tail, `…${bulkRuns[0].replace(/-/g, '').slice(-12)}`, 'the id column shows the tail');
+    assert.ok(await page.isHidden('#bulk-confirm'), 'no confirmation is shown before one is asked for');
     await page.click('#bulk-retry-filter');
     const confirmText = await (await page.waitForSelector('#bulk-confirm', { state: 'visible', timeout: WAIT_MS })).textContent();
     assert.match(confirmText, /Retry the dead steps of 3 runs matching .*step=stop_syncs/, confirmText);
