@@ -72,19 +72,10 @@ async fn a_dispatch_pass_finds_the_companies_with_ready_steps_past_those_already
         .await
         .unwrap();
     }
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DISPATCH_SQL}");
     let mut read = 0;
     // The second pass: the first marks the dead entries it meets as dead.
     for _ in 0..2 {
-        let mut tx = app.pool.begin().await.unwrap();
-        let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain.clone()))
-            .bind(100_000_i64)
-            .bind(100_000_i64)
-            .bind(16_i64)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        tx.rollback().await.unwrap();
+        let plan = explained_pass(&app, 100_000).await;
         let node = subplan(&plan[0]["Plan"], "CTE ready_companies").expect("the CTE's node");
         read = node["Shared Hit Blocks"].as_i64().unwrap()
             + node["Shared Read Blocks"].as_i64().unwrap();
@@ -103,19 +94,26 @@ async fn a_dispatch_pass_updates_the_steps_it_picked_by_key_not_by_reading_every
     let app = TestApp::new(pool).await;
     sqlx::raw_sql("VACUUM ANALYZE offboard.steps").execute(&app.pool).await.unwrap();
     ready_steps(&app, 3_000).await;
+    let plan = explained_pass(&app, 100).await;
+    let read = target_rows(&plan[0]["Plan"]);
+    assert!(read <= 100, "the update read {read} steps to queue at most 100: {plan:#}");
+    app.cleanup().await;
+}
+
+/// A dispatcher pass with `limit` as both its global and per-company limit, as PostgreSQL
+/// ran it (`EXPLAIN ANALYZE`), rolled back.
+async fn explained_pass(app: &TestApp, limit: i64) -> Value {
     let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DISPATCH_SQL}");
     let mut tx = app.pool.begin().await.unwrap();
     let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain))
-        .bind(100_i64)
-        .bind(100_i64)
+        .bind(limit)
+        .bind(limit)
         .bind(16_i64)
         .fetch_one(&mut *tx)
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    let read = target_rows(&plan[0]["Plan"]);
-    assert!(read <= 100, "the update read {read} steps to queue at most 100: {plan:#}");
-    app.cleanup().await;
+    plan
 }
 
 /// Rows the update's scans of its target (`steps s`) returned, over all their loops.
