@@ -9,8 +9,6 @@ mod bench;
 mod chaos;
 mod throwaway;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
 use offboard::{app, config::Settings};
 
@@ -30,38 +28,7 @@ struct Cli {
 enum Command {
     /// The fault suite: worker processes SIGKILLed, Redis flushed and restarted, PostgreSQL
     /// restarted while runs go on; exits non-zero if anything was lost or doubled.
-    Chaos {
-        /// Runs to request, over every action.
-        #[arg(long, default_value_t = 240)]
-        runs: usize,
-        /// How long faults are injected (e.g. 90s, 2m).
-        #[arg(long, default_value = "90s", value_parser = duration_arg)]
-        duration: Duration,
-        /// After the faults, how long runs may take to finish before they count as lost.
-        #[arg(long, default_value = "3m", value_parser = duration_arg)]
-        settle: Duration,
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        #[arg(long, default_value_t = 120)]
-        users: usize,
-        #[arg(long, default_value_t = 4000)]
-        items_per_user: usize,
-        /// Rows per reassignment transaction in the workers (small, so kills land mid-step).
-        #[arg(long, default_value_t = 5)]
-        reassign_batch: i64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Leave shared services alone: flush only the suite's Redis keys, cut only its
-        /// PostgreSQL connections, never restart Redis or PostgreSQL.
-        #[arg(long)]
-        no_service_restarts: bool,
-        /// The suite's own database, dropped and recreated (its name must contain "chaos").
-        #[arg(long, default_value = "offboard_chaos")]
-        database: String,
-        /// Keep the database after a passing run too.
-        #[arg(long)]
-        keep_database: bool,
-    },
+    Chaos(ChaosOptions),
     /// Measure throughput against baselines, in throwaway databases (use a release build).
     Bench {
         #[arg(value_enum)]
@@ -88,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let filter = match cli.command {
         // The suite's own API logs what the faults provoke; its report says what matters.
-        Command::Chaos { .. } => "error,sqlx=off",
+        Command::Chaos(_) => "error,sqlx=off",
         // Bulk statements of a benchmark are slow on purpose.
         Command::Bench { .. } => "warn,sqlx=error",
         Command::Worker | Command::Api | Command::Serve => app::DEFAULT_LOG_FILTER,
@@ -101,32 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { scenario, scale } => {
             bench::run(&settings, scenario, BenchOptions { scale }).await
         }
-        Command::Chaos {
-            runs,
-            duration,
-            settle,
-            workers,
-            users,
-            items_per_user,
-            reassign_batch,
-            seed,
-            no_service_restarts,
-            database,
-            keep_database,
-        } => {
-            let options = ChaosOptions {
-                runs,
-                duration,
-                settle,
-                workers,
-                users,
-                items_per_user,
-                reassign_batch,
-                seed,
-                service_restarts: !no_service_restarts,
-                database,
-                keep_database,
-            };
+        Command::Chaos(options) => {
             let report = chaos::run(settings, options).await?;
             println!("{report}");
             if !report.passed() {
@@ -135,8 +77,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn duration_arg(raw: &str) -> Result<Duration, String> {
-    offboard::config::parse_duration(raw).map_err(|e| e.to_string())
 }

@@ -25,7 +25,7 @@ use super::{
     store::owned_by,
     targets::deactivate_a_target,
 };
-use offboard::domain::{ItemType, RunStatus};
+use offboard::domain::{Action, ItemType, RunStatus};
 
 /// Runs in flight at once at most.
 const MAX_RUNS_IN_FLIGHT: usize = 40;
@@ -196,7 +196,7 @@ pub async fn drive(
             let seq = records.len();
             match request(api, ledger, &step, company_id, actor, seq).await {
                 Ok(record) => {
-                    if record.step.action == "deactivate"
+                    if record.step.action == Action::Deactivate
                         && record.step.plan.is_some()
                         && rng.random_ratio(1, CANCEL_ONE_IN)
                     {

@@ -73,7 +73,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     let database_url = with_database(&settings.database_url, &options.database)?;
     let prefix = format!("offboard-chaos-{}", &Uuid::new_v4().simple().to_string()[..12]);
     let services =
-        Services::new(&settings.redis_url, &prefix, &options.database, options.service_restarts)?;
+        Services::new(&settings.redis_url, &prefix, &options.database, options.service_restarts())?;
 
     // A fresh database each time; `app::Services::connect` creates and migrates it.
     drop_database(&database_url, &options.database).await?;
@@ -215,7 +215,7 @@ pub async fn run(settings: Settings, options: ChaosOptions) -> anyhow::Result<Re
     findings.broken.extend(broken_hooks);
     let mut runs_by_action = BTreeMap::new();
     for record in &records {
-        *runs_by_action.entry(record.step.action).or_default() += 1;
+        *runs_by_action.entry(record.step.action.as_str()).or_default() += 1;
     }
 
     shutdown.trigger();

@@ -66,7 +66,7 @@ impl fmt::Display for Report {
         let o = &self.options;
         let s = &self.faults;
         let t = &self.tally;
-        let mode = if o.service_restarts {
+        let mode = if o.service_restarts() {
             "real Redis/PostgreSQL restarts, FLUSHALL"
         } else {
             "no service restarts: own keys flushed, own connections cut"
@@ -101,9 +101,9 @@ impl fmt::Display for Report {
             s.worker_processes_started,
             s.worker_exits
         )?;
-        let flush = if o.service_restarts { "FLUSHALL" } else { "own keys deleted" };
+        let flush = if o.service_restarts() { "FLUSHALL" } else { "own keys deleted" };
         writeln!(f, "  flushes    {} ({flush})", s.flushes)?;
-        if o.service_restarts {
+        if o.service_restarts() {
             writeln!(
                 f,
                 "  restarts   Redis {}, PostgreSQL {}",

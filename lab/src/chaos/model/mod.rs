@@ -16,13 +16,13 @@ pub use self::{
     ledger::{Ledger, Promise},
     plan::Plan,
 };
-use offboard::domain::UserStatus;
+use offboard::domain::{Action, UserStatus};
 
 /// One run the suite will request.
 #[derive(Clone, Debug)]
 pub struct Step {
     pub user: i64,
-    pub action: &'static str,
+    pub action: Action,
     pub plan: Option<Plan>,
     /// Redaction: the new display name (never personal data: it names an id) and whether
     /// the picture goes.
@@ -33,10 +33,10 @@ pub struct Step {
 impl Step {
     pub fn status_after(&self, before: UserStatus) -> UserStatus {
         match self.action {
-            "deactivate" => UserStatus::Deactivated,
-            "delete" | "deactivate_and_delete" => UserStatus::Deleted,
-            "reactivate" => UserStatus::Active,
-            _ => before,
+            Action::Deactivate => UserStatus::Deactivated,
+            Action::Delete | Action::DeactivateAndDelete => UserStatus::Deleted,
+            Action::Reactivate => UserStatus::Active,
+            Action::Redact | Action::UndoTransfer => before,
         }
     }
 
@@ -51,7 +51,7 @@ impl Step {
         if let Some(plan) = &self.plan {
             body["transfer"] = plan.to_json();
         }
-        if self.action == "redact" {
+        if self.action == Action::Redact {
             if let Some(name) = &self.display_name {
                 body["display_name"] = json!(name);
             }
@@ -84,14 +84,14 @@ pub fn scripts(
                 UserStatus::Deleted => continue,
                 UserStatus::Active if rng.random_bool(0.75) => Step {
                     user,
-                    action: "deactivate",
+                    action: Action::Deactivate,
                     plan: rng.random_bool(0.85).then(|| Plan::random(rng, targets)),
                     display_name: None,
                     remove_picture: false,
                 },
                 UserStatus::Active => Step {
                     user,
-                    action: "deactivate_and_delete",
+                    action: Action::DeactivateAndDelete,
                     plan: Some(Plan::random(rng, targets)),
                     display_name: None,
                     remove_picture: false,
@@ -99,7 +99,7 @@ pub fn scripts(
                 UserStatus::Deactivated => match rng.random_range(0..10) {
                     0..4 => Step {
                         user,
-                        action: "reactivate",
+                        action: Action::Reactivate,
                         plan: None,
                         display_name: None,
                         remove_picture: false,
@@ -108,7 +108,7 @@ pub fn scripts(
                         let rename = rng.random_bool(0.7);
                         Step {
                             user,
-                            action: "redact",
+                            action: Action::Redact,
                             plan: None,
                             display_name: rename.then(|| format!("Former colleague {user}")),
                             remove_picture: !rename || rng.random_bool(0.5),
@@ -116,7 +116,7 @@ pub fn scripts(
                     }
                     _ => Step {
                         user,
-                        action: "delete",
+                        action: Action::Delete,
                         plan: rng.random_bool(0.5).then(|| Plan::random(rng, targets)),
                         display_name: None,
                         remove_picture: false,
@@ -152,7 +152,7 @@ mod tests {
             let mut status = UserStatus::Active;
             for step in script {
                 let needs = match step.action {
-                    "deactivate" | "deactivate_and_delete" => UserStatus::Active,
+                    Action::Deactivate | Action::DeactivateAndDelete => UserStatus::Active,
                     _ => UserStatus::Deactivated,
                 };
                 assert_eq!(status, needs, "{script:?}");

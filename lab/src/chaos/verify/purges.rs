@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Findings, Input, Tally};
 use crate::chaos::store::private_emails;
-use offboard::domain::{FiredBy, PurgeStatus};
+use offboard::domain::{Action, FiredBy, PurgeStatus};
 
 #[derive(sqlx::FromRow)]
 struct PurgeRow {
@@ -47,7 +47,8 @@ pub async fn check(
         }
     }
     for (k, record) in input.records.iter().enumerate() {
-        let deactivates = matches!(record.step.action, "deactivate" | "deactivate_and_delete");
+        let deactivates =
+            matches!(record.step.action, Action::Deactivate | Action::DeactivateAndDelete);
         if !deactivates || unpredictable.contains(&record.user) {
             continue;
         }
@@ -71,7 +72,7 @@ pub async fn check(
         // purge: exact whatever the commit order of the purge and the reactivation.
         let canceled = input.records[k + 1..]
             .iter()
-            .find(|r| r.user == record.user && r.step.action == "reactivate")
+            .find(|r| r.user == record.user && r.step.action == Action::Reactivate)
             .map(|r| canceled_by.get(&r.id).copied().unwrap_or(0));
         match (purge.status, canceled) {
             // Fired before a reactivation came (the retention had passed), or canceled by it.

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::{Findings, Input};
 use crate::chaos::RunRecord;
-use offboard::domain::UserStatus;
+use offboard::domain::{Action, UserStatus};
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -60,7 +60,7 @@ pub async fn check(
                 "user {} is {}; its last run ({}) should have left it {}",
                 user.id,
                 user.status,
-                runs.last().map_or("none", |r| r.step.action),
+                runs.last().map_or("none", |r| r.step.action.as_str()),
                 expected
             );
             if user.status == before {
@@ -89,7 +89,7 @@ pub async fn check(
         }
         // The last redaction stands unless a deletion erased everything after it.
         if expected != UserStatus::Deleted
-            && let Some(redaction) = runs.iter().rev().find(|r| r.step.action == "redact")
+            && let Some(redaction) = runs.iter().rev().find(|r| r.step.action == Action::Redact)
         {
             if let Some(name) = &redaction.step.display_name
                 && user.name.as_deref() != Some(name.as_str())
