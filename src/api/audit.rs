@@ -240,7 +240,7 @@ fn csv_chunk(rows: &[AuditRow], header: bool) -> Bytes {
                 row.user_id.to_string(),
                 row.action.to_string(),
                 row.status.to_string(),
-                row.actor.clone(),
+                row.actor.to_string(),
                 row.approver_user_id.map(|id| id.to_string()).unwrap_or_default(),
                 row.event.map(|kind| kind.to_string()).unwrap_or_default(),
                 row.step.clone().unwrap_or_default(),

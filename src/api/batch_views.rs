@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    domain::{BatchFormat, BatchStatus},
+    domain::{Actor, BatchFormat, BatchStatus},
     ledger::batches::{self, BatchRow},
 };
 
@@ -52,7 +52,7 @@ pub struct BatchView {
     pub format: BatchFormat,
     pub all_or_nothing: bool,
     /// `token:operator` or `token:company-<id>`.
-    pub submitted_by: String,
+    pub submitted_by: Actor,
     pub rows_total: i32,
     /// Rows that became runs.
     pub rows_accepted: i32,

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     crm::provisioning,
-    domain::OffboardingPolicy,
+    domain::{Actor, OffboardingPolicy, Service},
     ledger::{
         policies::{self, StoredPolicy},
         runs,
@@ -52,7 +52,7 @@ fn view(company_id: i64, actor: i64, stored: StoredPolicy) -> PolicyView {
         actor: ServiceActorView {
             kind: "service".into(),
             user_id: actor,
-            requested_by: "service:scim".into(),
+            requested_by: Actor::Service(Service::Scim),
         },
         updated_at: stored.updated_at,
         updated_by: stored.updated_by,

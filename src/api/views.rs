@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Action, RunStatus, StepStatus},
+    domain::{Action, Actor, RunStatus, StepStatus},
     ledger::runs::{EventRow, PurgeRow, RunDetail, RunSummary},
 };
 
@@ -57,8 +57,9 @@ pub struct RunView {
     /// awaiting_approval, expired, rejected).
     pub status: RunStatus,
     pub actor_user_id: i64,
-    /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started.
-    pub requested_by: String,
+    /// `user:<actor_user_id>`, or `service:scim` for a run an identity provider started,
+    /// `service:policy` for a deletion the company's policy scheduled.
+    pub requested_by: Actor,
     /// When a scheduled run starts (or started); null for a run that started at once.
     pub effective_at: Option<DateTime<Utc>>,
     /// While `awaiting_approval`: until when a second admin may approve it (then it is
@@ -200,7 +201,7 @@ impl From<&RunDetail> for RunView {
             action: run.action,
             status: run.status,
             actor_user_id: run.actor_user_id,
-            requested_by: run.requested_by.clone(),
+            requested_by: run.requested_by,
             effective_at: run.effective_at,
             approval_expires_at: run.approval_expires_at,
             approver_user_id: run.approver_user_id,
@@ -266,5 +267,5 @@ pub struct ServiceActorView {
     /// The service actor's user id: the runs' `actor_user_id`.
     pub user_id: i64,
     /// How runs and their history name it: `service:scim`.
-    pub requested_by: String,
+    pub requested_by: Actor,
 }

@@ -20,6 +20,7 @@ pub(crate) use debug_without_personal_data;
 mod text_enum;
 
 pub mod action;
+pub mod actor;
 pub mod audit;
 pub mod batch;
 pub mod bulk;
@@ -39,6 +40,7 @@ pub mod webhook;
 pub mod wire;
 
 pub use action::Action;
+pub use actor::{Actor, Service};
 pub use audit::AuditRecord;
 pub use batch::{BatchFormat, BatchStatus};
 pub use bulk::{BulkKind, BulkStatus};

@@ -13,7 +13,7 @@ use super::{
     runs::{self, OperatorRefusal},
     scheduled::{self, Start},
 };
-use crate::domain::RunStatus;
+use crate::domain::{Actor, RunStatus};
 
 /// What the second admin says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub async fn decide(
     if decision == Decision::Approve && approver == requester {
         return Ok(Err(Refusal::Requester));
     }
-    let actor = format!("user:{approver}");
+    let actor = Actor::User(approver);
     let decided = match decision {
         Decision::Reject => {
             sqlx::query(
@@ -104,7 +104,7 @@ pub async fn decide(
             )
             .bind(run_id)
             .bind(approver)
-            .bind(&actor)
+            .bind(actor)
             .execute(&mut *tx)
             .await?;
             Decided { status: RunStatus::Rejected, error_code: None }
@@ -117,7 +117,7 @@ pub async fn decide(
             )
             .bind(run_id)
             .bind(approver)
-            .bind(&actor)
+            .bind(actor)
             .execute(&mut *tx)
             .await?;
             if due_later {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{Action, AuditRecord, RunEventKind, RunStatus};
+use crate::domain::{Action, Actor, AuditRecord, RunEventKind, RunStatus};
 
 /// One row of the export: a run (`record = "run"`) or one entry of a run's history
 /// (`record = "event"`).
@@ -24,9 +24,8 @@ pub struct AuditRow {
     pub action: Action,
     /// The run's status now (for an event row too).
     pub status: RunStatus,
-    /// Who asked for the run (`user:<id>`, `service:scim`, `service:policy`), or who
-    /// made the history entry (`system`, `token:operator`, …).
-    pub actor: String,
+    /// Who asked for the run, or who made the history entry.
+    pub actor: Actor,
     /// The admin who approved or rejected the run.
     pub approver_user_id: Option<i64>,
     /// The batch (`POST /v1/offboarding-batches`) the run came from.

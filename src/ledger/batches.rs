@@ -8,13 +8,13 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{BatchFormat, BatchStatus};
+use crate::domain::{Actor, BatchFormat, BatchStatus};
 
 /// A batch to record.
 #[derive(Debug, Clone)]
 pub struct NewBatch<'a> {
     pub id: Uuid,
-    pub submitted_by: &'a str,
+    pub submitted_by: Actor,
     pub company_scope: Option<i64>,
     pub format: BatchFormat,
     pub all_or_nothing: bool,
@@ -122,7 +122,7 @@ fn without_nul(value: &Value) -> Value {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BatchRow {
     pub id: Uuid,
-    pub submitted_by: String,
+    pub submitted_by: Actor,
     pub company_scope: Option<i64>,
     pub companies: Vec<i64>,
     pub format: BatchFormat,
@@ -232,7 +232,7 @@ mod tests {
     fn batch(total: i64, finished: i64, started_ago: Option<i64>, now: DateTime<Utc>) -> BatchRow {
         BatchRow {
             id: Uuid::nil(),
-            submitted_by: "token:operator".into(),
+            submitted_by: Actor::Operator,
             company_scope: None,
             companies: vec![1],
             format: BatchFormat::Csv,

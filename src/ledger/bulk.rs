@@ -20,6 +20,7 @@ use super::{
     runs,
 };
 
+use crate::domain::Actor;
 pub use crate::domain::{BulkKind, BulkStatus};
 
 /// The runs the action applies to, beyond the filter: a retry takes runs with a dead
@@ -69,7 +70,7 @@ pub async fn count<'e>(
 pub struct BulkOperation {
     pub id: Uuid,
     pub kind: BulkKind,
-    pub operator: String,
+    pub operator: Actor,
     pub filter: Value,
     pub company_scope: Option<i64>,
     pub status: BulkStatus,
@@ -97,7 +98,7 @@ pub async fn create(
     kind: BulkKind,
     filter: &RunFilter,
     company_scope: Option<i64>,
-    operator: &str,
+    operator: Actor,
 ) -> Result<BulkOperation, sqlx::Error> {
     let sql = format!(
         "INSERT INTO offboard.bulk_operations (id, kind, operator, filter, company_scope, created_at, matched)
@@ -195,7 +196,7 @@ pub async fn run_chunk(
     #[derive(sqlx::FromRow)]
     struct Held {
         kind: BulkKind,
-        operator: String,
+        operator: Actor,
         filter: Value,
         company_scope: Option<i64>,
         created_at: DateTime<Utc>,
@@ -242,10 +243,10 @@ pub async fn run_chunk(
     for &run_id in &chunk {
         let acted = match kind {
             BulkKind::Retry => {
-                runs::retry_locked(&mut tx, run_id, &held.operator, detail.clone()).await?
+                runs::retry_locked(&mut tx, run_id, held.operator, detail.clone()).await?
             }
             BulkKind::Cancel => {
-                runs::cancel_locked(&mut tx, run_id, &held.operator, detail.clone()).await?;
+                runs::cancel_locked(&mut tx, run_id, held.operator, detail.clone()).await?;
                 1
             }
         };

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::runs::record_event;
 use crate::{
-    domain::{RunEventKind, RunStatus, StepStatus},
+    domain::{Actor, RunEventKind, RunStatus, StepStatus},
     steps::StepKind,
 };
 
@@ -37,7 +37,7 @@ pub async fn restart_from(
     run_id: Uuid,
     company: Option<i64>,
     step: &str,
-    actor: &str,
+    actor: Actor,
 ) -> Result<Result<Vec<String>, RestartRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let status: Option<RunStatus> = sqlx::query_scalar(

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::filter::FILTER_SQL;
 pub use super::filter::RunFilter;
 use crate::{
-    domain::{Action, FiredBy, PurgeStatus, RunEventKind, RunStatus, StepStatus},
+    domain::{Action, Actor, FiredBy, PurgeStatus, RunEventKind, RunStatus, StepStatus},
     steps::StepSpec,
 };
 
@@ -194,7 +194,7 @@ pub async fn record_event<'e>(
     run_id: Uuid,
     kind: RunEventKind,
     step: Option<&str>,
-    actor: &str,
+    actor: Actor,
     detail: Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO offboard.run_events (run_id, kind, step, actor, detail) VALUES ($1, $2, $3, $4, $5)")
@@ -227,7 +227,7 @@ pub struct RunRow {
     pub error_message: Option<String>,
     /// Who asked, as the history names it: `user:<actor_user_id>`, or `service:scim` for a
     /// run an identity provider started (its actor is the company's service actor).
-    pub requested_by: String,
+    pub requested_by: Actor,
     /// When a scheduled run starts.
     pub effective_at: Option<DateTime<Utc>>,
     /// Until when a run awaiting approval may be approved.
@@ -260,15 +260,13 @@ pub struct StepRow {
     pub last_error_message: Option<String>,
 }
 
-/// One entry of a run's history; `actor` is `user:<id>`, `service:scim` (an identity
-/// provider, through the company's service actor), `token:operator`, `token:company-<id>`
-/// or `system`.
+/// One entry of a run's history, with who acted ([`Actor`]).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub at: DateTime<Utc>,
     pub kind: RunEventKind,
     pub step: Option<String>,
-    pub actor: String,
+    pub actor: Actor,
     #[schema(value_type = Object)]
     pub detail: Value,
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::runs::{self, NewRun, OperatorRefusal};
 use crate::{
-    domain::{Action, RunStatus, UserStatus},
+    domain::{Action, Actor, RunStatus, Service, UserStatus},
     steps::StepSpec,
 };
 
@@ -191,7 +191,7 @@ pub async fn reschedule(
     run_id: Uuid,
     company: Option<i64>,
     at: DateTime<Utc>,
-    actor: &str,
+    actor: Actor,
 ) -> Result<Result<(), OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     match runs::lock_for_operator(&mut tx, run_id, company).await? {
@@ -248,7 +248,7 @@ pub async fn schedule_deletion_after(
         user_id,
         action: Action::Delete,
         plan: json!({}),
-        params: json!({"started_by": "policy"}),
+        params: json!({"started_by": Service::Policy}),
         actor_user_id,
         idempotency_key: None,
         steps,

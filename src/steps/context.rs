@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     config::StepSettings,
-    domain::{Action, CompanyId, TransferPlan, UserId},
+    domain::{Action, CompanyId, Service, TransferPlan, UserId},
 };
 
 /// Action parameters stored with the run. Only ids and flags, except a redaction's new
@@ -20,10 +20,10 @@ pub struct RunParams {
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_picture: bool,
-    /// `scim` when an identity provider started the run (its actor is then the company's
-    /// service actor); absent for the host's requests.
+    /// What started the run on someone's behalf: an identity provider (its actor is then
+    /// the company's service actor) or the company's policy; absent for the host's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_by: Option<String>,
+    pub started_by: Option<Service>,
     /// An undo: the run whose transfer it gives back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo_of: Option<Uuid>,

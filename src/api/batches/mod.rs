@@ -135,14 +135,9 @@ pub async fn cancel(
         .ok_or_else(|| ApiError::not_found("batch"))?;
     let filter =
         RunFilter { batch_id: Some(id), company_id: caller.company_scope, ..RunFilter::default() };
-    let op = bulk::create(
-        &app.pool,
-        BulkKind::Cancel,
-        &filter,
-        caller.company_scope,
-        &operator(&caller),
-    )
-    .await?;
+    let op =
+        bulk::create(&app.pool, BulkKind::Cancel, &filter, caller.company_scope, operator(&caller))
+            .await?;
     tracing::info!(batch_id = %id, bulk_operation = %op.id, matched = op.matched, "batch cancel recorded");
     let location = HeaderValue::from_str(&format!("/v1/bulk-operations/{}", op.id)).expect("ascii");
     let mut response = (StatusCode::ACCEPTED, Json(BulkOperationView::from(op))).into_response();

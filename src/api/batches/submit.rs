@@ -114,7 +114,7 @@ pub async fn create(
     let submitted_by = operator(&caller);
     let new = NewBatch {
         id: Uuid::now_v7(),
-        submitted_by: &submitted_by,
+        submitted_by,
         company_scope: caller.company_scope,
         format,
         all_or_nothing: parsed.all_or_nothing,

@@ -18,7 +18,9 @@ use super::{
 };
 use crate::{
     crm::users,
-    domain::{Action, FieldError, OffboardingRequest, Origin, RunStatus, TransferPlan, UserId},
+    domain::{
+        Action, FieldError, OffboardingRequest, Origin, RunStatus, Service, TransferPlan, UserId,
+    },
     ledger::{
         idempotency,
         runs::{self, Clearance, NewRun},
@@ -152,7 +154,7 @@ fn run_params(request: &OffboardingRequest) -> RunParams {
         params.remove_picture = redaction.remove_picture;
     }
     if request.origin == Origin::IdentityProvider {
-        params.started_by = Some("scim".into());
+        params.started_by = Some(Service::Scim);
     }
     params
 }

@@ -70,7 +70,7 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<Retried>, ApiError> {
     let id = parse_run_id(&id)?;
-    match runs::retry(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
+    match runs::retry(&app.pool, id, caller.company_scope, operator(&caller)).await? {
         Ok(revived) => {
             app.nudge.notify_one();
             tracing::info!(run_id = %id, steps = revived, "dead steps retried by an operator");
@@ -116,7 +116,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Canceled>, ApiError> {
     let id = parse_run_id(&id)?;
-    match runs::cancel(&app.pool, id, caller.company_scope, &operator(&caller)).await? {
+    match runs::cancel(&app.pool, id, caller.company_scope, operator(&caller)).await? {
         Ok(done) => {
             tracing::info!(run_id = %id, steps = done.steps_canceled, running = done.steps_running,
                            status = %done.status, "run canceled by an operator");
@@ -167,8 +167,7 @@ pub async fn reschedule(
         wire::from_json(&body, "must be a JSON object").map_err(ApiError::invalid_request)?;
     let at =
         check_effective_at(body.effective_at, Utc::now()).map_err(ApiError::invalid_request)?;
-    match scheduled::reschedule(&app.pool, id, caller.company_scope, at, &operator(&caller)).await?
-    {
+    match scheduled::reschedule(&app.pool, id, caller.company_scope, at, operator(&caller)).await? {
         Ok(()) => {
             tracing::info!(run_id = %id, "scheduled run moved");
             let detail = runs::find(&app.pool, id, caller.company_scope)

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{FilterBody, operator, scope_filter};
 use crate::{
     api::{AppState, auth::Caller, body::JsonBody, error::ApiError, views::ErrorBody},
-    domain::{FieldError, wire},
+    domain::{Actor, FieldError, wire},
     ledger::{
         bulk::{self, BulkKind, BulkOperation, BulkStatus},
         filter::RunFilter,
@@ -70,7 +70,7 @@ pub struct BulkOperationView {
     pub kind: BulkKind,
     pub status: BulkStatus,
     /// Who asked: `token:operator` or `token:company-<id>`.
-    pub operator: String,
+    pub operator: Actor,
     #[schema(value_type = Object)]
     pub filter: Value,
     /// Runs the filter matched when the operation was recorded (the dry run's count).
@@ -140,7 +140,7 @@ async fn bulk_action(
         return Ok(Json(BulkDryRun { kind, dry_run: true, matched, filter }).into_response());
     }
     let op =
-        bulk::create(&app.pool, kind, &filter, caller.company_scope, &operator(&caller)).await?;
+        bulk::create(&app.pool, kind, &filter, caller.company_scope, operator(&caller)).await?;
     tracing::info!(bulk_operation = %op.id, kind = kind.as_str(), matched = op.matched, "bulk operation recorded");
     let location = HeaderValue::from_str(&format!("/v1/bulk-operations/{}", op.id)).expect("ascii");
     let mut response = (StatusCode::ACCEPTED, Json(BulkOperationView::from(op))).into_response();

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{auth::Caller, error::ApiError};
 use crate::{
     domain::{
-        Action, FieldError,
+        Action, Actor, FieldError,
         wire::{self, Object},
     },
     ledger::filter::{RunFilter, id_fragment},
@@ -187,11 +187,8 @@ pub fn scope_filter(caller: &Caller, filter: &mut RunFilter) -> Result<(), ApiEr
 }
 
 /// Who an operator action is recorded as.
-pub fn operator(caller: &Caller) -> String {
-    match caller.company_scope {
-        Some(company) => format!("token:company-{company}"),
-        None => "token:operator".into(),
-    }
+pub fn operator(caller: &Caller) -> Actor {
+    Actor::token(caller.company_scope)
 }
 
 /// Filter fields from a query string, for the runs list (its other parameters, `limit`

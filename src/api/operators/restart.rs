@@ -82,7 +82,7 @@ pub async fn restart(
     let step =
         body.step.ok_or_else(|| ApiError::invalid_request(FieldError::new("step", NOT_A_STEP)))?;
     let step = step.as_str();
-    match restart::restart_from(&app.pool, id, caller.company_scope, step, &operator(&caller))
+    match restart::restart_from(&app.pool, id, caller.company_scope, step, operator(&caller))
         .await?
     {
         Ok(steps) => {

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{RUN_COLUMNS, RunRow, build_receipt, record_event, steps_of};
-use crate::domain::{RunEventKind, RunStatus};
+use crate::domain::{Actor, RunEventKind, RunStatus};
 
 /// Why an operator action was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub async fn retry(
     pool: &PgPool,
     run_id: Uuid,
     company: Option<i64>,
-    actor: &str,
+    actor: Actor,
 ) -> Result<Result<i64, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     match lock_for_operator(&mut tx, run_id, company).await? {
@@ -87,7 +87,7 @@ pub async fn retry(
 pub async fn retry_locked(
     tx: &mut PgConnection,
     run_id: Uuid,
-    actor: &str,
+    actor: Actor,
     detail: Value,
 ) -> Result<i64, sqlx::Error> {
     let revived: Vec<String> = sqlx::query_scalar(
@@ -137,7 +137,7 @@ pub async fn cancel(
     pool: &PgPool,
     run_id: Uuid,
     company: Option<i64>,
-    actor: &str,
+    actor: Actor,
 ) -> Result<Result<Cancellation, OperatorRefusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     match lock_for_operator(&mut tx, run_id, company).await? {
@@ -157,7 +157,7 @@ pub async fn cancel(
 pub async fn cancel_locked(
     tx: &mut PgConnection,
     run_id: Uuid,
-    actor: &str,
+    actor: Actor,
     detail: Value,
 ) -> Result<Cancellation, sqlx::Error> {
     let (canceled, running): (i64, i64) = sqlx::query_as(
@@ -200,13 +200,13 @@ pub async fn finish_canceled_if_idle(
     tx: &mut PgConnection,
     run_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    finish_canceled_if_idle_as(tx, run_id, "system", json!({})).await
+    finish_canceled_if_idle_as(tx, run_id, Actor::System, json!({})).await
 }
 
 async fn finish_canceled_if_idle_as(
     tx: &mut PgConnection,
     run_id: Uuid,
-    actor: &str,
+    actor: Actor,
     detail: Value,
 ) -> Result<bool, sqlx::Error> {
     let run: Option<RunRow> = sqlx::query_as(AssertSqlSafe(format!(

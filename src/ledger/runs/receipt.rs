@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::{RUN_COLUMNS, RunRow, StepRow, steps_of};
+use crate::domain::Actor;
 
 /// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
 /// transaction that completed the step, so the receipt and the last effect commit together.
@@ -65,7 +66,7 @@ pub fn build_receipt(run: &RunRow, steps: &[StepRow], finished_at: DateTime<Utc>
         "action": run.action,
         "actor_user_id": run.actor_user_id,
         "requested_by": run.requested_by,
-        "approved_by": run.approver_user_id.map(|id| format!("user:{id}")),
+        "approved_by": run.approver_user_id.map(Actor::User),
         "requested_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": finished_at,
