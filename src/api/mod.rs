@@ -41,8 +41,23 @@ use crate::{
     queue::Queues,
 };
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each extractor and
+/// middleware that takes it, several times a request, and a clone of the fields themselves
+/// (the queues' configurations, the idempotency secret's copy, wiped again on drop) cost a
+/// dozen allocations each time.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state's fields ([`AppState`] derefs to them).
+pub struct Shared {
     pub pool: PgPool,
     pub queues: Queues,
     pub settings: Arc<Settings>,
@@ -67,7 +82,7 @@ impl AppState {
             .clone()
             .unwrap_or_else(|| SecretSlice::from(rand::random::<[u8; 32]>().to_vec()));
         let max_age = settings.stats_max_age;
-        Self {
+        Self(Arc::new(Shared {
             pool,
             queues,
             settings: Arc::new(settings),
@@ -76,7 +91,7 @@ impl AppState {
             nudge,
             ledger_snapshot: Arc::new(LedgerSnapshot::new(max_age)),
             stats_cache: Arc::new(dashboard::StatsCache::new(max_age)),
-        }
+        }))
     }
 }
 
