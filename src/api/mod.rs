@@ -43,8 +43,8 @@ use crate::{
 
 /// What every handler shares, behind one `Arc`: axum clones the state for each extractor and
 /// middleware that takes it, several times a request, and a clone of the fields themselves
-/// (the queues' configurations, the idempotency secret's copy, wiped again on drop) cost a
-/// dozen allocations each time.
+/// (the queues' Redis storages, the idempotency secret's copy, wiped again on drop)
+/// allocated each time.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
