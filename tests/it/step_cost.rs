@@ -1,7 +1,10 @@
 //! What the steps' statements and the dispatcher's pass cost PostgreSQL: a layoff must not
 //! slow down as its runs and its dispatched steps accumulate.
 
-use offboard::{ledger::steps::DISPATCH_SQL, steps::first_admin::first_admin};
+use offboard::{
+    ledger::steps::{DISPATCH_LOCK_SQL, DISPATCH_SQL},
+    steps::first_admin::first_admin,
+};
 use serde_json::Value;
 use sqlx::{Acquire, PgPool};
 
@@ -101,10 +104,13 @@ async fn a_dispatch_pass_updates_the_steps_it_picked_by_key_not_by_reading_every
 }
 
 /// A dispatcher pass with `limit` as both its global and per-company limit, as PostgreSQL
-/// ran it (`EXPLAIN ANALYZE`), rolled back.
+/// ran it (`EXPLAIN ANALYZE`) with the dispatcher's planner settings, rolled back.
 async fn explained_pass(app: &TestApp, limit: i64) -> Value {
     let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DISPATCH_SQL}");
     let mut tx = app.pool.begin().await.unwrap();
+    // Planned as the dispatcher plans it: after its lock query's settings.
+    let locked: bool = sqlx::query_scalar(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await.unwrap();
+    assert!(locked);
     let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(explain))
         .bind(limit)
         .bind(limit)

@@ -70,6 +70,13 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
            AND s.status = p.status AND p.run_id IN (SELECT id FROM free)
          RETURNING s.run_id, s.position, s.attempts, p.turn";
 
+/// What the pass's transaction runs before [`DISPATCH_SQL`]: the dispatchers' advisory lock
+/// (true when this one holds it) and the planner settings the pass is planned with
+/// (see [`dispatch_ready`]).
+pub const DISPATCH_LOCK_SQL: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))
+                AND set_config('enable_bitmapscan', 'off', true) = 'off'";
+
 /// `ready -> queued` for the steps that may start now, within the global and per-company
 /// limits, taking companies in turn. A turn is one task: the ready steps of the company's
 /// oldest run with any (see [`into_tasks`]), so a run's steps that became ready together
@@ -107,12 +114,7 @@ pub async fn dispatch_ready(
     limits: DispatchLimits,
 ) -> Result<Vec<Dispatched>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))
-                AND set_config('enable_bitmapscan', 'off', true) = 'off'",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let locked: bool = sqlx::query_scalar(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await?;
     if !locked {
         return Ok(Vec::new());
     }
