@@ -130,8 +130,8 @@ impl utoipa::PartialSchema for Actor {
             .pattern(Some(r"^(user:[1-9][0-9]*|service:(scim|policy)|token:operator|token:company-[1-9][0-9]*|system)$"))
             .description(Some(
                 "Who acted: `user:<id>` (a host-app user), `service:scim` (an identity \
-                 provider), `service:policy` (the company's policy), `token:operator` or `token:company-<id>` (an operator's token), \
-                 `system` (offboard itself)",
+                 provider), `service:policy` (the company's policy), `token:operator` or \
+                 `token:company-<id>` (an operator's token), `system` (offboard itself)",
             ))
             .examples(["user:42"])
             .into()

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::runs::requested_by_sql;
 use crate::domain::{Action, Actor, AuditRecord, RunEventKind, RunStatus};
 
 /// One row of the export: a run (`record = "run"`) or one entry of a run's history
@@ -65,10 +66,11 @@ pub async fn runs_page(
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     let (after_at, after_id) = after.unzip();
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "SELECT 'run' AS record, r.created_at AS at, r.id AS run_id, r.company_id, r.user_id,
-                r.action, r.status,
-                coalesce('service:' || (r.params ->> 'started_by'), 'user:' || r.actor_user_id) AS actor,
+                r.action, r.status, ",
+        requested_by_sql!("r.params", "r.actor_user_id"),
+        " AS actor,
                 r.approver_user_id, r.batch_id, NULL::text AS event, NULL::text AS step, r.error_code,
                 r.effective_at, r.finished_at,
                 (SELECT jsonb_object_agg(s.name, coalesce(s.result, '{}'::jsonb) - 'to')
@@ -88,7 +90,7 @@ pub async fn runs_page(
            AND ($4::timestamptz IS NULL OR (r.created_at, r.id) > ($4, $5))
          ORDER BY r.created_at, r.id
          LIMIT $6",
-    )
+    ))
     .bind(range.company_id)
     .bind(range.from)
     .bind(range.to)

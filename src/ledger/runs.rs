@@ -72,6 +72,22 @@ impl std::fmt::Debug for NewRun<'_> {
     }
 }
 
+/// Who asked for a run, in SQL, spelled as [`Actor`] spells it: `service:<started_by>` when
+/// a service started it, else `user:<actor_user_id>`. `$params` and `$actor_user_id` are the
+/// SQL of the run's parameters and actor (columns or bind parameters).
+macro_rules! requested_by_sql {
+    ($params:literal, $actor_user_id:literal) => {
+        concat!(
+            "coalesce('service:' || (",
+            $params,
+            " ->> 'started_by'), 'user:' || ",
+            $actor_user_id,
+            ")"
+        )
+    };
+}
+pub(crate) use requested_by_sql;
+
 /// The statement that writes a run, its steps (those without dependencies ready at once),
 /// its first history entry and its idempotency key; `$gate` are CTEs ending in a
 /// comma, and `$from` the clause the run's row is selected from (nothing is written
@@ -113,7 +129,9 @@ macro_rules! insert_run_sql {
              history AS (
                  INSERT INTO offboard.run_events (run_id, kind, actor, detail)
                  SELECT id, 'enqueued',
-                        coalesce('service:' || ($6::jsonb ->> 'started_by'), 'user:' || $7),
+                        ",
+            requested_by_sql!("$6::jsonb", "$7"),
+            ",
                         CASE WHEN status = 'queued' THEN '{}'::jsonb
                              ELSE jsonb_strip_nulls(jsonb_build_object(
                                  'status', status, 'effective_at', effective_at)) END
@@ -238,10 +256,13 @@ pub struct RunRow {
     pub batch_id: Option<Uuid>,
 }
 
-const RUN_COLUMNS: &str = "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, effective_at, \
+const RUN_COLUMNS: &str = concat!(
+    "id, company_id, user_id, action, status, plan, actor_user_id, steps_total, effective_at, \
      approval_expires_at, approver_user_id, batch_id, \
-     steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, \
-     coalesce('service:' || (params ->> 'started_by'), 'user:' || actor_user_id) AS requested_by";
+     steps_remaining, created_at, started_at, finished_at, receipt, error_code, error_message, ",
+    requested_by_sql!("params", "actor_user_id"),
+    " AS requested_by"
+);
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StepRow {

@@ -133,12 +133,7 @@ async fn a_dispatch_pass_reads_a_company_s_ready_steps_only_as_far_as_its_share(
 
 /// Rows every scan of `steps` in the plan returned, over all their loops.
 fn steps_rows(node: &Value) -> i64 {
-    let own = if node["Relation Name"] == "steps" {
-        node["Actual Rows"].as_i64().unwrap_or(0) * node["Actual Loops"].as_i64().unwrap_or(1)
-    } else {
-        0
-    };
-    own + node["Plans"].as_array().into_iter().flatten().map(steps_rows).sum::<i64>()
+    rows_of(node, &|n| n["Relation Name"] == "steps")
 }
 
 /// A dispatcher pass with `limit` as its global limit and `per_company` as its per-company
@@ -163,12 +158,17 @@ async fn explained_pass(app: &TestApp, limit: i64, per_company: i64) -> Value {
 
 /// Rows the update's scans of its target (`steps s`) returned, over all their loops.
 fn target_rows(node: &Value) -> i64 {
-    let own = if node["Relation Name"] == "steps" && node["Alias"] == "s" {
+    rows_of(node, &|n| n["Relation Name"] == "steps" && n["Alias"] == "s")
+}
+
+/// Rows the plan's nodes that `scan` picks returned, over all their loops.
+fn rows_of(node: &Value, scan: &dyn Fn(&Value) -> bool) -> i64 {
+    let own = if scan(node) {
         node["Actual Rows"].as_i64().unwrap_or(0) * node["Actual Loops"].as_i64().unwrap_or(1)
     } else {
         0
     };
-    own + node["Plans"].as_array().into_iter().flatten().map(target_rows).sum::<i64>()
+    own + node["Plans"].as_array().into_iter().flatten().map(|c| rows_of(c, scan)).sum::<i64>()
 }
 
 /// `n` ready steps in the app's company, of runs the ledger does not hold, oldest first.
