@@ -111,8 +111,10 @@ impl Dispatcher {
         if dispatched.is_empty() {
             return Ok(0);
         }
-        // Committed as queued first: if this push fails the sweeper pushes them again.
-        self.queues.push_steps(&steps::into_tasks(&dispatched)).await?;
+        // Committed as queued first: if a push fails the sweeper pushes them again.
+        let lanes = steps::into_lanes(&dispatched);
+        self.queues.push_steps(&lanes.back).await?;
+        self.queues.push_steps_first(&lanes.front).await?;
         Ok(dispatched.len())
     }
 

@@ -2,9 +2,13 @@
 //! only ids; what to do and whether it was done is in the ledger. Only the dispatcher and
 //! the sweeper push here, a bounded number at a time.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
-use apalis::prelude::TaskSink;
+use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -47,6 +51,24 @@ pub struct PurgeTask {
 
 /// Purge tasks one worker fetches at a time.
 const PURGE_FETCH: usize = 32;
+
+/// Moves tasks just pushed (`ARGV`, in the order they are to be fetched) to the front of
+/// the active list (`KEYS[2]`), from the scheduled set (`KEYS[1]`) or, when a fetch has
+/// promoted them already, from the active list itself; returns how many it moved. A task
+/// in neither was fetched already and is left alone.
+static TO_FRONT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"local moved = 0
+        for i = #ARGV, 1, -1 do
+            local id = ARGV[i]
+            if redis.call('zrem', KEYS[1], id) == 1 or redis.call('lrem', KEYS[2], 1, id) == 1 then
+                redis.call('lpush', KEYS[2], id)
+                moved = moved + 1
+            end
+        end
+        return moved",
+    )
+});
 
 /// Tasks pushed per Redis call; keeps each call far below the client's response timeout.
 const PUSH_CHUNK: usize = 256;
@@ -162,6 +184,46 @@ impl Queues {
         if !tasks.is_empty() {
             self.pushed_steps.notify_one();
         }
+        Ok(())
+    }
+
+    /// Pushes one task per entry of `tasks`, as [`Queues::push_steps`] does, then moves
+    /// them to the front of the queue, in order: workers fetch them before every task
+    /// already waiting (see [`crate::ledger::steps::into_lanes`]).
+    ///
+    /// apalis-redis pushes a task into the queue's scheduled set, due now, and a fetch
+    /// moves what is due to the back of the active list before taking from its front; a
+    /// script moves these from either place to the front, in one step, so a fetch in
+    /// between cannot take a task twice or lose it.
+    pub async fn push_steps_first(&self, tasks: &[Vec<StepKey>]) -> anyhow::Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let config = Self::config(&format!("{}:steps", self.prefix));
+        let mut storage = self.steps.clone();
+        let mut conn = self.conn.clone();
+        for chunk in tasks.chunks(PUSH_CHUNK) {
+            let tasks: Vec<(String, StepTask)> = chunk
+                .iter()
+                .flat_map(|steps| StepTask::carrying(steps))
+                .map(|task| (ulid::Ulid::generate().to_string(), task))
+                .collect();
+            let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
+            let mut script = TO_FRONT.key(config.scheduled_jobs_set());
+            script.key(config.active_jobs_list()).arg(&ids);
+            let built = tasks.iter().map(|(id, task)| {
+                TaskBuilder::new(task.clone()).task_id(TaskId::from_string(id.clone())).build()
+            });
+            storage
+                .push_all(futures::stream::iter(built.collect::<Vec<_>>()))
+                .await
+                .map_err(|e| anyhow::anyhow!("pushing steps to Redis: {e}"))?;
+            script
+                .invoke_async::<u64>(&mut conn)
+                .await
+                .map_err(|e| anyhow::anyhow!("moving steps to the front of the queue: {e}"))?;
+        }
+        self.pushed_steps.notify_one();
         Ok(())
     }
 

@@ -12,6 +12,7 @@ mod enqueue_cost;
 mod erasure;
 mod hardening;
 mod helpers;
+mod lanes;
 mod openapi;
 mod operators;
 mod outside;

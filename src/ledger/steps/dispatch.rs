@@ -37,7 +37,8 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
              SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
              FROM (SELECT greatest(0, $1 - (SELECT coalesce(sum(n), 0) FROM in_flight)) AS n) f),
          picked AS (
-             SELECT c.run_id, c.position, c.turn, 'ready'::text AS status
+             SELECT c.run_id, c.position, c.turn, 'ready'::text AS status,
+                    coalesce(f.n, 0) AS company_in_flight
              FROM ready_companies r
              LEFT JOIN in_flight f ON f.company_id = r.company_id
              CROSS JOIN LATERAL (
@@ -68,7 +69,7 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
            AND s.status = p.status AND p.run_id IN (SELECT id FROM free)
-         RETURNING s.run_id, s.position, s.attempts, p.turn";
+         RETURNING s.run_id, s.position, s.attempts, p.turn, s.company_id, p.company_in_flight";
 
 /// What the pass's transaction runs before [`DISPATCH_SQL`]: the dispatchers' advisory lock
 /// (true when this one holds it) and the planner settings the pass is planned with
@@ -139,6 +140,9 @@ pub struct Dispatched {
     pub attempts: i32,
     /// Its company's turn in this pass (companies take turns).
     pub turn: i64,
+    pub company_id: i64,
+    /// Steps of its company queued or running before this pass.
+    pub company_in_flight: i64,
 }
 
 impl Dispatched {
@@ -171,4 +175,65 @@ pub fn into_tasks(dispatched: &[Dispatched]) -> Vec<Vec<StepKey>> {
         }
     }
     tasks
+}
+
+/// A company with fewer steps than this queued or running is light: its tasks go to the
+/// front of the Redis queue ([`into_lanes`]). One task's worth: a run's next steps.
+pub const LIGHT_COMPANY_IN_FLIGHT: i64 = MAX_STEPS_PER_TASK as i64;
+
+/// The tasks of a pass, by where they join the Redis queue.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lanes {
+    /// Tasks of light companies: fetched before anything already waiting.
+    pub front: Vec<Vec<StepKey>>,
+    /// The rest: behind what is already waiting, in order.
+    pub back: Vec<Vec<StepKey>>,
+}
+
+/// [`into_tasks`], each task in its lane. The per-company limit bounds what a company has
+/// in flight, but what it has queued waits in one Redis list that workers take from the
+/// front: a company with one run to offboard waited behind the tasks a layoff had already
+/// queued (its limit's worth, less what the workers were running) on every step of its
+/// run. A task goes to the front while its company, counting the tasks of this pass before
+/// it, has fewer than [`LIGHT_COMPANY_IN_FLIGHT`] steps in flight; a busy company's tasks
+/// queue at the back. Workers never wait for it: a front task is one a worker takes next,
+/// and a busy company still gets every worker the light ones leave.
+pub fn into_lanes(dispatched: &[Dispatched]) -> Lanes {
+    let company: std::collections::HashMap<Uuid, (i64, i64)> =
+        dispatched.iter().map(|d| (d.run_id, (d.company_id, d.company_in_flight))).collect();
+    let mut in_flight: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let mut lanes = Lanes::default();
+    for task in into_tasks(dispatched) {
+        let (company_id, before) = company[&task[0].run_id];
+        let steps = in_flight.entry(company_id).or_insert(before);
+        let light = *steps < LIGHT_COMPANY_IN_FLIGHT;
+        *steps += task.len() as i64;
+        if light { lanes.front.push(task) } else { lanes.back.push(task) }
+    }
+    lanes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run: u128, position: i32, company_id: i64, company_in_flight: i64) -> Dispatched {
+        let run_id = Uuid::from_u128(run);
+        Dispatched { run_id, position, attempts: 0, turn: 1, company_id, company_in_flight }
+    }
+
+    #[test]
+    fn a_company_s_tasks_go_to_the_front_until_it_has_a_task_s_worth_in_flight() {
+        let light: Vec<Dispatched> = (0..12).map(|p| step(1, p, 7, 5)).collect();
+        let then: Vec<Dispatched> = (0..3).map(|p| step(2, p, 7, 5)).collect();
+        let busy = step(3, 0, 8, LIGHT_COMPANY_IN_FLIGHT);
+        let passed: Vec<Dispatched> = light.iter().chain(&then).copied().chain([busy]).collect();
+        let lanes = into_lanes(&passed);
+        // 5 in flight: light, then 17 with the first task: no longer.
+        assert_eq!(lanes.front, vec![light.iter().map(Dispatched::key).collect::<Vec<_>>()]);
+        assert_eq!(
+            lanes.back,
+            vec![then.iter().map(Dispatched::key).collect::<Vec<_>>(), vec![busy.key()]]
+        );
+    }
 }
