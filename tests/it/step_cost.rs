@@ -131,6 +131,61 @@ async fn a_dispatch_pass_reads_a_company_s_ready_steps_only_as_far_as_its_share(
     app.cleanup().await;
 }
 
+/// The pass as PostgreSQL keeps it for a connection: a generic plan, made once and reused
+/// for as long as the connection lives, with nothing to make it plan again while the
+/// ledger is never analyzed (autovacuum off, as on this machine and in `bench layoff`; a
+/// new deployment before autovacuum's first round). Made while the ledger was nearly
+/// empty, it read `steps` sequentially, whole, three times a pass once the ledger had
+/// grown: passes of 30–140 ms, a third of them, in `bench layoff`.
+#[sqlx::test]
+async fn a_dispatch_pass_planned_on_an_empty_ledger_reads_by_index_once_it_has_grown(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    sqlx::raw_sql("VACUUM ANALYZE offboard.steps, offboard.runs").execute(&app.pool).await.unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    // What PostgreSQL settles on after its first five passes when the generic plan looks
+    // as cheap as the custom ones (as it does on a small ledger).
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    ready_steps(&app, 10).await;
+    let mut tx = conn.begin().await.unwrap();
+    assert!(sqlx::query_scalar::<_, bool>(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await.unwrap());
+    sqlx::query(DISPATCH_SQL)
+        .bind(1024_i64)
+        .bind(48_i64)
+        .bind(16_i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    ready_steps(&app, 10_000).await;
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
+            .bind(DISPATCH_SQL)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    assert!(sqlx::query_scalar::<_, bool>(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await.unwrap());
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}(1024, 48, 16)");
+    let (plan,): (Value,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    let read = rows_of(&plan[0]["Plan"], &|n| {
+        n["Relation Name"] == "steps" || n["Relation Name"] == "runs"
+    }) + removed_rows(&plan[0]["Plan"]);
+    // The company's probe, its share (48), the in-flight count: a few hundred at most.
+    assert!(read <= 1_000, "the pass read {read} rows of 10,010 ready steps: {plan:#}");
+    drop(conn);
+    app.cleanup().await;
+}
+
+/// Rows the plan's scans read and dropped (their filters), over all their loops.
+fn removed_rows(node: &Value) -> i64 {
+    let own = node["Rows Removed by Filter"].as_i64().unwrap_or(0)
+        * node["Actual Loops"].as_i64().unwrap_or(1);
+    own + node["Plans"].as_array().into_iter().flatten().map(removed_rows).sum::<i64>()
+}
+
 /// Rows every scan of `steps` in the plan returned, over all their loops.
 fn steps_rows(node: &Value) -> i64 {
     rows_of(node, &|n| n["Relation Name"] == "steps")

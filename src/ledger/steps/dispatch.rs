@@ -76,7 +76,8 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
 /// (see [`dispatch_ready`]).
 pub const DISPATCH_LOCK_SQL: &str =
     "SELECT pg_try_advisory_xact_lock(hashtext('offboard.dispatch'))
-                AND set_config('enable_bitmapscan', 'off', true) = 'off'";
+                AND set_config('enable_bitmapscan', 'off', true) = 'off'
+                AND set_config('enable_seqscan', 'off', true) = 'off'";
 
 /// `ready -> queued` for the steps that may start now, within the global and per-company
 /// limits, taking companies in turn. A turn is one task: the ready steps of the company's
@@ -97,10 +98,16 @@ pub const DISPATCH_LOCK_SQL: &str =
 /// for the next pass, where a bitmap scan checked every one of them in the heap each time
 /// (ten times the live ones during a burst, before vacuum removes them).
 ///
-/// The statement is planned anew on each pass (2–3 ms and ~500 buffers; PostgreSQL never
-/// finds its generic plan cheaper). Forcing the generic plan was tried and measured worse:
-/// planned once per connection, at its first pass, from the statistics of a ledger that
-/// was then nearly empty, it made `bench steps` 2–3 times dearer in PostgreSQL.
+/// Sequential scans are off too. PostgreSQL plans the pass anew for its first five passes
+/// on a connection, then keeps one generic plan when that looks as cheap, and reuses it
+/// for as long as the connection lives: nothing makes it plan again while the ledger is
+/// never analyzed (autovacuum off; a new deployment before its first round). Made while
+/// the ledger was nearly empty, that plan read `steps` sequentially, whole, three times a
+/// pass once the ledger had grown: in one `bench layoff` (auto_explain), 215 passes of
+/// 19–139 ms (median 53), 12.6 s of PostgreSQL, against 3.1 s for all other passes over
+/// 2 ms.
+/// Every read of the pass has its index. Forcing a custom plan on every pass instead was
+/// not tried: a plan costs ~1.6 ms (`pg_stat_statements`, `bench layoff`), most of a pass.
 ///
 /// A stopping run is looked up once per run picked, not once per step, and so is a run
 /// someone else holds: the pass takes a share lock on each picked run that is not
