@@ -105,9 +105,9 @@ pub const DISPATCH_LOCK_SQL: &str =
 /// the ledger was nearly empty, that plan read `steps` sequentially, whole, three times a
 /// pass once the ledger had grown: in one `bench layoff` (auto_explain), 215 passes of
 /// 19–139 ms (median 53), 12.6 s of PostgreSQL, against 3.1 s for all other passes over
-/// 2 ms.
-/// Every read of the pass has its index. Forcing a custom plan on every pass instead was
-/// not tried: a plan costs ~1.6 ms (`pg_stat_statements`, `bench layoff`), most of a pass.
+/// 2 ms. Every read of the pass has its index. Forcing a custom plan on every pass instead
+/// was not tried: a plan costs ~1.6 ms (`pg_stat_statements`, `bench layoff`), more than
+/// the pass itself now runs (~1.4 ms).
 ///
 /// A stopping run is looked up once per run picked, not once per step, and so is a run
 /// someone else holds: the pass takes a share lock on each picked run that is not
@@ -147,6 +147,7 @@ pub struct Dispatched {
     pub attempts: i32,
     /// Its company's turn in this pass (companies take turns).
     pub turn: i64,
+    /// Its run's company.
     pub company_id: i64,
     /// Steps of its company queued or running before this pass.
     pub company_in_flight: i64,
