@@ -173,18 +173,7 @@ impl Queues {
 
     /// Pushes one task per entry of `tasks` (the steps it carries, of one run).
     pub async fn push_steps(&self, tasks: &[Vec<StepKey>]) -> anyhow::Result<()> {
-        let mut storage = self.steps.clone();
-        for chunk in tasks.chunks(PUSH_CHUNK) {
-            let tasks = chunk.iter().flat_map(|steps| StepTask::carrying(steps)).collect();
-            storage
-                .push_bulk(tasks)
-                .await
-                .map_err(|e| anyhow::anyhow!("pushing steps to Redis: {e}"))?;
-        }
-        if !tasks.is_empty() {
-            self.pushed_steps.notify_one();
-        }
-        Ok(())
+        self.push_step_tasks(tasks, false).await
     }
 
     /// Pushes one task per entry of `tasks`, as [`Queues::push_steps`] does, then moves
@@ -196,6 +185,12 @@ impl Queues {
     /// script moves these from either place to the front, in one step, so a fetch in
     /// between cannot take a task twice or lose it.
     pub async fn push_steps_first(&self, tasks: &[Vec<StepKey>]) -> anyhow::Result<()> {
+        self.push_step_tasks(tasks, true).await
+    }
+
+    /// Pushes the tasks under ids of ours (ULIDs, the kind apalis-redis gives), so that
+    /// those `to_front` can be moved there by id once pushed.
+    async fn push_step_tasks(&self, tasks: &[Vec<StepKey>], to_front: bool) -> anyhow::Result<()> {
         if tasks.is_empty() {
             return Ok(());
         }
@@ -208,20 +203,26 @@ impl Queues {
                 .flat_map(|steps| StepTask::carrying(steps))
                 .map(|task| (ulid::Ulid::generate().to_string(), task))
                 .collect();
-            let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
-            let mut script = TO_FRONT.key(config.scheduled_jobs_set());
-            script.key(config.active_jobs_list()).arg(&ids);
-            let built = tasks.iter().map(|(id, task)| {
-                TaskBuilder::new(task.clone()).task_id(TaskId::from_string(id.clone())).build()
-            });
+            let built: Vec<_> = tasks
+                .iter()
+                .map(|(id, task)| {
+                    TaskBuilder::new(task.clone()).task_id(TaskId::from_string(id.clone())).build()
+                })
+                .collect();
             storage
-                .push_all(futures::stream::iter(built.collect::<Vec<_>>()))
+                .push_all(futures::stream::iter(built))
                 .await
                 .map_err(|e| anyhow::anyhow!("pushing steps to Redis: {e}"))?;
-            script
-                .invoke_async::<u64>(&mut conn)
-                .await
-                .map_err(|e| anyhow::anyhow!("moving steps to the front of the queue: {e}"))?;
+            if to_front {
+                let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
+                TO_FRONT
+                    .key(config.scheduled_jobs_set())
+                    .key(config.active_jobs_list())
+                    .arg(&ids)
+                    .invoke_async::<u64>(&mut conn)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("moving steps to the front of the queue: {e}"))?;
+            }
         }
         self.pushed_steps.notify_one();
         Ok(())
