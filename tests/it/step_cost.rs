@@ -311,3 +311,65 @@ fn subplan<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
     }
     node["Plans"].as_array().into_iter().flatten().find_map(|c| subplan(c, name))
 }
+
+/// A run that ends in a company without a webhook endpoint reads none of its steps: the
+/// runs' webhook trigger read them (each reassignment's recipients) to build
+/// `items.transferred` events no endpoint would receive. Once an endpoint takes that event,
+/// the same statement reads them and writes the events.
+#[sqlx::test]
+async fn a_run_ending_where_no_endpoint_listens_reads_none_of_its_steps(pool: PgPool) {
+    // An endpoint on loopback, over plain HTTP: nothing is sent to it here.
+    let hooks = [("OFFBOARD_WEBHOOK_ALLOW_PRIVATE", "1")];
+    let app = TestApp::with(pool, &hooks, offboard::crm::seed::SeedOptions::default()).await;
+    let (user, target) = (app.regular(0), app.regular(1));
+    let run = app
+        .enqueue(&app.deactivation(
+            user,
+            json!({"default": {"mode": "single", "targets": [{"user_id": target}]}}),
+        ))
+        .await;
+    app.drain().await;
+    assert_eq!(app.run(run).await["status"], "succeeded");
+
+    let (read, events) = steps_read_ending(&app, run).await;
+    assert_eq!((read, events), (0, 0), "with no endpoint: steps read, events written");
+
+    let (status, body) = app
+        .post(
+            "/v1/webhook-endpoints",
+            &json!({"company_id": app.company.company_id, "url": "http://127.0.0.1:9/hook",
+                    "events": ["items.transferred"]}),
+        )
+        .await;
+    assert_eq!(status, axum::http::StatusCode::CREATED, "{body}");
+    let (read, events) = steps_read_ending(&app, run).await;
+    assert!(read > 0, "an endpoint takes items.transferred: the run's steps are read");
+    assert_eq!(events, 1, "one recipient, one items.transferred event");
+    app.cleanup().await;
+}
+
+/// The rows of `steps` read, and the webhook events written, by marking `run` succeeded
+/// again (from running) in a transaction rolled back.
+async fn steps_read_ending(app: &TestApp, run: uuid::Uuid) -> (i64, i64) {
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE offboard.runs SET status = 'running' WHERE id = $1")
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let read = "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+                FROM pg_stat_xact_user_tables WHERE schemaname = 'offboard' AND relname = 'steps'";
+    let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE offboard.runs SET status = 'succeeded' WHERE id = $1")
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM offboard.webhook_events")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    (after - before, events)
+}
