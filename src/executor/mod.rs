@@ -86,21 +86,23 @@ impl Executor {
         tx: &mut sqlx::PgConnection,
         run_id: Uuid,
     ) -> Result<(), sqlx::Error> {
-        runs::finish(&mut *tx, run_id).await?;
+        let finished = runs::finish(&mut *tx, run_id).await?;
+        let Some(due) = finished.deletion_due else {
+            return Ok(());
+        };
         let deletion = crate::steps::plan(
             crate::domain::Action::Delete,
             &crate::domain::TransferPlan::default(),
         );
-        if let Some(id) = crate::ledger::scheduled::schedule_deletion_after(
+        let id = crate::ledger::scheduled::schedule_deletion(
             &mut *tx,
-            run_id,
+            &finished.run,
+            due,
             deletion,
             self.worker.max_attempts,
         )
-        .await?
-        {
-            tracing::info!(%run_id, deletion_run_id = %id, "deletion scheduled by the company policy");
-        }
+        .await?;
+        tracing::info!(%run_id, deletion_run_id = %id, "deletion scheduled by the company policy");
         Ok(())
     }
 

@@ -24,7 +24,7 @@ pub use self::{
         Cancellation, OPERATOR_LOCK_TIMEOUT, OperatorRefusal, cancel, cancel_locked,
         finish_canceled_if_idle, retry, retry_locked,
     },
-    receipt::{build_receipt, finish},
+    receipt::{Finished, build_receipt, finish},
 };
 
 /// A new run's id: time-ordered (UUIDv7), so the indexes keyed by run id (the runs' primary

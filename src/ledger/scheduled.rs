@@ -1,7 +1,7 @@
 //! Scheduled runs: written `scheduled` with every step pending, started by the sweeper once
 //! their `effective_at` has passed ([`start_next_due`]), rescheduled by an operator
 //! ([`reschedule`]), and the deletion a company policy's `delete_after_days` schedules
-//! when a deactivation succeeds ([`schedule_deletion_after`]).
+//! when a deactivation succeeds ([`schedule_deletion`]).
 //!
 //! The run's row is the promise: nothing of it lives in Redis, so a flushed Redis or
 //! workers down at its time only delay it until the next sweep, and the start reads the
@@ -218,44 +218,31 @@ pub async fn reschedule(
     Ok(Ok(()))
 }
 
-/// When the deactivation `run_id` just succeeded (in the caller's transaction) and its
-/// company's policy sets `delete_after_days`, writes the user's deletion as a scheduled
-/// run due that many days after the deactivation finished, asked for by the same actor
-/// and recorded as `service:policy`. `steps` are a deletion's steps. Returns the new run.
-pub async fn schedule_deletion_after(
+/// Writes the deletion a company's policy schedules after `deactivation` (which just
+/// succeeded, in the caller's transaction; see [`runs::Finished::deletion_due`]) as a
+/// scheduled run due at `due`, asked for by the same actor and recorded as
+/// `service:policy`. `steps` are a deletion's steps. Returns the new run.
+pub async fn schedule_deletion(
     tx: &mut PgConnection,
-    run_id: Uuid,
+    deactivation: &runs::RunRow,
+    due: DateTime<Utc>,
     steps: Vec<StepSpec>,
     max_attempts: i32,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let due: Option<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT r.company_id, r.user_id, r.actor_user_id,
-                r.finished_at + make_interval(days => p.delete_after_days)
-         FROM offboard.runs r
-         JOIN offboard.offboarding_policies p ON p.company_id = r.company_id
-         WHERE r.id = $1 AND r.action = 'deactivate' AND r.status = 'succeeded'
-           AND p.delete_after_days IS NOT NULL",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((company_id, user_id, actor_user_id, effective_at)) = due else {
-        return Ok(None);
-    };
+) -> Result<Uuid, sqlx::Error> {
     let run = NewRun {
         id: runs::new_run_id(),
-        company_id,
-        user_id,
+        company_id: deactivation.company_id,
+        user_id: deactivation.user_id,
         action: Action::Delete,
         plan: json!({}),
         params: json!({"started_by": Service::Policy}),
-        actor_user_id,
+        actor_user_id: deactivation.actor_user_id,
         idempotency_key: None,
         steps,
         max_attempts,
         status: RunStatus::Scheduled,
-        effective_at: Some(effective_at),
+        effective_at: Some(due),
     };
     runs::insert(tx, &run, None).await?;
-    Ok(Some(run.id))
+    Ok(run.id)
 }

@@ -8,9 +8,21 @@ use uuid::Uuid;
 use super::{RUN_COLUMNS, RunRow, StepRow, steps_of};
 use crate::domain::Actor;
 
+/// A run [`finish`] marked succeeded.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The run as it was read before it was marked.
+    pub run: RunRow,
+    /// When its company's policy deletes the user: for a deactivation, `delete_after_days`
+    /// after it finished, if the policy sets it.
+    pub deletion_due: Option<DateTime<Utc>>,
+}
+
 /// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
 /// transaction that completed the step, so the receipt and the last effect commit together.
-pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<(), sqlx::Error> {
+/// The statement that marks it also reads its company's policy, for the deletion that
+/// follows a deactivation ([`Finished::deletion_due`]).
+pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<Finished, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Finishing {
         #[sqlx(flatten)]
@@ -25,20 +37,25 @@ pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<(), sqlx::Err
     .await?;
     let steps = steps_of(&mut *tx, run_id).await?;
     let receipt = build_receipt(&run, &steps, finished_at);
-    sqlx::query(
+    let deletion_due = sqlx::query_scalar(
         "WITH finished AS (
              UPDATE offboard.runs
              SET status = 'succeeded', finished_at = $2, receipt = $3, params = params - 'display_name'
              WHERE id = $1 AND status = 'running'
-             RETURNING id)
-         INSERT INTO offboard.run_events (run_id, kind, actor) SELECT id, 'succeeded', 'system' FROM finished",
+             RETURNING id, company_id, action, finished_at),
+         event AS (
+             INSERT INTO offboard.run_events (run_id, kind, actor)
+             SELECT id, 'succeeded', 'system' FROM finished)
+         SELECT f.finished_at + make_interval(days => p.delete_after_days)
+         FROM finished f JOIN offboard.offboarding_policies p ON p.company_id = f.company_id
+         WHERE f.action = 'deactivate' AND p.delete_after_days IS NOT NULL",
     )
     .bind(run_id)
     .bind(finished_at)
     .bind(&receipt)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    Ok(Finished { run, deletion_due })
 }
 
 /// What was done, counts per step, who asked and when. Ids only, never personal data.
