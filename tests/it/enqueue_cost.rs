@@ -144,3 +144,35 @@ fn seq_scans(node: &Value) -> Vec<String> {
     }
     found
 }
+
+/// An enqueue's judging is planned once per connection, generic from the first request
+/// (`runs::BEGIN_ENQUEUE`): the five custom plans PostgreSQL makes first cost 3.4 ms each
+/// (`bench layoff`), for the plan it keeps afterwards, the generic one.
+#[sqlx::test]
+async fn an_enqueue_s_judging_is_planned_generic_from_the_first_request_on_a_connection(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    let (user, target) = (app.regular(0), app.regular(1));
+    let mut conn = app.pool.acquire().await.unwrap();
+    for _ in 0..6 {
+        let mut tx = runs::begin_enqueue(&mut conn).await.unwrap();
+        let clearance = runs::Clearance {
+            company_id: app.company.company_id,
+            actor_user_id: app.admin(),
+            user_id: user,
+            idempotency_key: None,
+            user_status: offboard::domain::UserStatus::Active,
+            deactivates: true,
+            leaves: true,
+            targets: &[target],
+        };
+        let verdict = runs::judge(&mut tx, &clearance).await.unwrap();
+        assert_eq!(verdict.refusal, None);
+        tx.rollback().await.unwrap();
+    }
+    let (generic, custom) = crate::step_cost::plans_of(&mut conn, JUDGE_SQL).await;
+    assert_eq!((generic, custom), (6, 0), "(generic, custom) plans of six judgings");
+    drop(conn);
+    app.cleanup().await;
+}
