@@ -32,23 +32,24 @@ async fn the_first_admin_who_stays_is_found_by_key_after_thousands_of_runs_were_
     }
     active_runs(&app, 0..1_000, app.regular(0)).await;
     let mut tx = conn.begin().await.unwrap();
-    let before = runs_read(&mut tx).await;
+    let before = rows_read(&mut tx, "runs").await;
     let found = first_admin(&mut tx, company, leaving_admin).await.unwrap();
     assert_eq!(found, staying_admin);
-    let read = runs_read(&mut tx).await - before;
+    let read = rows_read(&mut tx, "runs").await - before;
     assert!(read <= 10, "finding the first admin read {read} of 1,000 active runs");
     tx.rollback().await.unwrap();
     drop(conn);
     app.cleanup().await;
 }
 
-/// The rows of `offboard.runs` this connection has read, sequentially or through an index,
-/// as its statistics count them so far.
-async fn runs_read(conn: &mut sqlx::PgConnection) -> i64 {
+/// The rows of `offboard.<table>` this connection has read, sequentially or through an
+/// index, as its statistics count them so far.
+async fn rows_read(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
     sqlx::query_scalar(
-        "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
-         WHERE schemaname = 'offboard' AND relname = 'runs'",
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'offboard' AND relname = $1",
     )
+    .bind(table)
     .fetch_one(conn)
     .await
     .unwrap()
@@ -148,13 +149,7 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_reads_by_index_once_it_has_g
     sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
     ready_steps(&app, 10).await;
     let mut tx = as_dispatcher(&mut conn).await;
-    sqlx::query(DISPATCH_SQL)
-        .bind(1024_i64)
-        .bind(48_i64)
-        .bind(16_i64)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    run_pass(&mut tx, 1024, 48).await;
     tx.commit().await.unwrap();
 
     ready_steps(&app, 10_000).await;
@@ -273,6 +268,11 @@ async fn as_dispatcher(conn: &mut sqlx::PgConnection) -> sqlx::Transaction<'_, s
     tx
 }
 
+/// Runs the pass ([`DISPATCH_SQL`]) in `tx` with these limits, 16 steps a task.
+async fn run_pass(tx: &mut sqlx::PgConnection, limit: i64, per_company: i64) {
+    sqlx::query(DISPATCH_SQL).bind(limit).bind(per_company).bind(16_i64).execute(tx).await.unwrap();
+}
+
 /// Rows the update's scans of its target (`steps s`) returned, over all their loops.
 fn target_rows(node: &Value) -> i64 {
     rows_of(node, &|n| n["Relation Name"] == "steps" && n["Alias"] == "s")
@@ -357,15 +357,13 @@ async fn steps_read_ending(app: &TestApp, run: uuid::Uuid) -> (i64, i64) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let read = "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
-                FROM pg_stat_xact_user_tables WHERE schemaname = 'offboard' AND relname = 'steps'";
-    let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let before = rows_read(&mut tx, "steps").await;
     sqlx::query("UPDATE offboard.runs SET status = 'succeeded' WHERE id = $1")
         .bind(run)
         .execute(&mut *tx)
         .await
         .unwrap();
-    let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let after = rows_read(&mut tx, "steps").await;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM offboard.webhook_events")
         .fetch_one(&mut *tx)
         .await
@@ -385,13 +383,7 @@ async fn a_dispatch_pass_is_planned_generic_from_its_first_pass_on_a_connection(
     let mut conn = app.pool.acquire().await.unwrap();
     for _ in 0..6 {
         let mut tx = as_dispatcher(&mut conn).await;
-        sqlx::query(DISPATCH_SQL)
-            .bind(100_i64)
-            .bind(100_i64)
-            .bind(16_i64)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        run_pass(&mut tx, 100, 100).await;
         tx.rollback().await.unwrap();
     }
     let (generic, custom) = plans_of(&mut conn, DISPATCH_SQL).await;
