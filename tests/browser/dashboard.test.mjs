@@ -1,7 +1,9 @@
 // The operators' dashboard in Debian's headless Chromium (driven by playwright-core; no
 // browser is downloaded). Builds `offboard`, serves it on a fresh database and Redis prefix
-// with the first four stop_syncs attempts failing permanently, then, in the browser: watches
-// a run progress to succeeded, opens a run that failed, clicks Retry and sees it recover;
+// with the first four stop_syncs attempts failing permanently and the apps' uninstall
+// callbacks pointed at a vendor played here, then, in the browser: watches a run wait on its
+// vendor (held until the page shows it) and go on to succeeded, opens a run that failed,
+// clicks Retry and sees it recover;
 // filters the list to runs with a dead stop_syncs, bulk-retries them after the dry-run
 // count, opens a run's graph and a node's details, checks the charts drew, and opens a
 // batch submitted as CSV (one progress bar, its refused row, its runs in the list). Saves
@@ -17,6 +19,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
+import http from 'node:http';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -66,6 +69,41 @@ async function freePort() {
   return port;
 }
 
+/**
+ * An app vendor on loopback: answers the uninstall callbacks offboard sends (`POST
+ * /apps/<key>/uninstall`) with 200. While `hold()` is on, it keeps them unanswered until
+ * `release()`, so a run waits on its vendor for as long as the test needs to see it waiting.
+ */
+async function startVendor() {
+  const held = [];
+  let holding = false;
+  let received = 0;
+  const server = http.createServer((request, response) => {
+    request.resume();
+    request.on('end', () => {
+      received += 1;
+      const answer = () => response.writeHead(200, { 'Content-Type': 'application/json' }).end('{}');
+      if (holding) held.push(answer); else answer();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    get held() { return held.length; },
+    get received() { return received; },
+    hold() { holding = true; },
+    release() {
+      holding = false;
+      for (const answer of held.splice(0)) answer();
+    },
+    close() {
+      this.release();
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /** `cargo build --bin offboard`; returns the path of the binary cargo reports. */
 async function buildOffboard() {
   if (process.env.OFFBOARD_BIN) return process.env.OFFBOARD_BIN;
@@ -87,10 +125,10 @@ async function stepStatuses(page) {
 
 /**
  * Waits until the run page shows `want`. Returns what the page showed on the way, e.g.
- * ['queued 0/15', 'running 5/15', 'succeeded 15/15'], each logged as it appears.
+ * ['queued 0/15', 'running 5/15', 'succeeded 15/15'], each logged as it appears; `seen`
+ * goes on from what an earlier watch returned.
  */
-async function watchRun(page, label, want) {
-  const seen = [];
+async function watchRun(page, label, want, seen = []) {
   await waitFor(`${label} to show ${want} on the run page`, async () => {
     const status = await page.getAttribute('#run-view', 'data-status');
     if (!status) return false;
@@ -154,8 +192,11 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
   log('building offboard');
   const bin = await buildOffboard();
 
-  log(`seeding a company in database ${database}`);
-  const { stdout: seeded } = await run(bin, ['seed', '--users', '12'], { env });
+  const vendor = await startVendor();
+  cleanups.push({ what: 'stop the app vendor', run: () => vendor.close() });
+
+  log(`seeding a company in database ${database}, its apps' vendor at ${vendor.url}`);
+  const { stdout: seeded } = await run(bin, ['seed', '--users', '12', '--vendor-base-url', vendor.url], { env });
   const company = JSON.parse(seeded);
   const regulars = company.users.filter((u) => !u.is_admin).map((u) => u.id);
   assert.ok(regulars.length >= 6, 'the seed has at least six regular users');
@@ -168,13 +209,9 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
   const server = spawn(bin, ['serve'], {
     env: {
       ...env,
-      // The first run to reach finish_deactivation (the succeeding one) retries it twice, with
-      // backoff, so its page has progress to show even on a fast, idle machine.
-      OFFBOARD_FAULTS: 'stop_syncs=permanent*4,finish_deactivation=retryable*2',
-      // One step of the company at a time, picked up on a slower poll: a run then takes a
-      // few seconds, so the page has progress to show while the test watches.
-      OFFBOARD_MAX_IN_FLIGHT_PER_COMPANY: '1',
-      OFFBOARD_POLL_INTERVAL: '250ms',
+      OFFBOARD_FAULTS: 'stop_syncs=permanent*4',
+      // The vendor is on loopback.
+      OFFBOARD_OUTBOUND_ALLOW_PRIVATE: '1',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -263,11 +300,20 @@ test('the dashboard shows a run succeed and a dead step recover after Retry', { 
     }
     log(`${bulkRuns.length} more runs failed with a dead stop_syncs`);
 
-    // The second one succeeds; follow it on its page from the list.
+    // The second one succeeds; follow it on its page from the list. Its vendor holds the
+    // uninstall callback until the page has shown the run waiting on it: however fast the
+    // machine, the page shows the run before it finishes, then finishing.
+    vendor.hold();
     const succeeding = await enqueue(succeedingUser);
-    log(`run ${succeeding} enqueued (user ${succeedingUser})`);
+    log(`run ${succeeding} enqueued (user ${succeedingUser}); its vendor holds the uninstall callback`);
     await page.click(`#runs tr[data-run-id="${succeeding}"] a`, { timeout: WAIT_MS });
-    const progress = await watchRun(page, 'second run', 'succeeded');
+    await page.waitForSelector('#steps tr[data-step="uninstall_apps"][data-status="running"]', { timeout: WAIT_MS });
+    const waiting = await watchRun(page, 'second run', 'running');
+    assert.ok(vendor.held > 0, 'the vendor holds the uninstall callback');
+    assert.notEqual((await stepStatuses(page)).finish_deactivation, 'succeeded', 'the run has not finished');
+    log(`releasing ${vendor.held} held uninstall callback(s)`);
+    vendor.release();
+    const progress = await watchRun(page, 'second run', 'succeeded', waiting);
     assert.ok(progress.length > 1, `the page showed the run before it finished: ${progress}`);
     const finished = await stepStatuses(page);
     assert.ok(Object.values(finished).every((s) => s === 'succeeded' || s === 'skipped'), JSON.stringify(finished));
