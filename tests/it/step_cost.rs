@@ -1,9 +1,16 @@
 //! What the steps' statements and the dispatcher's pass cost PostgreSQL: a layoff must not
 //! slow down as its runs and its dispatched steps accumulate.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use offboard::{
-    ledger::steps::{self, DISPATCH_LOCK_SQL, DISPATCH_SQL, DispatchLimits},
-    steps::first_admin::first_admin,
+    domain::{Action, RunStatus, StepKey},
+    ledger::{
+        runs,
+        steps::{self, DISPATCH_LOCK_SQL, DISPATCH_SQL, DispatchLimits},
+    },
+    steps::{StepSpec, first_admin::first_admin},
     worker::Workers,
 };
 use serde_json::{Value, json};
@@ -399,6 +406,130 @@ pub(crate) async fn plans_of(conn: &mut sqlx::PgConnection, sql: &str) -> (i64, 
          FROM pg_prepared_statements WHERE statement = $1",
     )
     .bind(sql)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// A run whose steps all end in one group transaction is written once, succeeded: the
+/// group's completion left the run's row to the finish instead of writing it `running`
+/// first (a run's version is a dozen index entries, the active-targets GIN one among them;
+/// `bench steps` ends nearly every run this way). The alone path's last completion does the
+/// same.
+#[sqlx::test]
+async fn a_run_its_last_completion_ends_is_written_once(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+
+    // Three independent steps, queued, completed together as a group.
+    let run = noop_run(&app, 3).await;
+    let keys: Vec<StepKey> = (1..=3).map(|p| StepKey::new(run, p)).collect();
+    let mut tx = app.pool.begin().await.unwrap();
+    let before = runs_updated(&mut tx).await;
+    let locked = steps::lock_queued(&mut tx, &keys).await.unwrap();
+    assert_eq!(locked.len(), 3);
+    let result = json!({});
+    let completed: Vec<steps::Completed> = keys
+        .iter()
+        .map(|k| steps::Completed { step: *k, result: &result, done: 0, total: 0 })
+        .collect();
+    let completions = steps::complete_many(&mut tx, &completed).await.unwrap();
+    assert_eq!(completions.finished_runs, vec![run]);
+    runs::finish(&mut tx, run).await.unwrap();
+    let written = runs_updated(&mut tx).await - before;
+    assert_eq!(written, 1, "run versions written by the group and the finish");
+    tx.commit().await.unwrap();
+    let (status, remaining, started, finished, receipt_started): (
+        String,
+        i32,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT status, steps_remaining, started_at, finished_at, receipt->>'started_at'
+         FROM offboard.runs WHERE id = $1",
+    )
+    .bind(run)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), remaining), ("succeeded", 0));
+    assert!(started.is_some() && started == finished, "started {started:?}, finished {finished:?}");
+    assert!(receipt_started.is_some(), "the receipt says when the run started");
+
+    // One step, claimed alone, then completed: the completion leaves the run to the finish.
+    let run = noop_run(&app, 1).await;
+    let key = StepKey::new(run, 1);
+    let claim = steps::claim(&app.pool, key, "test-worker", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the step is claimed");
+    let mut tx = app.pool.begin().await.unwrap();
+    let before = runs_updated(&mut tx).await;
+    let completion = steps::complete(&mut tx, key, claim.lease_token, &result, 0, 0)
+        .await
+        .unwrap()
+        .expect("the lease holds");
+    assert_eq!((completion.steps_remaining, completion.run_status), (0, RunStatus::Running));
+    runs::finish(&mut tx, run).await.unwrap();
+    assert_eq!(
+        runs_updated(&mut tx).await,
+        1,
+        "run versions written by the completion and the finish"
+    );
+    tx.commit().await.unwrap();
+    let (status, remaining): (String, i32) =
+        sqlx::query_as("SELECT status, steps_remaining FROM offboard.runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), remaining), ("succeeded", 0));
+    app.cleanup().await;
+}
+
+/// A queued run of `n` independent no-op steps, each queued (as the dispatcher leaves them).
+async fn noop_run(app: &TestApp, n: usize) -> uuid::Uuid {
+    let id = runs::new_run_id();
+    let steps: Vec<StepSpec> =
+        (1..=n).map(|i| StepSpec { name: format!("noop_{i}"), depends_on: Vec::new() }).collect();
+    let mut tx = app.pool.begin().await.unwrap();
+    runs::insert(
+        &mut tx,
+        &runs::NewRun {
+            id,
+            company_id: app.company.company_id,
+            user_id: app.regular(0),
+            action: Action::Deactivate,
+            plan: json!({}),
+            params: json!({}),
+            actor_user_id: app.admin(),
+            idempotency_key: None,
+            steps,
+            max_attempts: 3,
+            status: RunStatus::Queued,
+            effective_at: None,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE offboard.steps SET status = 'queued', queued_at = now() WHERE run_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// Row versions of `offboard.runs` this connection has written by update, as its statistics
+/// count them so far (earlier transactions' counts may not have been flushed yet: compare
+/// two readings).
+async fn runs_updated(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(n_tup_upd, 0) FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'offboard' AND relname = 'runs'",
+    )
     .fetch_one(conn)
     .await
     .unwrap()

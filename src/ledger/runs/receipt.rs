@@ -19,7 +19,9 @@ pub struct Finished {
 }
 
 /// Marks a run whose last step just succeeded as succeeded, with its receipt. Runs in the
-/// transaction that completed the step, so the receipt and the last effect commit together.
+/// transaction that completed the step, so the receipt and the last effect commit together;
+/// the step's completion left the run's row to this statement (its counter to 0, and its
+/// start when its first group ended it), so the run is written once.
 /// The statement that marks it also reads its company's policy, for the deletion that
 /// follows a deactivation ([`Finished::deletion_due`]).
 pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<Finished, sqlx::Error> {
@@ -29,19 +31,23 @@ pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<Finished, sql
         run: RunRow,
         now: DateTime<Utc>,
     }
-    let Finishing { run, now: finished_at } = sqlx::query_as(AssertSqlSafe(format!(
+    let Finishing { mut run, now: finished_at } = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS}, now() AS now FROM offboard.runs WHERE id = $1"
     )))
     .bind(run_id)
     .fetch_one(&mut *tx)
     .await?;
+    // A run its first group ended was never written started: it starts now (the
+    // transaction's time, as the group would have written it).
+    run.started_at.get_or_insert(finished_at);
     let steps = steps_of(&mut *tx, run_id).await?;
     let receipt = build_receipt(&run, &steps, finished_at);
     let deletion_due = sqlx::query_scalar(
         "WITH finished AS (
              UPDATE offboard.runs
-             SET status = 'succeeded', finished_at = $2, receipt = $3, params = params - 'display_name'
-             WHERE id = $1 AND status = 'running'
+             SET status = 'succeeded', steps_remaining = 0, started_at = $4, finished_at = $2,
+                 receipt = $3, params = params - 'display_name'
+             WHERE id = $1 AND status IN ('queued', 'running')
              RETURNING id, company_id, action, finished_at),
          event AS (
              INSERT INTO offboard.run_events (run_id, kind, actor)
@@ -53,6 +59,7 @@ pub async fn finish(tx: &mut PgConnection, run_id: Uuid) -> Result<Finished, sql
     .bind(run_id)
     .bind(finished_at)
     .bind(&receipt)
+    .bind(run.started_at)
     .fetch_optional(&mut *tx)
     .await?;
     Ok(Finished { run, deletion_due })

@@ -73,7 +73,10 @@ pub struct Completions {
 /// `queued -> succeeded` for steps locked by [`lock_queued`], in the caller's transaction
 /// with their effects, counting their attempt, in one statement: each dependent's counter
 /// goes down by the number of its dependencies among them, the run's by the number of its
-/// steps among them, and the run is marked started.
+/// steps among them, and the run is marked started. A run whose last steps these are is
+/// not written here: it is one of [`Completions::finished_runs`], and
+/// [`crate::ledger::runs::finish`] writes it once, started and succeeded (a run is a
+/// dozen index entries a version, and one its group ends never shows `running`).
 pub async fn complete_many(
     tx: &mut PgConnection,
     steps: &[Completed<'_>],
@@ -115,12 +118,15 @@ pub async fn complete_many(
              SET steps_remaining = r.steps_remaining - p.n,
                  status = CASE WHEN r.status = 'queued' THEN 'running' ELSE r.status END,
                  started_at = coalesce(r.started_at, now())
-             FROM per_run p WHERE r.id = p.run_id
-             RETURNING r.id, r.steps_remaining, r.status)
+             FROM per_run p WHERE r.id = p.run_id AND r.steps_remaining > p.n),
+         -- A run these steps end is left for runs::finish to write once, succeeded: it was
+         -- locked by lock_queued, so what this statement reads of it is current.
+         ending AS (
+             SELECT r.id FROM offboard.runs r JOIN per_run p ON p.run_id = r.id
+             WHERE r.steps_remaining = p.n AND r.status IN ('queued', 'running'))
          SELECT (SELECT count(*) FROM finished) AS completed,
                 (SELECT count(*) FROM unblocked WHERE status = 'ready') AS unblocked,
-                (SELECT coalesce(array_agg(id), '{}') FROM run
-                 WHERE steps_remaining = 0 AND status = 'running') AS finished_runs",
+                (SELECT coalesce(array_agg(id), '{}') FROM ending) AS finished_runs",
     )
     .bind(&runs)
     .bind(&results)

@@ -190,7 +190,8 @@ pub struct Completion {
 
 /// `running -> succeeded` in the caller's transaction, together with the step's effects:
 /// decrements the dependency counters of the steps waiting on it (making ready those that
-/// reach 0) and the run's remaining-steps counter, all in one statement. The counters are
+/// reach 0) and the run's remaining-steps counter (except for the run's last step: then
+/// [`crate::ledger::runs::finish`] writes the run, once), all in one statement. The counters are
 /// updated row by row under row locks, so concurrent completions of one run never miss
 /// each other. The run's row is locked first, then the step, then its dependents — the
 /// order a group transaction, a cancel and a retry take too, so they cannot deadlock.
@@ -205,7 +206,7 @@ pub async fn complete(
 ) -> Result<Option<Completion>, sqlx::Error> {
     sqlx::query_as(
         "WITH run_lock AS (
-             SELECT r.id, r.status FROM offboard.runs r WHERE r.id = $1
+             SELECT r.id, r.status, r.steps_remaining FROM offboard.runs r WHERE r.id = $1
              FOR NO KEY UPDATE),
          finished AS (
              UPDATE offboard.steps
@@ -227,13 +228,13 @@ pub async fn complete(
              FROM finished f
              WHERE d.run_id = f.run_id AND f.name = ANY (d.depends_on)
              RETURNING d.status),
+         -- The run's last step leaves the run to runs::finish, which writes it once.
          run AS (
              UPDATE offboard.runs r SET steps_remaining = r.steps_remaining - 1
-             FROM finished f WHERE r.id = f.run_id
-             RETURNING r.steps_remaining, r.status)
+             FROM finished f WHERE r.id = f.run_id AND r.steps_remaining > 1)
          SELECT (SELECT count(*) FROM unblocked WHERE status = 'ready') AS unblocked,
-                run.steps_remaining, run.status AS run_status
-         FROM run",
+                l.steps_remaining - 1 AS steps_remaining, l.status AS run_status
+         FROM run_lock l WHERE EXISTS (SELECT 1 FROM finished)",
     )
     .bind(step.run_id)
     .bind(token)
