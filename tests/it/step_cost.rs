@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use offboard::{
     domain::{Action, RunStatus, StepKey},
     ledger::{
@@ -438,23 +437,19 @@ async fn a_run_its_last_completion_ends_is_written_once(pool: PgPool) {
     let written = runs_updated(&mut tx).await - before;
     assert_eq!(written, 1, "run versions written by the group and the finish");
     tx.commit().await.unwrap();
-    let (status, remaining, started, finished, receipt_started): (
-        String,
-        i32,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    ) = sqlx::query_as(
-        "SELECT status, steps_remaining, started_at, finished_at, receipt->>'started_at'
-         FROM offboard.runs WHERE id = $1",
-    )
-    .bind(run)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let (status, remaining, started_as_finished, receipt_started): (String, i32, bool, bool) =
+        sqlx::query_as(
+            "SELECT status, steps_remaining, started_at IS NOT NULL AND started_at = finished_at,
+                    receipt->>'started_at' IS NOT NULL
+             FROM offboard.runs WHERE id = $1",
+        )
+        .bind(run)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!((status.as_str(), remaining), ("succeeded", 0));
-    assert!(started.is_some() && started == finished, "started {started:?}, finished {finished:?}");
-    assert!(receipt_started.is_some(), "the receipt says when the run started");
+    assert!(started_as_finished, "the run started when its one transaction ran");
+    assert!(receipt_started, "the receipt says when the run started");
 
     // One step, claimed alone, then completed: the completion leaves the run to the finish.
     let run = noop_run(&app, 1).await;
@@ -471,11 +466,8 @@ async fn a_run_its_last_completion_ends_is_written_once(pool: PgPool) {
         .expect("the lease holds");
     assert_eq!((completion.steps_remaining, completion.run_status), (0, RunStatus::Running));
     runs::finish(&mut tx, run).await.unwrap();
-    assert_eq!(
-        runs_updated(&mut tx).await,
-        1,
-        "run versions written by the completion and the finish"
-    );
+    let written = runs_updated(&mut tx).await - before;
+    assert_eq!(written, 1, "run versions written by the completion and the finish");
     tx.commit().await.unwrap();
     let (status, remaining): (String, i32) =
         sqlx::query_as("SELECT status, steps_remaining FROM offboard.runs WHERE id = $1")
