@@ -2,8 +2,9 @@
 -- user's shared dashboards and LeadBooster settings) is planned once per connection. It
 -- was sent unprepared, so PostgreSQL planned it on every call: a prepared copy kept the
 -- plan it made while the ledger was empty, which read `runs` whole for each candidate (a
--- thousand buffers a call in `bench layoff`). Planning every call cost 0.37 ms a call, six
--- calls a run: 2.2 s of the 10 s PostgreSQL spent planning in one `bench layoff`
+-- thousand buffers a call in `bench layoff`). Planning every call cost 0.37 ms a call, two
+-- calls a run (transfer_dashboards, hand_over_leadbooster): 2.2 s of the 10 s PostgreSQL
+-- spent planning in one `bench layoff`
 -- (pg_stat_statements with track_planning). Here the plan is made once per connection,
 -- generic, with sequential scans off while it is made and run, so it probes each
 -- candidate's runs by key whatever the statistics say.

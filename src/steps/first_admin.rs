@@ -9,7 +9,7 @@ use super::StepError;
 /// per connection, generic, with sequential scans off, so each candidate's runs are probed
 /// by key, `(company_id, user_id)`, whatever the statistics say: a plan made while the
 /// ledger was empty read `runs` whole for each candidate (a thousand buffers a call in
-/// `bench layoff`), and planning it anew on every call cost 0.37 ms a call, six a run.
+/// `bench layoff`), and planning it anew on every call cost 0.37 ms a call, two a run.
 pub const FIRST_ADMIN_SQL: &str = "SELECT offboard.first_admin($1, $2)";
 
 /// The first admin of the company other than `excluding` who is not leaving (no active

@@ -52,7 +52,7 @@ async fn the_first_admin_who_stays_is_found_by_key_after_thousands_of_runs_were_
 }
 
 /// The search for the first admin who stays is kept prepared on a connection: sent
-/// unprepared, it was planned on every call (0.37 ms a call, six calls a run in `bench
+/// unprepared, it was planned on every call (0.37 ms a call, two calls a run in `bench
 /// layoff`). Its query now lives in a function that plans it once per connection, generic,
 /// with sequential scans off; that plan is made here before the ledger has a run, and the
 /// test above checks such a plan still probes by key once the ledger has a thousand.
