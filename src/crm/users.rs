@@ -140,28 +140,19 @@ pub async fn create_replacement<'e>(
 /// transaction, whose next statement then sees every run committed before it — the rules'
 /// "is the user a target of an active run?" and "is a target leaving?" cannot both pass
 /// for two concurrent requests. The keys live in their own range (ids with bit 56 set;
-/// an XOR, so no id, however large, overflows).
+/// an XOR, so no id, however large, overflows): `offboard.lock_users`, the function the
+/// enqueue's rules take them with (`runs::judge`, `runs::insert_if_clear`).
 pub async fn lock_for_enqueue(
     tx: &mut PgConnection,
     user_id: i64,
     leaving: bool,
     target_ids: &[i64],
 ) -> Result<(), sqlx::Error> {
-    if !leaving && target_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "SELECT count(CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
-                           ELSE pg_advisory_xact_lock_shared(key) END)
-         FROM (SELECT id # 72057594037927936 AS key, bool_or(exclusive) AS exclusive
-               FROM (SELECT $1::bigint AS id, $2::bool AS exclusive
-                     UNION ALL SELECT t, false FROM unnest($3::bigint[]) AS t) u
-               GROUP BY id ORDER BY id) k",
-    )
-    .bind(user_id)
-    .bind(leaving)
-    .bind(target_ids)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("SELECT offboard.lock_users($1, $2, $3)")
+        .bind(user_id)
+        .bind(leaving)
+        .bind(target_ids)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }

@@ -88,20 +88,31 @@ macro_rules! requested_by_sql {
 }
 pub(crate) use requested_by_sql;
 
+/// The company's approval policy for the run's action, as [`insert_run_sql`] reads it:
+/// a row with the hours an approval waits (`ttl`) when the policy asks for one.
+macro_rules! approval_policy_sql {
+    () => {
+        "SELECT approval_ttl_hours AS ttl FROM offboard.offboarding_policies
+         WHERE company_id = $2 AND require_approval
+           AND $4::text IN ('delete', 'deactivate_and_delete')"
+    };
+}
+
 /// The statement that writes a run, its steps (those without dependencies ready at once),
 /// its first history entry and its idempotency key; `$gate` are CTEs ending in a
-/// comma, and `$from` the clause the run's row is selected from (nothing is written
-/// when it yields no row). It answers `written`, then `$more` (columns and a `FROM`).
+/// comma, `$approval` the query of the company's approval policy for the action
+/// ([`approval_policy_sql`]'s row), and `$from` the clause the run's row is selected from
+/// (nothing is written when it yields no row). It answers `written`, then `$more`
+/// (columns and a `FROM`).
 macro_rules! insert_run_sql {
-    ($gate:expr, $from:expr, $more:expr) => {
+    ($gate:expr, $approval:expr, $from:expr, $more:expr) => {
         concat!(
             "WITH ",
             $gate,
             "
-             approval AS (
-                 SELECT approval_ttl_hours AS ttl FROM offboard.offboarding_policies
-                 WHERE company_id = $2 AND require_approval
-                   AND $4::text IN ('delete', 'deactivate_and_delete')),
+             approval AS (",
+            $approval,
+            "),
              run AS (
                  INSERT INTO offboard.runs
                      (id, company_id, user_id, action, plan, params, actor_user_id, idempotency_key,
@@ -187,8 +198,8 @@ fn step_columns<'a>(run: &'a NewRun<'_>) -> (Vec<&'a str>, Vec<String>) {
 // After the macro it uses.
 mod rules;
 pub use self::rules::{
-    BEGIN_ENQUEUE, Clearance, JUDGE_SQL, Judged, RequestVerdict, TARGETS_JUDGED_WITH_REQUEST,
-    TargetState, begin_enqueue, insert_if_clear, judge, target_states,
+    BEGIN_ENQUEUE, Clearance, JUDGE_SQL, Judged, RequestVerdict, TargetState, begin_enqueue,
+    insert_if_clear, judge, target_states,
 };
 
 /// Writes the run, its steps, the first history entry and the idempotency key, in one
@@ -201,9 +212,15 @@ pub async fn insert(
     idempotency: Option<(&str, &str)>,
 ) -> Result<(), sqlx::Error> {
     let (names, deps) = step_columns(run);
-    bind_new_run::<(bool,)>(insert_run_sql!("", "", ""), run, &names, &deps, idempotency)
-        .fetch_one(&mut *tx)
-        .await?;
+    bind_new_run::<(bool,)>(
+        insert_run_sql!("", approval_policy_sql!(), "", ""),
+        run,
+        &names,
+        &deps,
+        idempotency,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -206,6 +206,72 @@ async fn two_deactivations_naming_each_other_concurrently_leave_no_open_item_on_
     app.cleanup().await;
 }
 
+/// A request naming a user as its target, while that user's deactivation is being
+/// written, waits for it (the user locks) and then judges what it wrote. The enqueue takes
+/// its locks and judges in one statement, outside a transaction of its own; the judging
+/// must read with a snapshot taken after the locks, not the statement's own, which was
+/// taken before it waited and would not see the deactivation's run.
+#[sqlx::test]
+async fn a_request_naming_a_user_whose_deactivation_is_being_written_waits_and_sees_it(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    let (leaving, other) = (app.regular(0), app.regular(1));
+    let mut conn = app.pool.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    // The leaving user's enqueue, held open between its locks and its commit.
+    sqlx::query("SELECT offboard.lock_users($1, true, '{}')")
+        .bind(leaving)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let run_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO offboard.runs (id, company_id, user_id, action, status, actor_user_id,
+                                    steps_total, steps_remaining, plan)
+         VALUES ($1, $2, $3, 'deactivate', 'queued', $4, 15, 15, '{}')",
+    )
+    .bind(run_id)
+    .bind(app.company.company_id)
+    .bind(leaving)
+    .bind(app.admin())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let naming = app.deactivation(
+        other,
+        json!({"default": {"mode": "single", "targets": [{"user_id": leaving}]}}),
+    );
+    let writer = async {
+        let started = Instant::now();
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the request never waited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(app.post("/v1/offboardings", &naming), writer);
+    assert_eq!(body["error"]["code"], "invalid_target", "{status} {body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!("transfer.default.targets[0].user_id: user {leaving} is being offboarded"),
+        "{body}"
+    );
+    let written =
+        app.count_for("SELECT count(*) FROM offboard.runs WHERE user_id = $1", other).await;
+    assert_eq!(written, 0, "no run for the request");
+    app.cleanup().await;
+}
+
 #[sqlx::test]
 async fn a_target_deactivated_outside_offboard_stops_the_reassignment_until_the_plan_is_fixed(
     pool: PgPool,

@@ -9,15 +9,27 @@ use crate::helpers::TestApp;
 
 /// The last migration before steps were keyed by (run_id, position).
 const BEFORE_LEAN_STEP_ROW: i64 = 20261203130001;
+/// The migration that wrote the enqueue's rules as functions of the ledger.
+const ENQUEUE_RULES: &str =
+    include_str!("../../migrations/20261209100001_enqueue_rules_in_one_call.sql");
 
 #[sqlx::test(migrations = false)]
 async fn a_run_in_flight_when_steps_are_rekeyed_by_run_and_position_finishes_after_the_upgrade(
     pool: PgPool,
 ) {
     MIGRATOR.run_to(BEFORE_LEAN_STEP_ROW, &pool).await.expect("the old schema");
+    // This build enqueues through the rules' functions, which came later: they are lent to
+    // the old schema for its enqueues, and taken back before the upgrade writes them.
+    sqlx::raw_sql(ENQUEUE_RULES).execute(&pool).await.expect("the rules' functions");
     let app = TestApp::new(pool).await;
     let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
     let other = app.enqueue(&app.deactivation(app.regular(1), json!({}))).await;
+    sqlx::raw_sql(
+        "DROP FUNCTION offboard.enqueue_verdict, offboard.target_states, offboard.lock_users",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     // Under the old schema: the first step of one run was running on a worker that is gone
     // (its lease expired); that of another was queued in a Redis task of the old shape that
     // no worker will read; and the first run's outside call of stop_syncs had succeeded,

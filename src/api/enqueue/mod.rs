@@ -81,6 +81,7 @@ fn clearance<'a>(
         actor_user_id: request.actor_user_id.get(),
         user_id: request.user_id.get(),
         idempotency_key: key,
+        action: request.action,
         user_status: request.action.required_status(),
         deactivates: request.action.deactivates(),
         leaves: leaves(request.action),
@@ -95,7 +96,7 @@ fn clearance<'a>(
 /// deactivation or deletion) is first tried as one statement that judges it and writes
 /// the run when every rule clears it ([`runs::insert_if_clear`]); a refusal comes back
 /// from the same statement. Otherwise (an admin's deactivation, a reactivation, a
-/// replacement, many targets) [`enqueue_checked`] judges it, takes the company-wide rules
+/// replacement) [`enqueue_checked`] judges it, takes the company-wide rules
 /// under the company's lock, and writes the run.
 async fn enqueue(
     app: &AppState,
@@ -104,18 +105,16 @@ async fn enqueue(
     hash: Option<&idempotency::RequestHash>,
 ) -> Result<(Uuid, bool), EnqueueError> {
     let named = named_targets(&request.transfer);
-    let one_statement = request.action != Action::Reactivate
-        && request.replacement.is_none()
-        && named.len() <= runs::TARGETS_JUDGED_WITH_REQUEST;
+    let one_statement = request.action != Action::Reactivate && request.replacement.is_none();
     if one_statement && let Ok(plan) = request.transfer.clone().resolve(None) {
         let run = new_run(app, request, &plan, &run_params(request), key);
         let targets: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
         let clearance = clearance(request, key, &targets);
         let mut conn = app.pool.acquire().await?;
-        let mut tx = runs::begin_enqueue(&mut conn).await?;
-        users::lock_for_enqueue(&mut tx, request.user_id.get(), clearance.leaves, &targets).await?;
+        // One statement, committed by itself: it takes the request's user locks, judges,
+        // and writes the run when the rules clear it.
         let judged = runs::insert_if_clear(
-            &mut tx,
+            &mut conn,
             &run,
             key.zip(hash.map(idempotency::RequestHash::stored)),
             &clearance,
@@ -123,10 +122,7 @@ async fn enqueue(
         .await
         .map_err(|e| insert_error(e, request, key))?;
         if judged.written {
-            return match tx.commit().await {
-                Ok(()) => Ok((run.id, false)),
-                Err(e) => Err(insert_error(e, request, key)),
-            };
+            return Ok((run.id, false));
         }
         let verdict = judged.verdict;
         if let Some(run_id) = user_refusal(&verdict, request, hash)? {
@@ -160,7 +156,7 @@ fn run_params(request: &OffboardingRequest) -> RunParams {
 }
 
 /// The rules' verdict, then the company-wide rules, then the run written — in one
-/// transaction, after [`users::lock_for_enqueue`]: two requests that would make one user
+/// transaction, after the request's user locks ([`runs::judge`]): two requests that would make one user
 /// both leaving and a target of an active run serialize there. Two requests about one user
 /// that both read "no active run" cannot both write one, because the unique index on
 /// active runs refuses the second, and the key's primary key keeps one key to one run.
@@ -195,7 +191,6 @@ pub(super) async fn enqueue_checked_in(
     let action = request.action;
     let target_ids: Vec<i64> = named.iter().map(|(id, _)| *id).collect();
     let clearance = clearance(request, key, &target_ids);
-    users::lock_for_enqueue(&mut *tx, user_id, clearance.leaves, &target_ids).await?;
     let verdict = runs::judge(&mut *tx, &clearance).await?;
     if let Some(run_id) = user_refusal(&verdict, request, hash)? {
         return Ok((run_id, true));
