@@ -156,10 +156,11 @@ fn run_params(request: &OffboardingRequest) -> RunParams {
 }
 
 /// The rules' verdict, then the company-wide rules, then the run written — in one
-/// transaction, after the request's user locks ([`runs::judge`]): two requests that would make one user
-/// both leaving and a target of an active run serialize there. Two requests about one user
-/// that both read "no active run" cannot both write one, because the unique index on
-/// active runs refuses the second, and the key's primary key keeps one key to one run.
+/// transaction, after the request's user locks ([`runs::judge`]): two requests that would
+/// make one user both leaving and a target of an active run serialize there. Two requests
+/// about one user that both read "no active run" cannot both write one, because the unique
+/// index on active runs refuses the second, and the key's primary key keeps one key to one
+/// run.
 async fn enqueue_checked(
     app: &AppState,
     request: &OffboardingRequest,
