@@ -243,20 +243,7 @@ async fn a_request_naming_a_user_whose_deactivation_is_being_written_waits_and_s
         json!({"default": {"mode": "single", "targets": [{"user_id": leaving}]}}),
     );
     let writer = async {
-        let started = Instant::now();
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "the request never waited");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::helpers::until_a_lock_is_awaited(&app.pool, "advisory", "the request").await;
         tx.commit().await.unwrap();
     };
     let ((status, body), ()) = tokio::join!(app.post("/v1/offboardings", &naming), writer);

@@ -31,6 +31,25 @@ use uuid::Uuid;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Waits until some backend waits for a lock of `locktype` (`advisory`, `transactionid`):
+/// the statement a test holds back has reached its lock. `who` names it in the failure.
+pub async fn until_a_lock_is_awaited(pool: &PgPool, locktype: &str, who: &str) {
+    let started = Instant::now();
+    loop {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = $1 AND NOT granted")
+                .bind(locktype)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{who} never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The unscoped token a test app accepts beside the tokens a test configures (the
 /// development token is never accepted beside configured ones).
 pub const ADMIN_TOKEN: &str = "offboard-test-unscoped-token";

@@ -613,20 +613,7 @@ async fn a_deal_the_host_reassigns_while_a_batch_moves_it_stays_where_the_host_p
     let mut conn = app.pool.acquire().await.unwrap();
     let batch = move_one_batch(&mut conn, &app, user, target, 10_000);
     let release = async {
-        let started = std::time::Instant::now();
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "the batch never waited");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::helpers::until_a_lock_is_awaited(&app.pool, "transactionid", "the batch").await;
         host.commit().await.unwrap();
     };
     let (moved, ()) = tokio::join!(batch, release);
