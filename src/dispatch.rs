@@ -69,9 +69,16 @@ pub const PASS_GAP: Duration = Duration::from_millis(10);
 pub struct DispatchStats {
     passes: AtomicU64,
     dispatched: AtomicU64,
+    busy: AtomicU64,
 }
 
 impl DispatchStats {
+    /// Times this dispatcher found another process's dispatcher passing (and looked again
+    /// after [`PASS_GAP`]).
+    pub fn busy(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
     pub fn passes(&self) -> u64 {
         self.passes.load(Ordering::Relaxed)
     }
@@ -104,18 +111,26 @@ impl Dispatcher {
 
     /// Dispatches what may start now; returns how many steps were pushed.
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
-        let dispatched = steps::dispatch_ready(&self.pool, self.limits()).await?;
+        Ok(self.pass().await?.unwrap_or(0))
+    }
+
+    /// [`Dispatcher::dispatch_once`]; `None` when another process's dispatcher was passing.
+    async fn pass(&self) -> anyhow::Result<Option<usize>> {
+        let Some(dispatched) = steps::try_dispatch_ready(&self.pool, self.limits()).await? else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
         self.stats.passes.fetch_add(1, Ordering::Relaxed);
         self.stats.dispatched.fetch_add(dispatched.len() as u64, Ordering::Relaxed);
         METRICS.dispatch_pass(dispatched.len());
         if dispatched.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         // Committed as queued first: if a push fails the sweeper pushes them again.
         let lanes = steps::into_lanes(&dispatched);
         self.queues.push_steps(&lanes.back).await?;
         self.queues.push_steps_first(&lanes.front).await?;
-        Ok(dispatched.len())
+        Ok(Some(dispatched.len()))
     }
 
     /// Pushes purges that came due, in batches, while Redis holds fewer than
@@ -163,10 +178,16 @@ impl Dispatcher {
                     tracing::warn!(error = %format!("{e:#}"), "pushing due purges failed; will retry");
                 }
             }
-            match self.dispatch_once().await {
+            match self.pass().await {
                 // More may be waiting: go again (after the gap).
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
+                Ok(Some(n)) if n > 0 => continue,
+                // Another process's dispatcher was passing, and its pass may not have seen
+                // what this one was woken for: look again after the gap. (Waiting for the
+                // next nudge or the interval instead could leave the steps this process's
+                // own commit had just made ready until the interval, whenever two
+                // processes' passes met.)
+                Ok(None) => continue,
+                Ok(Some(_)) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "dispatch failed; will retry"),
             }
             tokio::select! {

@@ -189,3 +189,63 @@ async fn a_burst_of_commits_in_an_api_process_sends_one_notification_per_gap(poo
     );
     app.cleanup().await;
 }
+
+/// Two worker processes' dispatchers take turns on an advisory lock. A dispatcher woken
+/// while the other one's pass holds it looks again once that pass is over: the other pass
+/// read the ledger as it was when it began and may not have seen the steps this one was
+/// woken for. (It waited for its next nudge or interval instead.)
+#[sqlx::test]
+async fn a_dispatcher_woken_while_another_process_passes_looks_again_when_that_pass_ends(
+    pool: PgPool,
+) {
+    // Only nudges wake this dispatcher (its interval is an hour).
+    let app = TestApp::with(
+        pool,
+        &[("OFFBOARD_DISPATCH_INTERVAL", "1h")],
+        SeedOptions { users: 4, items_per_user: 1, seed: 7 },
+    )
+    .await;
+    // The other process's pass: its transaction holds the dispatchers' lock.
+    let mut other = app.pool.begin().await.unwrap();
+    let held: bool = sqlx::query_scalar(offboard::ledger::steps::DISPATCH_LOCK_SQL)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(held, "the other pass holds the lock");
+
+    let dispatcher = app.workers.dispatcher.clone();
+    let stats = dispatcher.stats.clone();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(dispatcher.run(shutdown.clone()));
+    // A commit that made steps ready, and its nudge, while the other pass goes on.
+    let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    let busy = stats.busy();
+    let started = Instant::now();
+    while stats.busy() <= busy {
+        assert!(started.elapsed() < DEADLINE, "the dispatcher never tried to pass");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.commit().await.unwrap();
+
+    let started = Instant::now();
+    loop {
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM offboard.steps
+             WHERE run_id = $1 AND status IN ('queued', 'running', 'succeeded')",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if queued > 0 {
+            break;
+        }
+        // Well within the hour the dispatcher would otherwise have waited.
+        assert!(started.elapsed() < DEADLINE, "the run's ready steps were never dispatched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stats.passes() > 0, "the dispatcher passed");
+    shutdown.trigger();
+    running.await.unwrap();
+    app.cleanup().await;
+}

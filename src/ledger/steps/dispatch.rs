@@ -125,10 +125,21 @@ pub async fn dispatch_ready(
     pool: &PgPool,
     limits: DispatchLimits,
 ) -> Result<Vec<Dispatched>, sqlx::Error> {
+    Ok(try_dispatch_ready(pool, limits).await?.unwrap_or_default())
+}
+
+/// [`dispatch_ready`], saying when it did not pass: `None` when another dispatcher's pass
+/// held the lock. That pass read the ledger as it was when it began, so steps a commit
+/// made ready since may be left for the next one: whoever was nudged for them must look
+/// again soon, not wait for its next nudge.
+pub async fn try_dispatch_ready(
+    pool: &PgPool,
+    limits: DispatchLimits,
+) -> Result<Option<Vec<Dispatched>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await?;
     if !locked {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let picked: Vec<Dispatched> = sqlx::query_as(DISPATCH_SQL)
         .bind(limits.max_in_flight)
@@ -139,7 +150,7 @@ pub async fn dispatch_ready(
     tx.commit().await?;
     let mut picked = picked;
     picked.sort_by_key(|d| (d.turn, d.run_id, d.position));
-    Ok(picked)
+    Ok(Some(picked))
 }
 
 /// A step the dispatcher moved to `queued`.

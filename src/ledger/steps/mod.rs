@@ -24,7 +24,7 @@ use crate::domain::{Action, RunStatus, StepKey, StepStatus};
 pub use self::{
     dispatch::{
         DISPATCH_LOCK_SQL, DISPATCH_SQL, DispatchLimits, Dispatched, LIGHT_COMPANY_IN_FLIGHT,
-        Lanes, MAX_STEPS_PER_TASK, dispatch_ready, into_lanes, into_tasks,
+        Lanes, MAX_STEPS_PER_TASK, dispatch_ready, into_lanes, into_tasks, try_dispatch_ready,
     },
     failure::{Failure, defer, fail, stop_canceled},
     group::{Completed, Completions, GoesOn, claim_locked, complete_many, lock_queued},
