@@ -566,7 +566,19 @@ async fn move_one_batch(
     target: i64,
     limit: i64,
 ) -> i64 {
-    let sql = single_target_sql(ItemType::Deals, Scope::All, Journal::Off);
+    move_batch_of_run(conn, app, (user, target), limit, Journal::Off, uuid::Uuid::now_v7()).await
+}
+
+/// [`move_one_batch`] as run `run`'s batch, with its journal row or without.
+async fn move_batch_of_run(
+    conn: &mut sqlx::PgConnection,
+    app: &TestApp,
+    (user, target): (i64, i64),
+    limit: i64,
+    journal: Journal,
+    run: uuid::Uuid,
+) -> i64 {
+    let sql = single_target_sql(ItemType::Deals, Scope::All, journal);
     let start: chrono::DateTime<chrono::Utc> = "0001-01-01T00:00:00Z".parse().unwrap();
     let (moved, _, _): (i64, Option<chrono::DateTime<chrono::Utc>>, Option<i64>) =
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -576,7 +588,7 @@ async fn move_one_batch(
             .bind(start)
             .bind(0i64)
             .bind(limit)
-            .bind(uuid::Uuid::now_v7())
+            .bind(run)
             .fetch_one(conn)
             .await
             .unwrap();
@@ -646,20 +658,9 @@ async fn a_batch_s_journal_row_is_compressed_with_lz4(pool: PgPool) {
     .await
     .unwrap();
     let run = uuid::Uuid::now_v7();
-    let start: chrono::DateTime<chrono::Utc> = "0001-01-01T00:00:00Z".parse().unwrap();
-    let (moved, _, _): (i64, Option<chrono::DateTime<chrono::Utc>>, Option<i64>) = sqlx::query_as(
-        sqlx::AssertSqlSafe(single_target_sql(ItemType::Deals, Scope::All, Journal::On)),
-    )
-    .bind(app.company.company_id)
-    .bind(user)
-    .bind(target)
-    .bind(start)
-    .bind(0i64)
-    .bind(5_000i64)
-    .bind(run)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let moved = move_batch_of_run(&mut conn, &app, (user, target), 5_000, Journal::On, run).await;
+    drop(conn);
     assert!(moved >= 2_000, "the batch moved the deals: {moved}");
     let (items, owners): (Option<String>, Option<String>) = sqlx::query_as(
         "SELECT pg_column_compression(item_ids), pg_column_compression(new_owner_ids)
