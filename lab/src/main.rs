@@ -2,8 +2,9 @@
 //! `offboard` and `offboard-worker`; this binary (which can FLUSHALL Redis, restart
 //! PostgreSQL and drop its own databases) is built only by developers and CI.
 //!
-//! It drives the product through the `offboard` library's public API; the worker
-//! processes it starts are this binary's `worker` subcommand (the product's worker runtime).
+//! It drives the product through the `offboard` library's public API. The suite's worker
+//! processes are this binary's `worker` subcommand (the product's worker runtime); the
+//! bench's are the shipped `offboard` binary beside it, whose memory is what operators see.
 
 mod bench;
 mod chaos;
@@ -37,11 +38,11 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
-    /// The product's worker runtime (what `offboard worker` runs): the processes the bench
-    /// and the suite start and kill.
+    /// The product's worker runtime (what `offboard worker` runs): the processes the suite
+    /// starts and kills, and the bench's when no `offboard` binary is beside this one.
     #[command(hide = true)]
     Worker,
-    /// The product's API alone (what `offboard api` runs): the bench's API process.
+    /// The product's API alone (what `offboard api` runs), for the bench as `Worker`.
     #[command(hide = true)]
     Api,
     /// The product's API and workers in one process (what `offboard serve` runs).

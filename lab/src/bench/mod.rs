@@ -4,8 +4,9 @@
 //!
 //! Every scenario creates its own database (`offboard_bench_<scenario>` on the server of
 //! `DATABASE_URL`) and its own Redis key prefix, and removes both when it ends, so it never
-//! touches a developer's data. Workers run as child processes (`offboard worker`), so their
-//! peak resident memory can be read from `/proc`.
+//! touches a developer's data. Workers run as child processes of the shipped binary
+//! (`offboard worker`, see [`process::service_binary`]), so their peak resident memory can be
+//! read from `/proc`.
 //!
 //! Output lines are `<name>: <value> <unit>`; lines starting with `#` describe the setup.
 //!
@@ -42,7 +43,9 @@ pub(crate) use self::{
         LoadRequest, LoadResult, get, http_client, http_load, median, post_json, until_last_finish,
         verdict, wait_until,
     },
-    process::{ApiServer, WorkerProcess, free_loopback_addr, mib, wait_for_workers},
+    process::{
+        ApiServer, WorkerProcess, free_loopback_addr, mib, service_binary, wait_for_workers,
+    },
     statements::Statements,
 };
 use offboard::{config::Settings, queue::Queues};
@@ -174,6 +177,14 @@ async fn print_machine(settings: &Settings) -> anyhow::Result<()> {
     println!(
         "# machine: {cores} cores ({model}), {:.1} GiB RAM; PostgreSQL {pg} (max_connections {max_conn}, synchronous_commit {sync_commit}); Redis {redis_version}; all on loopback",
         ram_kib as f64 / 1024.0 / 1024.0
+    );
+    let binary = service_binary()?;
+    let size = std::fs::metadata(&binary.path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "# service processes (worker, api, serve): {} ({}, {:.0} MB)",
+        binary.path.display(),
+        binary.source,
+        size as f64 / 1e6
     );
     Ok(())
 }

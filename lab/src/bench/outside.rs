@@ -13,7 +13,7 @@
 //!   layoff runs with one vendor hanging every call (never answering; the call's timeout
 //!   ends it). Target: within 1.5 × its idle time.
 //!
-//! One worker process (`offboard-lab worker`) with the product's settings, except the
+//! One worker process (`offboard worker`) with the product's settings, except the
 //! per-host rate limit, raised so the figure is the engine's and the latency's rather than
 //! the token bucket's (printed below).
 

@@ -1,6 +1,6 @@
-//! The processes a scenario measures: `offboard-lab worker`, `api` and `serve` as child
-//! processes (their peak memory read from `/proc`), and the API in this process on a
-//! runtime of its own.
+//! The processes a scenario measures: `offboard worker`, `api` and `serve` — the shipped
+//! binary, see [`service_binary`] — as child processes (their peak memory read from
+//! `/proc`), and the API in this process on a runtime of its own.
 
 use std::{
     net::SocketAddr,
@@ -16,6 +16,34 @@ use tokio::sync::Notify;
 use super::{BenchEnv, http_client};
 use offboard::{api::AppState, app, config::Settings, ledger, queue::Queues, shutdown::Shutdown};
 
+/// The binary the service processes run, and where it was found.
+pub(crate) struct ServiceBinary {
+    pub path: PathBuf,
+    /// How it was chosen, for the report's header.
+    pub source: &'static str,
+}
+
+/// The binary the scenarios' service processes run. The shipped `offboard` — what
+/// operators deploy, so its memory and CPU are the figures that matter — taken from
+/// `OFFBOARD_BIN`, or beside this binary, where `cargo build --release --workspace` puts
+/// both. Failing both, this binary's hidden `worker`, `api` and `serve` subcommands: the
+/// same product code, in a larger binary whose memory is not the shipped one's.
+pub(crate) fn service_binary() -> anyhow::Result<ServiceBinary> {
+    if let Some(path) = std::env::var_os("OFFBOARD_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("OFFBOARD_BIN={} is not a file", path.display());
+        }
+        return Ok(ServiceBinary { path, source: "OFFBOARD_BIN" });
+    }
+    let lab = std::env::current_exe().context("cannot find the offboard-lab binary")?;
+    let beside = lab.with_file_name(format!("offboard{}", std::env::consts::EXE_SUFFIX));
+    if beside.is_file() {
+        return Ok(ServiceBinary { path: beside, source: "beside offboard-lab" });
+    }
+    Ok(ServiceBinary { path: lab, source: "offboard-lab itself: no offboard binary beside it" })
+}
+
 /// An `offboard worker` child process on the bench database and prefix.
 pub(crate) struct WorkerProcess {
     child: tokio::process::Child,
@@ -24,7 +52,7 @@ pub(crate) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts `offboard-lab worker` with the scenario's settings. Variables of the parent's
+    /// Starts `offboard worker` with the scenario's settings. Variables of the parent's
     /// environment pass through (so `OFFBOARD_WORKER_CONCURRENCY` etc. apply), except the
     /// database, prefix and fault injection.
     pub fn spawn(env: &BenchEnv, label: &str) -> anyhow::Result<Self> {
@@ -36,15 +64,15 @@ impl WorkerProcess {
         Self::spawn_command(env, "worker", label, vars)
     }
 
-    /// A service process of this binary: `worker`, `api` (what `offboard api` runs) or
-    /// `serve` (what `offboard serve` runs), with the scenario's settings and `vars`.
+    /// A service process of [`service_binary`]: `worker`, `api` or `serve`, with the
+    /// scenario's settings and `vars`.
     pub fn spawn_command(
         env: &BenchEnv,
         subcommand: &str,
         label: &str,
         vars: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the offboard binary")?;
+        let exe = service_binary()?.path;
         let log = std::env::temp_dir().join(format!("{}-{label}.log", env.settings.queue_prefix));
         let stderr = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;

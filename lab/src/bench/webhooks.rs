@@ -1,5 +1,5 @@
 //! `offboard-lab bench webhooks`: host webhooks through the whole delivery path — events
-//! written to the outbox in one transaction, a worker process (`offboard-lab worker`, the
+//! written to the outbox in one transaction, a worker process (`offboard worker`, the
 //! product's runtime) claiming, signing, sending and recording each delivery — to a local
 //! receiver that answers every request in 50 ms.
 //!
