@@ -29,14 +29,17 @@ pub(crate) struct ServiceBinary {
 /// both. Failing both, this binary's hidden `worker`, `api` and `serve` subcommands: the
 /// same product code, in a larger binary whose memory is not the shipped one's.
 pub(crate) fn service_binary() -> anyhow::Result<ServiceBinary> {
-    if let Some(path) = std::env::var_os("OFFBOARD_BIN") {
-        let path = PathBuf::from(path);
+    let lab = std::env::current_exe().context("cannot find the offboard-lab binary")?;
+    choose_service_binary(std::env::var_os("OFFBOARD_BIN").map(PathBuf::from), lab)
+}
+
+fn choose_service_binary(named: Option<PathBuf>, lab: PathBuf) -> anyhow::Result<ServiceBinary> {
+    if let Some(path) = named {
         if !path.is_file() {
             bail!("OFFBOARD_BIN={} is not a file", path.display());
         }
         return Ok(ServiceBinary { path, source: "OFFBOARD_BIN" });
     }
-    let lab = std::env::current_exe().context("cannot find the offboard-lab binary")?;
     let beside = lab.with_file_name(format!("offboard{}", std::env::consts::EXE_SUFFIX));
     if beside.is_file() {
         return Ok(ServiceBinary { path: beside, source: "beside offboard-lab" });
@@ -249,5 +252,65 @@ impl ApiServer {
         tokio::task::spawn_blocking(move || thread.join())
             .await?
             .map_err(|_| anyhow::anyhow!("API thread panicked"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under the system's temporary one, removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("offboard-lab-{name}-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, b"").unwrap();
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+
+    #[test]
+    fn the_shipped_binary_beside_the_lab_is_the_one_measured() {
+        let dir = Dir::new("beside");
+        let lab = dir.file("offboard-lab");
+        let shipped = dir.file(&format!("offboard{}", std::env::consts::EXE_SUFFIX));
+        let chosen = choose_service_binary(None, lab).unwrap();
+        assert_eq!(chosen.path, shipped);
+        assert_eq!(chosen.source, "beside offboard-lab");
+    }
+
+    #[test]
+    fn without_a_shipped_binary_beside_it_the_lab_runs_its_own_subcommands() {
+        let dir = Dir::new("alone");
+        let lab = dir.file("offboard-lab");
+        let chosen = choose_service_binary(None, lab.clone()).unwrap();
+        assert_eq!(chosen.path, lab);
+    }
+
+    #[test]
+    fn offboard_bin_wins_and_must_name_a_file() {
+        let dir = Dir::new("named");
+        let lab = dir.file("offboard-lab");
+        dir.file("offboard");
+        let named = dir.file("offboard-elsewhere");
+        let chosen = choose_service_binary(Some(named.clone()), lab.clone()).unwrap();
+        assert_eq!((chosen.path, chosen.source), (named, "OFFBOARD_BIN"));
+        let missing = dir.0.join("missing");
+        let error = choose_service_binary(Some(missing), lab).err().expect("a missing file");
+        assert!(error.to_string().contains("is not a file"), "{error}");
     }
 }
