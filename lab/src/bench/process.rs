@@ -169,7 +169,13 @@ pub(crate) async fn wait_for_workers(
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("workers did not register with Redis within 30 s");
+            let logs: Vec<String> = workers.iter().map(|w| w.log.display().to_string()).collect();
+            bail!(
+                "workers did not register with Redis within 30 s; is {} built from this \
+                 checkout? (cargo build --release --workspace) Their logs: {}",
+                service_binary()?.path.display(),
+                logs.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
