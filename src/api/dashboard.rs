@@ -218,19 +218,39 @@ async fn runs_by_status<'e>(
 }
 
 /// (status, steps, of which finished within the throughput window) per step status present.
+/// For one company, the finished steps are read from `steps_company_finished` alone, and
+/// the unfinished ones (which that index leaves out: they were most of its writes) through
+/// the company's active runs, where they all are — a run ends only when its steps have.
 async fn steps_by_status<'e>(
     db: impl PgExecutor<'e>,
     company_id: Option<i64>,
 ) -> Result<Vec<(StepStatus, i64, i64)>, sqlx::Error> {
-    sqlx::query_as(
+    let window = THROUGHPUT_WINDOW_SECONDS as f64;
+    let Some(company_id) = company_id else {
+        return sqlx::query_as(
+            "SELECT status, count(*),
+                    count(*) FILTER (WHERE finished_at > now() - make_interval(secs => $1))
+             FROM offboard.steps
+             GROUP BY status",
+        )
+        .bind(window)
+        .fetch_all(db)
+        .await;
+    };
+    sqlx::query_as(concat!(
         "SELECT status, count(*),
                 count(*) FILTER (WHERE finished_at > now() - make_interval(secs => $2))
-         FROM offboard.steps
-         WHERE ($1::bigint IS NULL OR company_id = $1)
-         GROUP BY status",
-    )
+         FROM (SELECT s.status, s.finished_at FROM offboard.steps s
+               WHERE s.company_id = $1 AND s.finished_at IS NOT NULL
+               UNION ALL
+               SELECT s.status, NULL FROM offboard.runs r JOIN offboard.steps s ON s.run_id = r.id
+               WHERE r.company_id = $1 AND r.status IN ",
+        crate::active_run_statuses_sql!(),
+        " AND s.finished_at IS NULL) steps
+         GROUP BY status"
+    ))
     .bind(company_id)
-    .bind(THROUGHPUT_WINDOW_SECONDS as f64)
+    .bind(window)
     .fetch_all(db)
     .await
 }

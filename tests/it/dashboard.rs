@@ -151,6 +151,46 @@ async fn stats_count_expired_and_rejected_runs(pool: PgPool) {
     app.cleanup().await;
 }
 
+/// A company's stats count its steps in every status: the finished ones from the company's
+/// index of finished steps, the others through its active runs.
+#[sqlx::test]
+async fn a_company_s_stats_count_its_steps_in_every_status(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+    app.drain().await;
+    let open = app.enqueue(&app.deactivation(app.regular(1), json!({}))).await;
+    // Two of the open run's steps as a worker would hold them: queued, and running.
+    sqlx::query(
+        "UPDATE offboard.steps SET status = CASE position WHEN 2 THEN 'queued' ELSE 'running' END
+         WHERE run_id = $1 AND position IN (2, 3)",
+    )
+    .bind(open)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM offboard.steps WHERE company_id = $1 GROUP BY status",
+    )
+    .bind(app.company.company_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(expected.len() >= 4, "succeeded, pending, queued and running: {expected:?}");
+
+    let (status, stats) =
+        app.get(&format!("/v1/stats?company_id={}", app.company.company_id)).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    for (step_status, n) in &expected {
+        assert_eq!(stats["steps"][step_status], *n, "{step_status}: {stats}");
+    }
+    let total: i64 = expected.iter().map(|(_, n)| n).sum();
+    let counted: i64 =
+        stats["steps"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(counted, total, "{stats}");
+    assert_eq!(stats["in_flight"], 2, "{stats}");
+    app.cleanup().await;
+}
+
 #[sqlx::test]
 async fn a_company_scoped_token_sees_stats_of_its_company_only(pool: PgPool) {
     let app = TestApp::new(pool.clone()).await;

@@ -259,6 +259,41 @@ async fn a_request_naming_a_user_whose_deactivation_is_being_written_waits_and_s
     app.cleanup().await;
 }
 
+/// The common request — a leaving user and one target — takes its two locks without the
+/// grouping query every other request's locks go through; it must take the same locks:
+/// the same keys, exclusive on the user and shared on the target, whichever id is lower.
+#[sqlx::test]
+async fn a_request_with_one_target_takes_the_locks_any_request_takes(pool: PgPool) {
+    async fn held(pool: &PgPool, user: i64, targets: &[i64]) -> Vec<(i64, i64, String)> {
+        let mut conn = pool.acquire().await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        sqlx::query("SELECT offboard.lock_users($1, true, $2)")
+            .bind(user)
+            .bind(targets)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let locks = sqlx::query_as(
+            "SELECT classid::bigint, objid::bigint, mode FROM pg_locks
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid() ORDER BY 1, 2",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        locks
+    }
+    for (user, target) in [(5_i64, 9_i64), (9, 5)] {
+        // One target: the direct path. The same target twice: the grouping query.
+        let direct = held(&pool, user, &[target]).await;
+        let grouped = held(&pool, user, &[target, target]).await;
+        assert_eq!(direct.len(), 2, "{direct:?}");
+        assert_eq!(direct, grouped, "user {user}, target {target}");
+        let modes: Vec<&str> = direct.iter().map(|(_, _, m)| m.as_str()).collect();
+        assert!(modes.contains(&"ExclusiveLock") && modes.contains(&"ShareLock"), "{direct:?}");
+    }
+}
+
 #[sqlx::test]
 async fn a_target_deactivated_outside_offboard_stops_the_reassignment_until_the_plan_is_fixed(
     pool: PgPool,
