@@ -209,6 +209,86 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_reads_by_index_once_it_has_g
     app.cleanup().await;
 }
 
+/// The pass's update finds each picked step by its key, in a plan made on a young ledger
+/// and kept as the ledger grows. Planned for a `steps` analyzed at a few rows, it merged the
+/// picked steps with the whole primary key (or hashed them and read it whole, when some
+/// were ready), from its start up to the last step picked: every step of every run before
+/// it — 8,276 rows and 4,015 buffers of a pass that queued 4 (`auto_explain` in
+/// `bench layoff`, where 69 of the 118 passes over 4 ms merged so).
+#[sqlx::test]
+async fn a_dispatch_pass_planned_on_an_empty_ledger_updates_the_picked_steps_by_key(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    // A young ledger, analyzed (as autovacuum does early): 40 steps, all finished.
+    finished_steps(&app, 0, 4).await;
+    sqlx::raw_sql("ANALYZE offboard.steps").execute(&app.pool).await.unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let mut tx = as_dispatcher(&mut conn).await;
+    run_pass(&mut tx, 1024, 48).await;
+    tx.commit().await.unwrap();
+
+    // The finished steps of 2,000 earlier runs, keyed before the run whose steps are ready.
+    finished_steps(&app, 4, 2_000).await;
+    let run = uuid::Uuid::max();
+    sqlx::query(
+        "INSERT INTO offboard.runs (id, company_id, user_id, action, status, actor_user_id,
+                                    steps_total, steps_remaining, plan)
+         VALUES ($1, $2, $3, 'deactivate', 'running', $4, 4, 4, '{}')",
+    )
+    .bind(run)
+    .bind(app.company.company_id)
+    .bind(app.regular(0))
+    .bind(app.admin())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO offboard.steps (run_id, company_id, name, position, deps_remaining, status,
+                                     max_attempts, next_attempt_at)
+         SELECT $1, $2, 'noop_' || k, k, 0, 'ready', 8, now() - interval '1 minute'
+         FROM generate_series(1, 4) k",
+    )
+    .bind(run)
+    .bind(app.company.company_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
+            .bind(DISPATCH_SQL)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let mut tx = as_dispatcher(&mut conn).await;
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}(1024, 48, 16)");
+    let (plan,): (Value,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(plan[0]["Plan"]["Actual Rows"], 4, "the run's four steps queued: {plan:#}");
+    let read = target_rows(&plan[0]["Plan"]);
+    assert!(read <= 8, "the pass read {read} steps to queue 4 of 20,044: {plan:#}");
+    drop(conn);
+    app.cleanup().await;
+}
+
+/// The ten finished steps of each of `runs` runs the ledger does not hold, numbered from
+/// `from` and keyed before any run of [`offboard::ledger::runs::new_run_id`]'s.
+async fn finished_steps(app: &TestApp, from: i64, runs: i64) {
+    sqlx::query(
+        "INSERT INTO offboard.steps (run_id, company_id, name, position, deps_remaining, status,
+                                     max_attempts, finished_at)
+         SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(r), 12, '0'))::uuid, $1,
+                'noop_' || k, k, 0, 'succeeded', 8, now()
+         FROM generate_series($2 + 1, $2 + $3) r, generate_series(1, 10) k",
+    )
+    .bind(app.company.company_id)
+    .bind(from)
+    .bind(runs)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
 /// Rows the plan's scans read and dropped (their filters), over all their loops.
 fn removed_rows(node: &Value) -> i64 {
     let own = node["Rows Removed by Filter"].as_i64().unwrap_or(0)
