@@ -50,9 +50,9 @@ pub async fn belongings(
            'automations', jsonb_build_object(
                'created_active', (SELECT count(*) FROM crm.automations WHERE company_id = $1 AND creator_id = $2 AND active),
                'naming_user', (SELECT coalesce(jsonb_agg(id ORDER BY id), '[]') FROM crm.automations
-                               WHERE company_id = $1 AND creator_id <> $2 AND $2 = ANY (trigger_user_ids))),
+                               WHERE company_id = $1 AND creator_id <> $2 AND trigger_user_ids @> ARRAY[$2::bigint])),
            'assignment_rules_naming_user', (SELECT coalesce(jsonb_agg(id ORDER BY id), '[]') FROM crm.assignment_rules
-                                            WHERE company_id = $1 AND $2 = ANY (assignee_ids)),
+                                            WHERE company_id = $1 AND assignee_ids @> ARRAY[$2::bigint]),
            'live_chats_open', (SELECT count(*) FROM crm.live_chats WHERE company_id = $1 AND operator_id = $2 AND status = 'open'),
            'chatbot_playbooks', (SELECT count(*) FROM crm.chatbot_playbooks WHERE company_id = $1 AND responsible_user_id = $2),
            'web_forms', (SELECT count(*) FROM crm.web_forms WHERE company_id = $1 AND responsible_user_id = $2),

@@ -48,7 +48,7 @@ mod progress;
 mod reactivate_user;
 pub mod reassign;
 mod redact_profile;
-mod review_automations;
+pub mod review_automations;
 mod stop_syncs;
 mod transfer_dashboards;
 mod undo_transfer;

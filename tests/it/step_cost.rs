@@ -271,6 +271,67 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_updates_the_picked_steps_by_
     app.cleanup().await;
 }
 
+/// The automations a leaving user created or is named in, and the assignment rules
+/// assigning to them, are found by the user, not among the company's: the step read every
+/// automation and rule of the company, twice (2.2 ms and 127 buffers a call in
+/// `bench layoff`, more with each automation the company has).
+#[sqlx::test]
+async fn reviewing_a_user_s_automations_reads_theirs_not_the_company_s(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (user, other) = (app.regular(0), app.regular(1));
+    sqlx::query(
+        "INSERT INTO crm.automations (company_id, creator_id, name, trigger_user_ids)
+         SELECT $1, $2, 'Automation ' || k, ARRAY[$2]
+         FROM generate_series(1, 3000) k",
+    )
+    .bind(app.company.company_id)
+    .bind(other)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO crm.assignment_rules (company_id, name, assignee_ids)
+         SELECT $1, 'Rule ' || k, ARRAY[$2] FROM generate_series(1, 3000) k",
+    )
+    .bind(app.company.company_id)
+    .bind(other)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE crm.automations, crm.assignment_rules")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mine = app
+        .count_for(
+            "SELECT count(*) FROM crm.automations
+             WHERE creator_id = $1 OR $1 = ANY (trigger_user_ids)",
+            user,
+        )
+        .await;
+    assert!(mine > 0, "the seed gives the user automations to review");
+
+    let mut tx = app.pool.begin().await.unwrap();
+    let (plan,): (Value,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        offboard::steps::review_automations::REVIEW_SQL
+    )))
+    .bind(app.company.company_id)
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let read = rows_of(&plan[0]["Plan"], &|n| {
+        n["Relation Name"] == "automations" || n["Relation Name"] == "assignment_rules"
+    }) + removed_rows(&plan[0]["Plan"]);
+    assert!(
+        read <= 2 * mine + 20,
+        "the step read {read} automations and rules for the user's {mine}: {plan:#}"
+    );
+    app.cleanup().await;
+}
+
 /// The ten finished steps of each of `runs` runs the ledger does not hold, numbered from
 /// `from` and keyed before any run of [`offboard::ledger::runs::new_run_id`]'s.
 async fn finished_steps(app: &TestApp, from: i64, runs: i64) {
