@@ -30,17 +30,23 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
                      WHERE s.status = 'ready' AND s.company_id < r.company_id
                      ORDER BY s.company_id DESC LIMIT 1)
              FROM ready_companies r WHERE r.company_id IS NOT NULL),
+         -- Each company's steps in flight, looked up by company in one object: joined to
+         -- the companies, they would be a nested loop over both lists (see below).
+         in_flight AS (
+             SELECT coalesce(sum(n), 0) AS total,
+                    coalesce(jsonb_object_agg(company_id, n), '{}') AS by_company
+             FROM (SELECT company_id, count(*) AS n FROM offboard.steps
+                   WHERE status IN ('queued', 'running') GROUP BY company_id) c),
          room AS (
              SELECT f.n, ceil(f.n::numeric / greatest(1, (SELECT count(company_id) FROM ready_companies)))::bigint AS turns
-             FROM (SELECT greatest(0, $1 - (SELECT count(*) FROM offboard.steps
-                                            WHERE status IN ('queued', 'running'))) AS n) f),
+             FROM (SELECT greatest(0, $1 - (SELECT total FROM in_flight)) AS n) f),
          picked AS (
              SELECT c.run_id, c.position, c.turn, 'ready'::text AS status,
                     f.n AS company_in_flight
              FROM ready_companies r
              CROSS JOIN LATERAL (
-                 SELECT count(*) AS n FROM offboard.steps i
-                 WHERE i.company_id = r.company_id AND i.status IN ('queued', 'running')) f
+                 SELECT coalesce((i.by_company ->> r.company_id::text)::bigint, 0) AS n
+                 FROM in_flight i) f
              CROSS JOIN LATERAL (
                  SELECT x.run_id, x.position, dense_rank() OVER (ORDER BY x.run_first) AS turn
                  FROM (SELECT y.run_id, y.position,
@@ -68,7 +74,7 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
          -- update finds each picked step by its key, whatever the statistics say.
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
-           AND s.status = p.status AND p.run_id IN (SELECT id FROM free)
+           AND s.status = p.status AND p.run_id = ANY (ARRAY(SELECT id FROM free))
          RETURNING s.run_id, s.position, s.attempts, p.turn, s.company_id, p.company_in_flight";
 
 /// What the pass's transaction runs before [`DISPATCH_SQL`]: the dispatchers' advisory lock
@@ -107,8 +113,8 @@ pub const DISPATCH_LOCK_SQL: &str =
 /// picked steps with the whole primary key, or hashed them and read it whole, and kept
 /// doing so as the ledger grew: in one `bench layoff`, 69 of the 118 passes over 4 ms read
 /// every step of the runs before the last one picked (8,276 rows and 4,015 buffers to queue
-/// 4; `auto_explain`). For the same reason each company's steps in flight are counted by a
-/// probe of `steps_in_flight` for that company, not joined from a count of every company's.
+/// 4; `auto_explain`). The pass's other lists are so looked up, not joined: each company's
+/// steps in flight in one object of them all, the runs it may queue steps of in an array.
 ///
 /// Sequential scans are off too. PostgreSQL plans the pass anew for its first five passes
 /// on a connection, then keeps one generic plan when that looks as cheap, and reuses it
