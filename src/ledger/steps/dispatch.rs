@@ -71,7 +71,7 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
              FOR SHARE OF r SKIP LOCKED)
          -- Still ready (another writer may have changed the step since this statement's
          -- snapshot), said as `s.status = p.status`, which no partial index matches: the
-         -- update finds each picked step by its key, whatever the statistics say.
+         -- update finds each picked step by its key (nested loops only: see dispatch_ready).
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
            AND s.status = p.status AND p.run_id = ANY (ARRAY(SELECT id FROM free))
