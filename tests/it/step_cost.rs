@@ -189,17 +189,7 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_reads_by_index_once_it_has_g
     tx.commit().await.unwrap();
 
     ready_steps(&app, 10_000).await;
-    let name: String =
-        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
-            .bind(DISPATCH_SQL)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-    let mut tx = as_dispatcher(&mut conn).await;
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}(1024, 48, 16)");
-    let (plan,): (Value,) =
-        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
-    tx.rollback().await.unwrap();
+    let plan = explain_kept_pass(&mut conn).await;
     let read = rows_of(&plan[0]["Plan"], &|n| {
         n["Relation Name"] == "steps" || n["Relation Name"] == "runs"
     }) + removed_rows(&plan[0]["Plan"]);
@@ -253,17 +243,7 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_updates_the_picked_steps_by_
     .await
     .unwrap();
 
-    let name: String =
-        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
-            .bind(DISPATCH_SQL)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-    let mut tx = as_dispatcher(&mut conn).await;
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}(1024, 48, 16)");
-    let (plan,): (Value,) =
-        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
-    tx.rollback().await.unwrap();
+    let plan = explain_kept_pass(&mut conn).await;
     assert_eq!(plan[0]["Plan"]["Actual Rows"], 4, "the run's four steps queued: {plan:#}");
     let read = target_rows(&plan[0]["Plan"]);
     assert!(read <= 8, "the pass read {read} steps to queue 4 of 20,044: {plan:#}");
@@ -443,6 +423,23 @@ async fn as_dispatcher(conn: &mut sqlx::PgConnection) -> sqlx::Transaction<'_, s
     let locked: bool = sqlx::query_scalar(DISPATCH_LOCK_SQL).fetch_one(&mut *tx).await.unwrap();
     assert!(locked);
     tx
+}
+
+/// The pass as `conn` keeps it prepared, run under `EXPLAIN (ANALYZE, BUFFERS)` as the
+/// dispatcher runs it (1,024 in flight, 48 a company, 16 a task), and rolled back.
+async fn explain_kept_pass(conn: &mut sqlx::PgConnection) -> Value {
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
+            .bind(DISPATCH_SQL)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let mut tx = as_dispatcher(conn).await;
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}(1024, 48, 16)");
+    let (plan,): (Value,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    plan
 }
 
 /// Runs the pass ([`DISPATCH_SQL`]) in `tx` with these limits, 16 steps a task.
