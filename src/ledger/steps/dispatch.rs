@@ -71,10 +71,12 @@ pub const DISPATCH_SQL: &str = "WITH RECURSIVE ready_companies AS (
              FOR SHARE OF r SKIP LOCKED)
          -- Still ready (another writer may have changed the step since this statement's
          -- snapshot), said as `s.status = p.status`, which no partial index matches: the
-         -- update finds each picked step by its key (nested loops only: see dispatch_ready).
+         -- update finds each picked step by its key (nested loops only: see dispatch_ready),
+         -- and its runs by `s.run_id`, which the primary key answers whichever side of the
+         -- loop the plan puts the steps on.
          UPDATE offboard.steps s SET status = 'queued', queued_at = now()
          FROM picked p WHERE s.run_id = p.run_id AND s.position = p.position
-           AND s.status = p.status AND p.run_id = ANY (ARRAY(SELECT id FROM free))
+           AND s.status = p.status AND s.run_id = ANY (ARRAY(SELECT id FROM free))
          RETURNING s.run_id, s.position, s.attempts, p.turn, s.company_id, p.company_in_flight";
 
 /// What the pass's transaction runs before [`DISPATCH_SQL`]: the dispatchers' advisory lock
