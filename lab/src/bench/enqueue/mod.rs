@@ -225,13 +225,33 @@ fn spawn_service(
 }
 
 /// Empties the ledger the loads write, so every load starts from the same tables.
+///
+/// The truncation locks the tables one after the other while a running `offboard serve`'s
+/// workers and sweeper may hold one of them and want the next: PostgreSQL then ends one
+/// side as a deadlock (seen once when (b) began). The truncation is tried again then; a
+/// worker whose transaction was the one ended retries it itself.
 async fn reset_ledger(env: &BenchEnv) -> anyhow::Result<()> {
-    // Two statements: VACUUM cannot run in the implicit transaction of a multi-statement query.
-    sqlx::raw_sql(
-        "TRUNCATE offboard.runs, offboard.steps, offboard.run_events, offboard.idempotency_keys CASCADE",
-    )
-    .execute(&env.pool)
-    .await?;
+    const TRIES: usize = 5;
+    for tried in 1.. {
+        // Two statements: VACUUM cannot run in the implicit transaction of a multi-statement
+        // query.
+        let truncated = sqlx::raw_sql(
+            "TRUNCATE offboard.runs, offboard.steps, offboard.run_events, offboard.idempotency_keys CASCADE",
+        )
+        .execute(&env.pool)
+        .await;
+        match truncated {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40P01") && tried < TRIES =>
+            {
+                continue;
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
     sqlx::raw_sql(
         "VACUUM ANALYZE offboard.runs, offboard.steps, offboard.run_events, offboard.idempotency_keys",
     )
