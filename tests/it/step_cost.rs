@@ -214,8 +214,8 @@ async fn a_dispatch_pass_planned_on_an_empty_ledger_updates_the_picked_steps_by_
 /// The same with `steps` analyzed empty, as a new deployment's first vacuum or the bench's
 /// after seeding leaves it: with hash and merge joins off, the update read the whole
 /// primary key in a nested loop, each step of it against the picked ones (26,340 rows and
-/// 22,408 of the pass's 22,823 buffers, to queue 22 in `bench layoff`; the pass averaged 4,141 buffers over the
-/// 97 passes `auto_explain` sampled).
+/// 22,408 of the pass's 22,823 buffers, to queue 22 in `bench layoff`; the pass averaged
+/// 4,141 buffers over the 97 passes `auto_explain` sampled).
 #[sqlx::test]
 async fn a_dispatch_pass_planned_on_a_ledger_analyzed_empty_updates_the_picked_steps_by_key(
     pool: PgPool,
