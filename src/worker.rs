@@ -89,11 +89,17 @@ impl Workers {
         let renewer = tokio::spawn(renew_leases(self.executor.clone(), shutdown.clone()));
         let deliverer = tokio::spawn(self.deliverer.clone().run(shutdown.clone()));
 
+        // Each apalis worker is a task of its own. apalis fetches from Redis each time its
+        // worker is polled with nothing buffered, whatever woke it: joined in one task, every
+        // fetch's answer (and every step's completion) polled the other worker into a fetch
+        // of its own, whose answer polled the first again — thousands of empty fetches a
+        // second under load, in Redis and in this process.
         let steps = {
             let executor = self.executor.clone();
             let queues = self.executor.queues.clone();
             let name = name.clone();
-            supervise("steps", shutdown.clone(), move |restarts, stop| {
+            let settings = settings.clone();
+            tokio::spawn(supervise("steps", shutdown.clone(), move |restarts, stop| {
                 WorkerBuilder::new(format!("{name}-steps-{restarts}"))
                     .backend(
                         queues.step_storage().poll_with_strategy(
@@ -108,29 +114,31 @@ impl Workers {
                     .parallelize(spawn_handler)
                     .build(handle_step)
                     .run_until(stop)
-            })
+            }))
         };
         let purges = {
             let executor = self.executor.clone();
             let queues = self.executor.queues.clone();
             let name = name.clone();
             let poll = settings.poll_interval;
-            supervise("purges", shutdown.clone(), move |restarts, stop| {
+            tokio::spawn(supervise("purges", shutdown.clone(), move |restarts, stop| {
                 WorkerBuilder::new(format!("{name}-purges-{restarts}"))
                     .backend(queues.purge_storage().poll_with_interval(poll))
                     .data(executor.clone())
                     .concurrency(8)
                     .build(handle_purge)
                     .run_until(stop)
-            })
+            }))
         };
         let sweeper =
             tokio::spawn(sweep_every(self.dispatcher.clone(), SWEEP_EVERY, shutdown.clone()));
 
         let all = async {
-            let (_, _, swept) = tokio::join!(steps, purges, sweeper);
-            if let Err(e) = swept {
-                tracing::warn!(error = %e, "the sweeper ended abnormally");
+            let (steps, purges, swept) = tokio::join!(steps, purges, sweeper);
+            for (task, ended) in [("steps", steps), ("purges", purges), ("sweeper", swept)] {
+                if let Err(e) = ended {
+                    tracing::warn!(task, error = %e, "a worker task ended abnormally");
+                }
             }
             // The queues stopped taking tasks; steps already running finish.
             while self.executor.leases.running() > 0 {

@@ -16,6 +16,7 @@ mod lanes;
 mod openapi;
 mod operators;
 mod outside;
+mod polling;
 mod processes;
 mod purge;
 mod recovery;
