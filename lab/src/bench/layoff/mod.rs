@@ -7,9 +7,10 @@
 //!   identical company.
 //! - Fairness: a single deactivation in a small company, timed on an idle system and
 //!   again while the layoff runs.
-//! - As one batch file: the same layoff as one CSV to `POST /v1/offboarding-batches`, on
-//!   another identical company with the same worker process ([`batch`]).
-//! - Scale-out: the same layoff on a third identical company with 2 worker processes.
+//! - Scale-out: the same layoff on another identical company with 2 worker processes.
+//! - As one batch file, last: the same layoff as one CSV to `POST /v1/offboarding-batches`,
+//!   on a fourth identical company with one fresh worker process ([`batch`]), so that the
+//!   layoffs above run on the ledger they ran on before batches existed.
 //!
 //! Workers run as `offboard worker` child processes; the API runs in this process.
 
@@ -152,8 +153,6 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     };
     let cpu = Cpu::sample(env, &[&workers[0]]).await?.since(&cpu_before);
     statements.report(&env.pool, "layoff, 1 worker", leaving as f64, "run").await?;
-    // The same layoff as one batch file, on the same worker process.
-    let batch = batch::layoff_as_batch(env, &api, &as_batch).await?;
     let mut rss = workers.pop().expect("one worker").stop().await?;
     let (one_elapsed, loaded) = layoff_one;
     let one_rate = leaving as f64 / one_elapsed.as_secs_f64();
@@ -163,11 +162,23 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     let mut workers =
         vec![WorkerProcess::spawn(env, "worker-2a")?, WorkerProcess::spawn(env, "worker-2b")?];
     wait_for_workers(env, &mut workers).await?;
+    statements.reset(&env.pool).await?;
+    let two_cpu_before = Cpu::sample(env, &[&workers[0], &workers[1]]).await?;
     let two_elapsed = layoff(env, &api, &two).await?;
+    let two_cpu = Cpu::sample(env, &[&workers[0], &workers[1]]).await?.since(&two_cpu_before);
+    statements.report(&env.pool, "layoff, 2 workers", leaving as f64, "run").await?;
     for worker in workers {
         rss = rss.max(worker.stop().await?);
     }
     let two_rate = leaving as f64 / two_elapsed.as_secs_f64();
+
+    // The same layoff as one batch file, on one worker process, last: the ledger the two
+    // layoffs above run on holds what earlier phases left, and a batch's 1,000 runs before
+    // the two workers' layoff left it twice what that layoff met before batches existed.
+    let mut workers = vec![WorkerProcess::spawn(env, "worker-batch")?];
+    wait_for_workers(env, &mut workers).await?;
+    let batch = batch::layoff_as_batch(env, &api, &as_batch).await?;
+    rss = rss.max(workers.pop().expect("one worker").stop().await?);
     api.stop().await?;
 
     let idle_ms: Vec<f64> = idle.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
@@ -206,6 +217,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     println!("fairness ratio: {fairness_ratio:.2}");
     println!("worker peak RSS: {:.1} MiB", mib(rss));
     cpu.report(leaving as f64, "run");
+    two_cpu.report_for("2 worker processes,", leaving as f64, "run");
     println!(
         "cpu postgres, direct SQL: {:.3} ms/run",
         direct_cpu.postgres.as_secs_f64() * 1000.0 / leaving as f64
