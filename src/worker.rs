@@ -10,6 +10,7 @@ use apalis::prelude::{
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{
     config::Settings,
@@ -93,42 +94,51 @@ impl Workers {
         // worker is polled with nothing buffered, whatever woke it: joined in one task, every
         // fetch's answer (and every step's completion) polled the other worker into a fetch
         // of its own, whose answer polled the first again — thousands of empty fetches a
-        // second under load, in Redis and in this process.
+        // second under load, in Redis and in this process. Dropped with this future, as
+        // they were when joined in it.
         let steps = {
             let executor = self.executor.clone();
             let queues = self.executor.queues.clone();
             let name = name.clone();
             let settings = settings.clone();
-            tokio::spawn(supervise("steps", shutdown.clone(), move |restarts, stop| {
-                WorkerBuilder::new(format!("{name}-steps-{restarts}"))
-                    .backend(
-                        queues.step_storage().poll_with_strategy(
-                            // Fetch as soon as this process pushed steps, else every interval.
-                            Strategy::new()
-                                .stream(queues.step_pushes())
-                                .interval(settings.poll_interval),
-                        ),
-                    )
-                    .data(executor.clone())
-                    .concurrency(settings.concurrency)
-                    .parallelize(spawn_handler)
-                    .build(handle_step)
-                    .run_until(stop)
-            }))
+            AbortOnDropHandle::new(tokio::spawn(supervise(
+                "steps",
+                shutdown.clone(),
+                move |restarts, stop| {
+                    WorkerBuilder::new(format!("{name}-steps-{restarts}"))
+                        .backend(
+                            queues.step_storage().poll_with_strategy(
+                                // Fetch as soon as this process pushed steps, else every interval.
+                                Strategy::new()
+                                    .stream(queues.step_pushes())
+                                    .interval(settings.poll_interval),
+                            ),
+                        )
+                        .data(executor.clone())
+                        .concurrency(settings.concurrency)
+                        .parallelize(spawn_handler)
+                        .build(handle_step)
+                        .run_until(stop)
+                },
+            )))
         };
         let purges = {
             let executor = self.executor.clone();
             let queues = self.executor.queues.clone();
             let name = name.clone();
             let poll = settings.poll_interval;
-            tokio::spawn(supervise("purges", shutdown.clone(), move |restarts, stop| {
-                WorkerBuilder::new(format!("{name}-purges-{restarts}"))
-                    .backend(queues.purge_storage().poll_with_interval(poll))
-                    .data(executor.clone())
-                    .concurrency(8)
-                    .build(handle_purge)
-                    .run_until(stop)
-            }))
+            AbortOnDropHandle::new(tokio::spawn(supervise(
+                "purges",
+                shutdown.clone(),
+                move |restarts, stop| {
+                    WorkerBuilder::new(format!("{name}-purges-{restarts}"))
+                        .backend(queues.purge_storage().poll_with_interval(poll))
+                        .data(executor.clone())
+                        .concurrency(8)
+                        .build(handle_purge)
+                        .run_until(stop)
+                },
+            )))
         };
         let sweeper =
             tokio::spawn(sweep_every(self.dispatcher.clone(), SWEEP_EVERY, shutdown.clone()));
