@@ -675,9 +675,38 @@ async fn endpoints_are_company_scoped_and_checked_at_the_boundary(pool: PgPool) 
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "events[0]");
+    // PostgreSQL's text cannot hold NUL: a clear 422, not a 500 from the insert.
+    let (status, body) = app
+        .post(
+            "/v1/webhook-endpoints",
+            &json!({"company_id": company, "url": "https://hooks.example.com/x", "description": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "description");
     assert_eq!(app.count("SELECT count(*) FROM offboard.webhook_endpoints").await, 0);
 
     let (mine, _) = register(&app, company, "https://hooks.example.com/x", json!([])).await;
+    for description in ["a\u{0}b", "line\u{7}bell", "c1\u{85}"] {
+        let (status, _, body) = app
+            .call(
+                Method::PATCH,
+                &format!("/v1/webhook-endpoints/{mine}"),
+                Some(&json!({"description": description}).to_string()),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{description:?}: {body}");
+        assert_eq!(body["error"]["field"], "description");
+    }
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM offboard.webhook_endpoints WHERE id = '{mine}' AND description = 'test'"
+        ))
+        .await,
+        1,
+        "a refused change leaves the endpoint as it was"
+    );
     let (theirs, _) = register(&app, company + 1, "https://other.example.com/x", json!([])).await;
     let settings_token = "scopedtoken-0123456789";
     let settings = test_settings(

@@ -21,8 +21,9 @@ pub struct CreateEndpoint {
     /// Event types to receive; absent or empty means all.
     #[serde(default, deserialize_with = "events")]
     pub events: Option<Vec<String>>,
+    /// A label for people: at most 500 characters, no control characters.
     #[serde(default, deserialize_with = "wire::optional_string")]
-    #[schema(max_length = 500)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
 }
 
@@ -40,9 +41,9 @@ pub struct UpdateEndpoint {
     /// `true` also clears the failing flag and the breaker; `false` stops deliveries.
     #[serde(default, deserialize_with = "some_boolean")]
     pub enabled: Option<bool>,
-    /// `null` clears it.
+    /// `null` clears it; at most 500 characters, no control characters.
     #[serde(default, deserialize_with = "some_description")]
-    #[schema(value_type = Option<String>, max_length = 500)]
+    #[schema(value_type = Option<String>, max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<Option<String>>,
 }
 

@@ -41,6 +41,10 @@ fn checked_description(description: Option<String>) -> Result<Option<String>, Ap
         Some(d) if d.chars().count() > MAX_DESCRIPTION => Err(ApiError::invalid_request(
             FieldError::new("description", "is longer than 500 characters"),
         )),
+        // PostgreSQL's text cannot hold NUL; no control character belongs in a label.
+        Some(d) if d.chars().any(char::is_control) => Err(ApiError::invalid_request(
+            FieldError::new("description", "must not contain control characters"),
+        )),
         d => Ok(d),
     }
 }
