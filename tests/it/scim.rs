@@ -297,6 +297,19 @@ async fn users_are_paged_filtered_and_created_as_identity_providers_expect(pool:
         json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
                              "totalResults": 0, "itemsPerPage": 0, "startIndex": 1, "Resources": []})
     );
+    // A JSON-escaped NUL in a value finds no one; it never reaches PostgreSQL (a 500 there).
+    for filter in [
+        "userName%20eq%20%22a%5Cu0000b%22",
+        "emails%5Btype%20eq%20%22w%5Cu0000rk%22%5D.value%20eq%20%22a%40example.test%22",
+    ] {
+        let (status, none) =
+            scim(&app, Method::GET, &format!("/Users?filter={filter}"), None).await;
+        assert_eq!(
+            (status, &none["totalResults"]),
+            (StatusCode::OK, &json!(0)),
+            "{filter}: {none}"
+        );
+    }
     let (status, err) =
         scim(&app, Method::GET, "/Users?filter=userName%20sw%20%22a%22", None).await;
     assert_eq!(

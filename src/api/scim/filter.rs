@@ -112,6 +112,8 @@ fn email_type_of(path: &str) -> Option<String> {
 
 fn set(slot: &mut Option<String>, value: String, nothing: &mut bool, case_exact: bool) {
     match slot {
+        // No stored value holds a control character (and PostgreSQL's text cannot hold NUL).
+        _ if value.chars().any(char::is_control) => *nothing = true,
         Some(old) if (case_exact && *old != value) || !old.eq_ignore_ascii_case(&value) => {
             *nothing = true
         }
@@ -195,6 +197,10 @@ mod tests {
         assert!(parse(r#"userName eq "a" and userName eq "b""#).unwrap().matches_nothing);
         assert!(!parse(r#"userName eq "a" and userName eq "A""#).unwrap().matches_nothing);
         assert!(parse(r#"id eq "not-a-number""#).unwrap().matches_nothing);
+        assert!(parse(r#"userName eq "a\u0000b""#).unwrap().matches_nothing);
+        assert!(parse(r#"externalId eq "x\u0007""#).unwrap().matches_nothing);
+        let f = parse(r#"emails[type eq "w\u0000rk"].value eq "a@example.com""#).unwrap();
+        assert!(f.matches_nothing);
     }
 
     #[test]
