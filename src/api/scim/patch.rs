@@ -175,6 +175,12 @@ mod tests {
         assert_eq!(attributes.email.as_deref(), Some("a@b.test"));
         assert_eq!(attributes.email_type.as_deref(), Some("work"));
         assert_eq!(attributes.family_name.as_deref(), Some("Lovelace"));
+        // A control character in the path's type is refused like one in a value.
+        let error = run(json!({"Operations": [
+            {"op": "replace", "path": "emails[type eq \"w\u{0}rk\"].value", "value": "a@b.test"},
+        ]}))
+        .unwrap_err();
+        assert_eq!(error.scim_type, Some("invalidValue"));
     }
 
     #[test]

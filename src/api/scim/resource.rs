@@ -176,8 +176,9 @@ pub fn set_attribute(
         "emails.value" => attributes.email = text(value, "emails.value")?,
         p if p.starts_with("emails[") && p.ends_with("].value") => {
             attributes.email = text(value, "emails.value")?;
+            // The type is the client's text as much as the value is.
             if let Some(kind) = bracket_type(p) {
-                attributes.email_type = Some(kind);
+                attributes.email_type = text(&Value::String(kind), "emails.type")?;
             }
         }
         "active" => *active = Some(boolean(value, "active")?),
