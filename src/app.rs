@@ -123,6 +123,30 @@ pub async fn start_api(
     Ok(Server { addr, handle })
 }
 
+/// The API of a process without workers: [`start_api`], and the forwarder that turns the
+/// nudges of its commits into `NOTIFY`s, so the workers' dispatchers in other processes
+/// start a run at once rather than at their next interval ([`crate::nudge`]). The forwarder
+/// ends with `shutdown`.
+pub async fn start_api_alone(
+    state: AppState,
+    bind: SocketAddr,
+    shutdown: Shutdown,
+) -> anyhow::Result<Server> {
+    let forwarder = tokio::spawn(crate::nudge::forward(
+        state.pool.clone(),
+        crate::nudge::DISPATCH_CHANNEL,
+        state.nudge.clone(),
+        shutdown.clone(),
+    ));
+    match start_api(state, bind, shutdown).await {
+        Ok(server) => Ok(server),
+        Err(e) => {
+            forwarder.abort();
+            Err(e)
+        }
+    }
+}
+
 /// API and workers in one process, until SIGINT/SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     settings.check_serving()?;
@@ -148,17 +172,12 @@ pub async fn serve_api(settings: Settings) -> anyhow::Result<()> {
     shutdown.on_signals();
     let services = Services::connect_until_ready(settings, &shutdown).await?;
     let nudge = Arc::new(Notify::new());
-    let forwarder = tokio::spawn(crate::nudge::forward(
-        services.pool.clone(),
-        crate::nudge::DISPATCH_CHANNEL,
-        nudge.clone(),
-        shutdown.clone(),
-    ));
     let server =
-        start_api(services.app_state(nudge), services.settings.bind, shutdown.clone()).await?;
+        start_api_alone(services.app_state(nudge), services.settings.bind, shutdown.clone())
+            .await?;
     tracing::info!(addr = %server.addr, "API listening (no workers in this process)");
     let served = server.handle.await;
-    forwarder.abort();
+    // The forwarder ends with the shutdown that ended the server.
     served?
 }
 

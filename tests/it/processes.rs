@@ -7,7 +7,7 @@ use std::{
 };
 
 use offboard::{
-    api::{self, AppState},
+    api::AppState,
     crm::seed::SeedOptions,
     dispatch,
     nudge::{self, DISPATCH_CHANNEL},
@@ -35,7 +35,7 @@ async fn listening(app: &TestApp, channel: &str) -> bool {
 #[sqlx::test]
 async fn an_api_in_another_process_wakes_the_workers_dispatcher_at_once(pool: PgPool) {
     // The workers' dispatcher looks on its own once an hour, and once when it starts.
-    let mut app = TestApp::with(
+    let app = TestApp::with(
         pool,
         &[("OFFBOARD_DISPATCH_INTERVAL", "1h")],
         SeedOptions { users: 8, items_per_user: 10, seed: 7 },
@@ -47,29 +47,35 @@ async fn an_api_in_another_process_wakes_the_workers_dispatcher_at_once(pool: Pg
         assert!(started.elapsed() < DEADLINE, "the workers never listened");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The API of another process: its own nudges, which reach the workers only as NOTIFY.
+    // The API of another process, composed as `offboard api` composes it: its own nudges,
+    // which reach the workers only as NOTIFY; requests over real HTTP.
     let shutdown = Shutdown::new();
-    let api_nudge = Arc::new(Notify::new());
-    let forwarder = tokio::spawn(nudge::forward(
-        app.pool.clone(),
-        DISPATCH_CHANNEL,
-        api_nudge.clone(),
-        shutdown.clone(),
-    ));
-    app.router = api::router(AppState::new(
+    let state = AppState::new(
         app.pool.clone(),
         app.queues.clone(),
         app.settings.clone(),
-        api_nudge,
-    ));
-
-    let id = app.enqueue(&app.deactivation(app.regular(0), json!({}))).await;
+        Arc::new(Notify::new()),
+    );
+    let server =
+        offboard::app::start_api_alone(state, "127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/offboardings", server.addr))
+        .bearer_auth(app.token())
+        .json(&app.deactivation(app.regular(0), json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let id: uuid::Uuid = accepted["id"].as_str().unwrap().parse().unwrap();
     let run = app.wait_for_run(id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     // Well within the hour the dispatcher would otherwise have waited.
     assert!(started.elapsed() < DEADLINE);
     shutdown.trigger();
-    forwarder.await.unwrap();
+    server.handle.await.unwrap().unwrap();
     workers.stop().await;
     app.cleanup().await;
 }

@@ -197,7 +197,8 @@ pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// The API in this process, on its own runtime (2 threads), so the load generator on the
+/// The API in this process, as `offboard api` runs it (its commits wake the worker processes
+/// over `NOTIFY`), on its own runtime (2 threads), so the load generator on the
 /// main runtime does not share its scheduler.
 pub(crate) struct ApiServer {
     pub addr: SocketAddr,
@@ -229,7 +230,8 @@ impl ApiServer {
                     settings.dev_token = true;
                     settings.api_tokens.clear();
                     let state = AppState::new(pool, queues, settings, Arc::new(Notify::new()));
-                    app::start_api(state, SocketAddr::from(([127, 0, 0, 1], 0)), stop).await
+                    // As `offboard api` runs it: its commits wake the worker processes.
+                    app::start_api_alone(state, SocketAddr::from(([127, 0, 0, 1], 0)), stop).await
                 }
                 .await;
                 match started {
