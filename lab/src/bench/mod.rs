@@ -196,3 +196,26 @@ fn load_average() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Each succeeded run of the company on a line: its steps in the order they were claimed,
+/// each as `name claimed/finished` in ms after the run was written (steps of no work may
+/// finish in the ms they were claimed).
+pub(crate) async fn print_timelines(pool: &sqlx::PgPool, company_id: i64) -> anyhow::Result<()> {
+    let rows: Vec<(f64, String)> = sqlx::query_as(
+        "SELECT extract(epoch FROM r.finished_at - r.created_at)::float8 * 1000,
+                string_agg(format('%s %s/%s', s.name,
+                    round(extract(epoch FROM s.started_at - r.created_at) * 1000),
+                    round(extract(epoch FROM s.finished_at - r.created_at) * 1000)),
+                    ', ' ORDER BY s.started_at, s.name)
+         FROM offboard.runs r JOIN offboard.steps s ON s.run_id = r.id
+         WHERE r.company_id = $1 AND r.status = 'succeeded'
+         GROUP BY r.id, r.created_at, r.finished_at ORDER BY r.created_at",
+    )
+    .bind(company_id)
+    .fetch_all(pool)
+    .await?;
+    for (total, steps) in rows {
+        println!("# small run of {total:.0} ms, claimed/finished ms after written: {steps}");
+    }
+    Ok(())
+}

@@ -290,23 +290,6 @@ async fn profile(pool: &PgPool, company_id: i64) -> anyhow::Result<()> {
             "# small run of {total:.0} ms: {step} {attempts} attempt(s), {took:.0} ms from claim to finish, slowest call {slowest} ms"
         );
     }
-    // Each small run's steps on one line, ms after the run was written: queued/claimed/finished.
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT r.id::text,
-                string_agg(format('%s %s/%s/%s', s.name,
-                    round(extract(epoch FROM s.queued_at - r.created_at) * 1000),
-                    round(extract(epoch FROM s.started_at - r.created_at) * 1000),
-                    round(extract(epoch FROM s.finished_at - r.created_at) * 1000)),
-                    ', ' ORDER BY s.started_at)
-         FROM offboard.runs r JOIN offboard.steps s ON s.run_id = r.id
-         WHERE r.company_id = $1 AND r.status = 'succeeded'
-         GROUP BY r.id, r.created_at ORDER BY r.created_at",
-    )
-    .bind(company_id)
-    .fetch_all(pool)
-    .await?;
-    for (_, steps) in rows {
-        println!("# small run, ms after written (queued/claimed/finished): {steps}");
-    }
+    super::print_timelines(pool, company_id).await?;
     Ok(())
 }

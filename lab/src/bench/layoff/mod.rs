@@ -197,6 +197,7 @@ async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<()> {
     if loaded.iter().any(|(_, during)| !during) {
         println!("# (some fairness samples ended after the layoff finished)");
     }
+    super::print_timelines(&env.pool, small.company.company_id).await?;
     println!("offboard layoff: {one_rate:.1} runs/s");
     println!(
         "offboard layoff steps: {:.0} steps/s",
