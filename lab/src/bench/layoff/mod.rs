@@ -344,14 +344,33 @@ pub(super) async fn single_offboarding(
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no run id"))?;
+    // The run's steps by status each time that changes, as this loop saw it: where the
+    // run waited (ready: for a dispatcher's pass; queued: in Redis or a worker's buffer).
+    let mut seen: Vec<(u128, String)> = Vec::new();
     loop {
-        let status: RunStatus =
-            sqlx::query_scalar("SELECT status FROM offboard.runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_one(&env.pool)
-                .await?;
+        let (status, steps): (RunStatus, String) = sqlx::query_as(
+            "SELECT r.status,
+                    (SELECT string_agg(format('%s %s', n, st), ', ' ORDER BY st)
+                     FROM (SELECT status AS st, count(*) AS n FROM offboard.steps
+                           WHERE run_id = r.id AND status <> 'succeeded'
+                           GROUP BY status) c)
+             FROM offboard.runs r WHERE r.id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .map(|(status, steps): (RunStatus, Option<String>)| (status, steps.unwrap_or_default()))?;
+        if seen.last().is_none_or(|(_, last)| *last != steps) {
+            seen.push((started.elapsed().as_millis(), steps));
+        }
         match status {
-            RunStatus::Succeeded => return Ok(started.elapsed()),
+            RunStatus::Succeeded => {
+                let took = started.elapsed();
+                let seen: Vec<String> =
+                    seen.iter().map(|(ms, steps)| format!("{ms} ms: {steps}")).collect();
+                println!("# run of {} ms, steps not done: {}", took.as_millis(), seen.join("; "));
+                return Ok(took);
+            }
             RunStatus::Failed | RunStatus::Canceled => {
                 anyhow::bail!("the fairness run ended {status}")
             }
