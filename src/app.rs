@@ -132,19 +132,10 @@ pub async fn start_api_alone(
     bind: SocketAddr,
     shutdown: Shutdown,
 ) -> anyhow::Result<Server> {
-    let forwarder = tokio::spawn(crate::nudge::forward(
-        state.pool.clone(),
-        crate::nudge::DISPATCH_CHANNEL,
-        state.nudge.clone(),
-        shutdown.clone(),
-    ));
-    match start_api(state, bind, shutdown).await {
-        Ok(server) => Ok(server),
-        Err(e) => {
-            forwarder.abort();
-            Err(e)
-        }
-    }
+    let (pool, nudge) = (state.pool.clone(), state.nudge.clone());
+    let server = start_api(state, bind, shutdown.clone()).await?;
+    tokio::spawn(crate::nudge::forward(pool, crate::nudge::DISPATCH_CHANNEL, nudge, shutdown));
+    Ok(server)
 }
 
 /// API and workers in one process, until SIGINT/SIGTERM.
